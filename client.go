@@ -1,0 +1,469 @@
+package leasering
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// maxStuckRenews bounds the heartbeat attempts left running after their
+// timeout (a driver that ignores cancellation on a dead connection). Past
+// it, the client waits for one to return before it tries again.
+const maxStuckRenews = 4
+
+const (
+	stateNew = iota
+	stateStarting
+	stateStarted
+	stateClosed
+)
+
+// Client is one node: it holds the node's lease in the database and the
+// leases of the rings it joined. Create it with NewClient, then Start it.
+// All methods are safe from any goroutine.
+type Client struct {
+	db          DB
+	cfg         config
+	log         *slog.Logger
+	q           queries
+	incarnation string
+
+	mu     sync.Mutex
+	state  int
+	leases map[string]*Lease
+	fatal  error // ErrFenced, once
+
+	wake chan struct{} // a heartbeat is wanted now
+	stop chan struct{} // closed by Close
+	done chan struct{} // closed when the heartbeat loop has returned
+
+	stuck atomic.Int32 // attempts running past their timeout
+
+	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
+}
+
+// heartbeat is the loop's own state.
+type heartbeat struct {
+	deadline  time.Time // partitions may be reported before this
+	holdUntil time.Time // and not before this
+	nextRenew time.Time
+	failures  int // consecutive
+	lost      bool
+}
+
+// NewClient makes a client on db. It checks every option and does no I/O.
+func NewClient(db DB, opts ...Option) (*Client, error) {
+	if db == nil {
+		return nil, fmt.Errorf("%w: db is nil", ErrInvalidArgument)
+	}
+	cfg := defaultConfig()
+	for _, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("%w: nil option", ErrInvalidArgument)
+		}
+		if err := opt(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.finish(); err != nil {
+		return nil, err
+	}
+	c := &Client{
+		db:          db,
+		cfg:         cfg,
+		q:           newQueries(cfg.schema),
+		incarnation: randomHex(8),
+		leases:      map[string]*Lease{},
+		wake:        make(chan struct{}, 1),
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
+	}
+	c.log = cfg.logger.With("node", cfg.nodeID)
+	return c, nil
+}
+
+// ID is the node id.
+func (c *Client) ID() string { return c.cfg.nodeID }
+
+// Err returns ErrFenced once another process has taken this node id over,
+// ErrClosed after Close, else nil.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fatal != nil {
+		return c.fatal
+	}
+	if c.state == stateClosed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Lease joins the ring called name, of size partitions, and returns this
+// node's share of it. It does no I/O: the ring is joined on Start, or on the
+// next heartbeat when the client already runs. A ring is created by its
+// first member; later members must give the same size, or the lease fails
+// with ErrRingSizeMismatch (from Start, or from Wait and Err).
+//
+// Opening the same ring twice with the same size and options returns the
+// same Lease.
+func (c *Client) Lease(name string, size int, opts ...LeaseOption) (*Lease, error) {
+	if err := checkName("ring name", name); err != nil {
+		return nil, err
+	}
+	if err := checkRingSize(size); err != nil {
+		return nil, err
+	}
+	lc := leaseConfig{vnodes: DefaultVNodes}
+	for _, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("%w: nil lease option", ErrInvalidArgument)
+		}
+		if err := opt(&lc); err != nil {
+			return nil, err
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateClosed {
+		return nil, ErrClosed
+	}
+	if c.fatal != nil {
+		return nil, c.fatal
+	}
+	if l, ok := c.leases[name]; ok {
+		if l.size != size || l.vnodes != lc.vnodes {
+			return nil, fmt.Errorf("%w: ring %q is already open with size %d and %d vnodes", ErrInvalidArgument, name, l.size, l.vnodes)
+		}
+		return l, nil
+	}
+	l := newLease(c, name, size, lc.vnodes)
+	c.leases[name] = l
+	c.wakeUp()
+	return l, nil
+}
+
+// Start creates or checks the schema, joins the node and its rings and
+// makes the first heartbeat, then keeps renewing in the background until
+// Close. When Start returns nil, the leases show their first assignment.
+func (c *Client) Start(ctx context.Context) error {
+	c.mu.Lock()
+	switch c.state {
+	case stateClosed:
+		c.mu.Unlock()
+		return ErrClosed
+	case stateStarting, stateStarted:
+		c.mu.Unlock()
+		return ErrAlreadyStarted
+	}
+	c.state = stateStarting
+	c.mu.Unlock()
+
+	first, err := c.join(ctx)
+	c.mu.Lock()
+	if c.state == stateClosed { // Close ran meanwhile
+		c.mu.Unlock()
+		if err == nil {
+			_ = c.leave(context.Background())
+		}
+		return ErrClosed
+	}
+	if err != nil {
+		c.state = stateNew
+		c.mu.Unlock()
+		return err
+	}
+	c.state = stateStarted
+	c.mu.Unlock()
+
+	applied := make(chan struct{})
+	go c.run(first, applied)
+	<-applied
+	c.log.Info("leasering: node started", "incarnation", c.incarnation, "ttl", c.cfg.ttl, "heartbeat", c.cfg.heartbeat)
+	return nil
+}
+
+func (c *Client) join(ctx context.Context) (renewResult, error) {
+	if err := c.ensureSchema(ctx); err != nil {
+		return renewResult{}, err
+	}
+	res := c.renew(ctx, c.ringRequests(time.Now()), true)
+	if res.err != nil {
+		if errors.Is(res.err, ErrRingSizeMismatch) {
+			return res, fmt.Errorf("leasering: start: %w", res.err)
+		}
+		return res, fmt.Errorf("leasering: start: first heartbeat: %w", res.err)
+	}
+	if res.status == statusFenced { // only possible if the incarnation raced; treat as a failed start
+		return res, fmt.Errorf("leasering: start: %w", ErrFenced)
+	}
+	return res, nil
+}
+
+// Close stops reporting partitions at once, then leaves every ring so the
+// other nodes take over on their next heartbeat. It waits at most
+// min(TTL, 5s) for the database; if that passes, the lease simply lapses.
+// Close is idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	prev := c.state
+	if prev == stateClosed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.state = stateClosed
+	fenced := c.fatal != nil
+	leases := c.leaseList()
+	c.mu.Unlock()
+
+	if prev == stateStarted {
+		close(c.stop)
+		<-c.done // the loop never waits on I/O, so this is quick
+	}
+	for _, l := range leases {
+		l.fail(ErrClosed) // stop reporting before the database frees them
+	}
+	if prev != stateStarted || fenced {
+		return nil
+	}
+	timeout := min(c.cfg.ttl, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.leave(ctx) }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			return fmt.Errorf("leasering: close: leave: %w", err)
+		}
+		c.log.Info("leasering: node left")
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("leasering: close: leave did not finish in %v; the lease will lapse", timeout)
+	}
+}
+
+func (c *Client) leave(ctx context.Context) error {
+	_, err := c.db.ExecContext(ctx, c.q.leave, c.cfg.nodeID, c.incarnation)
+	return err
+}
+
+// leaseList returns the open leases in name order. Caller holds c.mu.
+func (c *Client) leaseList() []*Lease {
+	out := make([]*Lease, 0, len(c.leases))
+	for _, l := range c.leases {
+		out = append(out, l)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+func (c *Client) wakeUp() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ringRequests builds the heartbeat's argument.
+func (c *Client) ringRequests(now time.Time) []ringRequest {
+	c.mu.Lock()
+	leases := c.leaseList()
+	c.mu.Unlock()
+	rings := make([]ringRequest, 0, len(leases))
+	for _, l := range leases {
+		rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
+			Version: l.version, Released: l.released(now, c.cfg.drain)})
+	}
+	return rings
+}
+
+// attempt is one heartbeat call in flight.
+type attempt struct {
+	result  chan renewResult
+	timeout time.Time
+}
+
+// run is the heartbeat loop. It never blocks on the database: each call
+// runs in its own goroutine, and the loop keeps the fencing deadline even
+// while a call hangs.
+func (c *Client) run(first renewResult, applied chan<- struct{}) {
+	defer close(c.done)
+	c.apply(first)
+	c.publish(time.Now())
+	close(applied)
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var inflight *attempt
+	for {
+		now := time.Now()
+		if inflight != nil && !now.Before(inflight.timeout) {
+			inflight = nil
+			c.failed(now, fmt.Errorf("heartbeat timed out after %v", c.cfg.renewTimeout))
+		}
+		if inflight == nil && !now.Before(c.hb.nextRenew) {
+			if c.stuck.Load() < maxStuckRenews {
+				inflight = c.launch(now)
+			} else {
+				c.hb.nextRenew = now.Add(c.cfg.heartbeat)
+			}
+		}
+		c.publish(now)
+		if c.Err() != nil {
+			return
+		}
+
+		timer.Reset(c.nextWake(now, inflight))
+		var results chan renewResult
+		if inflight != nil {
+			results = inflight.result
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-c.wake:
+			if inflight == nil {
+				c.hb.nextRenew = time.Now()
+			}
+		case <-timer.C:
+		case res := <-results:
+			inflight = nil
+			c.apply(res)
+		}
+	}
+}
+
+func (c *Client) launch(now time.Time) *attempt {
+	a := &attempt{result: make(chan renewResult, 1), timeout: now.Add(c.cfg.renewTimeout)}
+	rings := c.ringRequests(now)
+	c.stuck.Add(1)
+	go func() {
+		defer c.stuck.Add(-1)
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.renewTimeout)
+		defer cancel()
+		a.result <- c.renew(ctx, rings, false)
+	}()
+	return a
+}
+
+// nextWake is how long the loop may sleep: until the next heartbeat, the
+// fencing deadline, the end of a hold, or the current attempt's timeout.
+func (c *Client) nextWake(now time.Time, inflight *attempt) time.Duration {
+	next := c.hb.nextRenew
+	if inflight != nil {
+		next = inflight.timeout
+	}
+	for _, t := range []time.Time{c.hb.deadline, c.hb.holdUntil} {
+		if t.After(now) && t.Before(next) {
+			next = t
+		}
+	}
+	return max(next.Sub(now), 0)
+}
+
+// apply takes one heartbeat's result.
+func (c *Client) apply(res renewResult) {
+	now := time.Now()
+	if res.err != nil {
+		c.failed(now, res.err)
+		return
+	}
+	switch res.status {
+	case statusFenced:
+		c.log.Error("leasering: node id taken over by another process; stopping", "other_incarnation", res.other)
+		c.mu.Lock()
+		c.fatal = ErrFenced
+		leases := c.leaseList()
+		c.mu.Unlock()
+		for _, l := range leases {
+			l.fail(fmt.Errorf("%w: node %q now belongs to incarnation %s", ErrFenced, c.cfg.nodeID, res.other))
+		}
+		return
+	case statusRejoined:
+		c.log.Warn("leasering: lease had lapsed; rejoined")
+	}
+	if c.hb.failures > 0 {
+		c.log.Info("leasering: heartbeat recovered", "failed_attempts", c.hb.failures)
+	}
+	c.hb.failures = 0
+	c.hb.deadline = res.sent.Add(res.lease - c.fenceMargin())
+	c.hb.holdUntil = res.recv.Add(res.hold)
+	if c.hb.lost && c.hb.deadline.After(now) {
+		c.hb.lost = false
+		c.log.Info("leasering: lease regained")
+	}
+
+	c.mu.Lock()
+	for _, ch := range res.changes {
+		l, ok := c.leases[ch.Ring]
+		if !ok {
+			continue
+		}
+		if ch.Status == "size_mismatch" {
+			delete(c.leases, ch.Ring)
+			l.fail(fmt.Errorf("%w: ring %q has size %d, this lease asked for %d", ErrRingSizeMismatch, ch.Ring, ch.Size, l.size))
+			c.log.Error("leasering: ring size mismatch", "ring", ch.Ring, "ring_size", ch.Size, "lease_size", l.size)
+			continue
+		}
+		before := len(l.current.values)
+		l.applyView(ch, now)
+		c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,
+			"owned_before", before, "owned", len(l.current.values), "revoking", len(ch.Revoking))
+	}
+	leases := c.leaseList()
+	c.mu.Unlock()
+
+	c.hb.nextRenew = res.sent.Add(c.cfg.heartbeat)
+	for _, l := range leases {
+		if t, ok := l.nextDrainEnd(c.cfg.drain); ok && t.Before(c.hb.nextRenew) {
+			c.hb.nextRenew = t // confirm releases as soon as the drain is over
+		}
+	}
+}
+
+// failed records a failed heartbeat and schedules a retry with jittered
+// exponential backoff, capped at one heartbeat.
+func (c *Client) failed(now time.Time, err error) {
+	c.hb.failures++
+	if c.hb.failures == 1 || c.hb.failures%10 == 0 {
+		c.log.Warn("leasering: heartbeat failed", "err", err, "attempts", c.hb.failures,
+			"lease_left", max(c.hb.deadline.Sub(now), 0))
+	}
+	backoff := c.cfg.heartbeat / 8 << min(c.hb.failures-1, 3)
+	backoff = min(backoff, c.cfg.heartbeat)
+	c.hb.nextRenew = now.Add(backoff/2 + rand.N(backoff/2+1))
+}
+
+// fenceMargin is how long before the granted lease ends the client stops
+// reporting: it covers timer lateness and clock rate differences.
+func (c *Client) fenceMargin() time.Duration { return c.cfg.ttl / 10 }
+
+// publish shows each lease's current view while the lease is live, and
+// nothing otherwise.
+func (c *Client) publish(now time.Time) {
+	live := now.Before(c.hb.deadline) && !now.Before(c.hb.holdUntil)
+	if !now.Before(c.hb.deadline) && !c.hb.lost && !c.hb.deadline.IsZero() {
+		c.hb.lost = true
+		c.log.Warn("leasering: lease deadline passed without a renewal; reporting nothing until the database answers")
+	}
+	c.mu.Lock()
+	leases := c.leaseList()
+	c.mu.Unlock()
+	for _, l := range leases {
+		if l.Err() != nil {
+			continue
+		}
+		if live {
+			l.publish(l.current)
+		} else {
+			l.publish(emptySnapshot)
+		}
+	}
+}

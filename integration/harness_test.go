@@ -1,0 +1,343 @@
+// Package integration tests leasering against a real PostgreSQL.
+//
+// The server comes from LEASERING_TEST_DSN; without it, from Docker through
+// dockertest when a Docker engine answers; otherwise every test skips, or
+// fails when LEASERING_REQUIRE_DB=1. Each test works in a schema of its own
+// and drops it at the end, so tests run in parallel and leave nothing behind.
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leasering/leasering"
+	"github.com/leasering/leasering/internal/faultproxy"
+	_ "github.com/lib/pq"
+	"github.com/ory/dockertest/v3"
+)
+
+var testDSN string // set by TestMain; empty: no database
+
+func TestMain(m *testing.M) {
+	testDSN = os.Getenv("LEASERING_TEST_DSN")
+	var cleanup func()
+	if testDSN == "" {
+		testDSN, cleanup = dockerPostgres()
+	}
+	code := m.Run()
+	if cleanup != nil {
+		cleanup()
+	}
+	os.Exit(code)
+}
+
+// dockerPostgres starts PostgreSQL in Docker when an engine answers.
+func dockerPostgres() (string, func()) {
+	pool, err := dockertest.NewPool("")
+	if err != nil || pool.Client.Ping() != nil {
+		return "", nil
+	}
+	res, err := pool.Run("postgres", "15", []string{"POSTGRES_HOST_AUTH_METHOD=trust", "POSTGRES_DB=test"})
+	if err != nil {
+		return "", nil
+	}
+	dsn := "postgres://postgres@" + res.GetHostPort("5432/tcp") + "/test?sslmode=disable"
+	pool.MaxWait = time.Minute
+	if err := pool.Retry(func() error {
+		db, err := sql.Open("postgres", dsn)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		return db.Ping()
+	}); err != nil {
+		_ = pool.Purge(res)
+		return "", nil
+	}
+	return dsn, func() { _ = pool.Purge(res) }
+}
+
+// needDB returns the test server's DSN or skips (fails under
+// LEASERING_REQUIRE_DB=1).
+func needDB(t testing.TB) string {
+	t.Helper()
+	if testDSN == "" {
+		if os.Getenv("LEASERING_REQUIRE_DB") == "1" {
+			t.Fatal("LEASERING_REQUIRE_DB=1 but no database: set LEASERING_TEST_DSN")
+		}
+		t.Skip("no PostgreSQL: set LEASERING_TEST_DSN or run a Docker engine")
+	}
+	return testDSN
+}
+
+func randomSuffix() string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// env is one test's world: a schema, an admin connection, and nodes, each
+// with its own pool behind its own fault proxy.
+type env struct {
+	t         testing.TB
+	dsn       string
+	schema    string
+	admin     *sql.DB
+	ttl       time.Duration
+	heartbeat time.Duration
+
+	mu    sync.Mutex
+	nodes []*node
+}
+
+type node struct {
+	id     string
+	client *leasering.Client
+	db     *sql.DB
+	proxy  *faultproxy.Proxy
+	leases map[string]*leasering.Lease
+	down   bool // crashed or closed: not expected to report
+}
+
+func newEnv(t testing.TB, ttl, heartbeat time.Duration) *env {
+	t.Helper()
+	dsn := needDB(t)
+	admin, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, dsn: dsn, schema: "lrt_" + randomSuffix(), admin: admin, ttl: ttl, heartbeat: heartbeat}
+	t.Cleanup(func() {
+		e.mu.Lock()
+		nodes := e.nodes
+		e.mu.Unlock()
+		for _, n := range nodes {
+			_ = n.client.Close()
+			n.proxy.SetMode(faultproxy.Refuse)
+			_ = n.db.Close()
+			_ = n.proxy.Close()
+		}
+		if _, err := admin.Exec(`DROP SCHEMA IF EXISTS "` + e.schema + `" CASCADE`); err != nil {
+			t.Errorf("dropping schema %s: %v", e.schema, err)
+		}
+		_ = admin.Close()
+	})
+	return e
+}
+
+// proxiedDSN points dsn at addr.
+func proxiedDSN(t testing.TB, dsn, addr string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatalf("parsing DSN: %v", err)
+	}
+	u.Host = addr
+	return u.String()
+}
+
+func quietLogger() *slog.Logger {
+	if os.Getenv("LEASERING_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// newNode makes a client with its own proxy and pool. It is not started.
+func (e *env) newNode(id string, opts ...leasering.Option) *node {
+	e.t.Helper()
+	target := strings.TrimPrefix(must(url.Parse(e.dsn)).Host, "")
+	p, err := faultproxy.New(target)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	db, err := sql.Open("postgres", proxiedDSN(e.t, e.dsn, p.Addr()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	all := append([]leasering.Option{
+		leasering.WithNodeID(id),
+		leasering.WithSchema(e.schema),
+		leasering.WithTTL(e.ttl),
+		leasering.WithHeartbeat(e.heartbeat),
+		leasering.WithLogger(quietLogger().With("test", e.t.Name())),
+	}, opts...)
+	c, err := leasering.NewClient(db, all...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n := &node{id: id, client: c, db: db, proxy: p, leases: map[string]*leasering.Lease{}}
+	e.mu.Lock()
+	e.nodes = append(e.nodes, n)
+	e.mu.Unlock()
+	return n
+}
+
+// startNode makes a node with one lease on ring and starts it.
+func (e *env) startNode(id, ring string, size int, lopts ...leasering.LeaseOption) *node {
+	e.t.Helper()
+	n := e.newNode(id)
+	l, err := n.client.Lease(ring, size, lopts...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n.leases[ring] = l
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.client.Start(ctx); err != nil {
+		e.t.Fatalf("start %s: %v", id, err)
+	}
+	return n
+}
+
+// crash cuts the node off the database with a blackhole: its connections
+// hang, nothing is reset. The client keeps running and must fence itself.
+func (n *node) crash() {
+	n.proxy.SetMode(faultproxy.Blackhole)
+	n.down = true
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// live returns the nodes that are expected to report.
+func (e *env) live() []*node {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []*node
+	for _, n := range e.nodes {
+		if !n.down {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// owners maps each partition of ring to the nodes reporting it now.
+func owners(nodes []*node, ring string, size int) [][]string {
+	out := make([][]string, size)
+	for _, n := range nodes {
+		l := n.leases[ring]
+		if l == nil {
+			continue
+		}
+		for _, p := range l.Values() {
+			out[p] = append(out[p], n.id)
+		}
+	}
+	return out
+}
+
+// assignment is partition -> owner for a converged ring.
+type assignment []string
+
+// converged reports whether every partition of ring has exactly one owner
+// among nodes and every node holds floor or ceil of its weighted share.
+func converged(nodes []*node, ring string, size int, weights map[string]int) (assignment, bool) {
+	own := owners(nodes, ring, size)
+	a := make(assignment, size)
+	count := map[string]int{}
+	for p, o := range own {
+		if len(o) != 1 {
+			return nil, false
+		}
+		a[p] = o[0]
+		count[o[0]]++
+	}
+	total := 0
+	for _, n := range nodes {
+		total += weightOf(weights, n.id)
+	}
+	for _, n := range nodes {
+		w := weightOf(weights, n.id)
+		lo := size * w / total
+		hi := lo
+		if size*w%total != 0 {
+			hi++
+		}
+		if count[n.id] < lo || count[n.id] > hi {
+			return nil, false
+		}
+	}
+	return a, true
+}
+
+func weightOf(weights map[string]int, id string) int {
+	if w, ok := weights[id]; ok {
+		return w
+	}
+	return leasering.DefaultVNodes
+}
+
+// waitConverged waits until the live nodes converge on ring, or fails.
+func (e *env) waitConverged(ring string, size int, weights map[string]int, within time.Duration) (assignment, time.Duration) {
+	e.t.Helper()
+	start := time.Now()
+	var a assignment
+	ok := waitFor(within, func() bool {
+		var good bool
+		a, good = converged(e.live(), ring, size, weights)
+		return good
+	})
+	if !ok {
+		e.t.Fatalf("ring %s did not converge within %v: %s", ring, within, describe(e.live(), ring, size))
+	}
+	return a, time.Since(start)
+}
+
+func describe(nodes []*node, ring string, size int) string {
+	own := owners(nodes, ring, size)
+	count := map[string]int{}
+	none, dup := 0, 0
+	for _, o := range own {
+		switch {
+		case len(o) == 0:
+			none++
+		case len(o) > 1:
+			dup++
+		}
+		for _, id := range o {
+			count[id]++
+		}
+	}
+	ids := make([]string, 0, len(count))
+	for id := range count {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var b strings.Builder
+	fmt.Fprintf(&b, "unowned=%d doubly-owned=%d counts:", none, dup)
+	for _, id := range ids {
+		fmt.Fprintf(&b, " %s=%d", id, count[id])
+	}
+	return b.String()
+}
+
+// waitFor polls cond every millisecond until it holds or within passes.
+func waitFor(within time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(within)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,201 @@
+package leasering
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// snapshot is one immutable view of what a lease may use. Readers load it
+// with one atomic pointer read; the heartbeat loop replaces it whole.
+type snapshot struct {
+	values []int    // owned partitions, sorted
+	epochs []int64  // epochs[i] is the fencing token of values[i]
+	bits   []uint64 // bit p set when p is in values
+}
+
+var emptySnapshot = &snapshot{}
+
+func newSnapshot(size int, values []int, epochs []int64) *snapshot {
+	if len(values) == 0 {
+		return emptySnapshot
+	}
+	s := &snapshot{values: values, epochs: epochs, bits: make([]uint64, (size+63)/64)}
+	for _, p := range values {
+		s.bits[p/64] |= 1 << (uint(p) % 64)
+	}
+	return s
+}
+
+// Lease is this node's share of one ring. All of its methods are safe from
+// any goroutine; the read methods cost an atomic load and never block.
+type Lease struct {
+	c      *Client
+	name   string
+	size   int
+	vnodes int
+
+	snap atomic.Pointer[snapshot]
+
+	mu      sync.Mutex
+	err     error         // set once the lease has failed for good
+	changed chan struct{} // closed and replaced on every new snapshot or error
+
+	// Owned by the heartbeat loop.
+	version   int64             // ring version of view, 0 before the first
+	current   *snapshot         // what the view allows, published while the lease is live
+	revokedAt map[int]time.Time // partitions to give up, and when we first heard
+}
+
+func newLease(c *Client, name string, size, vnodes int) *Lease {
+	l := &Lease{c: c, name: name, size: size, vnodes: vnodes,
+		changed: make(chan struct{}), current: emptySnapshot, revokedAt: map[int]time.Time{}}
+	l.snap.Store(emptySnapshot)
+	return l
+}
+
+// Name is the ring's name.
+func (l *Lease) Name() string { return l.name }
+
+// Size is the ring's number of partitions.
+func (l *Lease) Size() int { return l.size }
+
+// Values returns the partitions this node owns now, sorted. It is empty
+// while the client is not sure of its lease (not yet started, cut off from
+// the database, closed). The slice is shared: do not modify it. Call it as
+// often as you like; it costs one atomic load.
+func (l *Lease) Values() []int { return l.snap.Load().values }
+
+// Owns reports whether this node owns partition p now.
+func (l *Lease) Owns(p int) bool {
+	s := l.snap.Load()
+	if p < 0 || p/64 >= len(s.bits) {
+		return false
+	}
+	return s.bits[p/64]&(1<<(uint(p)%64)) != 0
+}
+
+// Epoch returns the fencing token of an owned partition: it grows on every
+// change of owner, and the SQL function holds(ring, partition, epoch) is
+// true only for the current live owner.
+func (l *Lease) Epoch(p int) (int64, bool) {
+	s := l.snap.Load()
+	i := sort.SearchInts(s.values, p)
+	if i == len(s.values) || s.values[i] != p {
+		return 0, false
+	}
+	return s.epochs[i], true
+}
+
+// Err returns why the lease stopped for good (ErrRingSizeMismatch,
+// ErrFenced, ErrClosed), or nil while it is working.
+func (l *Lease) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Wait blocks until the lease owns at least one partition, the lease fails
+// (its error is returned), or ctx ends. A node can own nothing when a ring
+// has fewer partitions than members; Wait then waits for ctx.
+func (l *Lease) Wait(ctx context.Context) error {
+	for {
+		l.mu.Lock()
+		err, ch := l.err, l.changed
+		l.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if len(l.Values()) > 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// publish makes s the visible snapshot. Called by the heartbeat loop only.
+func (l *Lease) publish(s *snapshot) {
+	if l.snap.Load() == s {
+		return
+	}
+	l.snap.Store(s)
+	l.notify()
+}
+
+// fail stops the lease for good with err and hides its partitions.
+func (l *Lease) fail(err error) {
+	l.snap.Store(emptySnapshot)
+	l.mu.Lock()
+	if l.err == nil {
+		l.err = err
+	}
+	l.mu.Unlock()
+	l.notify()
+}
+
+func (l *Lease) notify() {
+	l.mu.Lock()
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// applyView takes the database's view of this ring. Partitions being handed
+// over are kept out of the visible snapshot from this moment.
+func (l *Lease) applyView(v ringChange, now time.Time) {
+	l.version = v.Version
+	revoking := make(map[int]bool, len(v.Revoking))
+	for _, p := range v.Revoking {
+		revoking[p] = true
+		if _, ok := l.revokedAt[p]; !ok {
+			l.revokedAt[p] = now
+		}
+	}
+	for p := range l.revokedAt {
+		if !revoking[p] {
+			delete(l.revokedAt, p)
+		}
+	}
+	values := make([]int, 0, len(v.Partitions))
+	epochs := make([]int64, 0, len(v.Partitions))
+	for i, p := range v.Partitions {
+		if p < 0 || p >= l.size || i >= len(v.Epochs) || revoking[p] {
+			continue
+		}
+		values = append(values, p)
+		epochs = append(epochs, v.Epochs[i])
+	}
+	l.current = newSnapshot(l.size, values, epochs)
+}
+
+// released lists the revoked partitions whose drain time is over.
+func (l *Lease) released(now time.Time, drain time.Duration) []int {
+	var out []int
+	for p, at := range l.revokedAt {
+		if now.Sub(at) >= drain {
+			out = append(out, p)
+		}
+	}
+	sort.Ints(out)
+	return out
+}
+
+// nextDrainEnd is the earliest time a revoked partition may be released.
+func (l *Lease) nextDrainEnd(drain time.Duration) (time.Time, bool) {
+	var first time.Time
+	for _, at := range l.revokedAt {
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+	}
+	if first.IsZero() {
+		return first, false
+	}
+	return first.Add(drain), true
+}

@@ -1,0 +1,112 @@
+package leasering
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"hash/fnv"
+	"strings"
+)
+
+//go:embed sql/functions.sql
+var functionsSQL string
+
+// SchemaVersion is the version of sql/functions.sql this library speaks.
+// Bump it with every change to that file.
+const SchemaVersion = 1
+
+// The two lines of functions.sql that name the schema; migrate replaces them.
+const (
+	sqlCreateSchemaLine = "CREATE SCHEMA IF NOT EXISTS leasering;"
+	sqlSearchPathLine   = "SET LOCAL search_path = leasering, pg_temp;"
+)
+
+// FunctionsSQL returns sql/functions.sql as shipped, for users who apply it
+// with their own migration tool (use it with WithoutMigration). It creates
+// the default schema "leasering"; apply it in one transaction.
+func FunctionsSQL() string { return functionsSQL }
+
+// quoteIdent quotes a schema name that schemaPattern already accepted.
+func quoteIdent(name string) string {
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+}
+
+// migrationScript is functions.sql for the given schema, preceded by a
+// transaction-level advisory lock. The client sends it as one statement
+// string with no parameters, which PostgreSQL runs as one implicit
+// transaction on one connection, so the lock is never left behind on a
+// pooled connection and concurrent starts apply it one after the other.
+func migrationScript(schema string) (string, error) {
+	src := FunctionsSQL()
+	q := quoteIdent(schema)
+	if !strings.Contains(src, sqlCreateSchemaLine) || !strings.Contains(src, sqlSearchPathLine) {
+		return "", fmt.Errorf("leasering: sql/functions.sql lacks its schema lines")
+	}
+	src = strings.Replace(src, sqlCreateSchemaLine, "CREATE SCHEMA IF NOT EXISTS "+q+";", 1)
+	src = strings.Replace(src, sqlSearchPathLine, "SET LOCAL search_path = "+q+", pg_temp;", 1)
+	return fmt.Sprintf("SELECT pg_advisory_xact_lock(%d);\n%s", migrationLockKey(schema), src), nil
+}
+
+// migrationLockKey is the advisory lock key for a schema's migration.
+func migrationLockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("leasering migration\x00" + schema))
+	return int64(h.Sum64())
+}
+
+// queries are the statements the client sends, with the schema quoted in.
+type queries struct {
+	schemaExists string
+	version      string
+	renew        string
+	leave        string
+	leaveRing    string
+}
+
+func newQueries(schema string) queries {
+	s := quoteIdent(schema)
+	return queries{
+		schemaExists: `SELECT to_regclass($1) IS NOT NULL`,
+		version:      `SELECT version FROM ` + s + `.schema_version`,
+		renew:        `SELECT lease_ms, hold_ms, node_status, changes::text FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::jsonb, $6)`,
+		leave:        `SELECT ` + s + `.leave($1, $2)`,
+		leaveRing:    `SELECT ` + s + `.leave($1, $2, $3)`,
+	}
+}
+
+// ensureSchema checks the schema version and, if allowed, creates or
+// upgrades the schema.
+func (c *Client) ensureSchema(ctx context.Context) error {
+	var exists bool
+	if err := c.db.QueryRowContext(ctx, c.q.schemaExists, quoteIdent(c.cfg.schema)+".schema_version").Scan(&exists); err != nil {
+		return fmt.Errorf("leasering: checking schema %q: %w", c.cfg.schema, err)
+	}
+	version := 0
+	if exists {
+		if err := c.db.QueryRowContext(ctx, c.q.version).Scan(&version); err != nil {
+			return fmt.Errorf("leasering: reading schema version: %w", err)
+		}
+	}
+	switch {
+	case version > SchemaVersion:
+		return fmt.Errorf("%w: schema %q is at version %d, this library knows %d", ErrSchemaVersion, c.cfg.schema, version, SchemaVersion)
+	case version == SchemaVersion:
+		return nil
+	case !c.cfg.migrate && version == 0:
+		return fmt.Errorf("%w: schema %q has no leasering tables and migration is off: apply sql/functions.sql (FunctionsSQL)", ErrSchemaMissing, c.cfg.schema)
+	case !c.cfg.migrate:
+		return fmt.Errorf("%w: schema %q is at version %d, this library needs %d and migration is off", ErrSchemaMissing, c.cfg.schema, version, SchemaVersion)
+	}
+	script, err := migrationScript(c.cfg.schema)
+	if err != nil {
+		return err
+	}
+	if _, err := c.db.ExecContext(ctx, script); err != nil {
+		if strings.Contains(err.Error(), "is newer than this library") {
+			return fmt.Errorf("%w: %v", ErrSchemaVersion, err)
+		}
+		return fmt.Errorf("leasering: migrating schema %q: %w", c.cfg.schema, err)
+	}
+	c.log.Info("leasering: schema ready", "schema", c.cfg.schema, "from_version", version, "to_version", SchemaVersion)
+	return nil
+}

@@ -1,0 +1,117 @@
+package leasering
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ringRequest is one ring in the heartbeat's argument.
+type ringRequest struct {
+	Ring     string `json:"ring"`
+	Size     int    `json:"size"`
+	VNodes   int    `json:"vnodes"`
+	Version  int64  `json:"version"`
+	Released []int  `json:"released,omitempty"`
+}
+
+// ringChange is one ring in the heartbeat's answer: the node's whole view of
+// a ring whose version moved since the one it sent.
+type ringChange struct {
+	Ring       string  `json:"ring"`
+	Version    int64   `json:"version"`
+	Status     string  `json:"status"` // "ok" or "size_mismatch"
+	Size       int     `json:"size"`   // the ring's real size, with size_mismatch
+	Partitions []int   `json:"partitions"`
+	Epochs     []int64 `json:"epochs"`
+	Revoking   []int   `json:"revoking"`
+}
+
+// Node statuses returned by renew_and_read.
+const (
+	statusOK       = "ok"
+	statusRejoined = "rejoined"
+	statusFenced   = "fenced"
+)
+
+// renewResult is one heartbeat's outcome.
+type renewResult struct {
+	sent, recv time.Time     // monotonic times around the call
+	lease      time.Duration // lease time left when the database answered
+	hold       time.Duration // report nothing for this long after recv
+	status     string
+	changes    []ringChange
+	other      string // with statusFenced: the incarnation that took over
+	err        error
+}
+
+// renew makes one call of renew_and_read.
+func (c *Client) renew(ctx context.Context, rings []ringRequest, claim bool) renewResult {
+	res := renewResult{sent: time.Now()}
+	arg, err := json.Marshal(rings)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	var leaseMS, holdMS int64
+	var changes sql.NullString
+	err = c.db.QueryRowContext(ctx, c.q.renew,
+		c.cfg.nodeID, c.incarnation, c.cfg.ttl.Milliseconds(), c.cfg.metadata, string(arg), claim,
+	).Scan(&leaseMS, &holdMS, &res.status, &changes)
+	res.recv = time.Now()
+	if err != nil {
+		res.err = classifyDBError(err)
+		return res
+	}
+	res.lease = time.Duration(leaseMS) * time.Millisecond
+	res.hold = time.Duration(holdMS) * time.Millisecond
+	res.err = decodeChanges(res.status, changes, &res)
+	return res
+}
+
+// decodeChanges parses the changes column for the given node status.
+func decodeChanges(status string, changes sql.NullString, res *renewResult) error {
+	switch status {
+	case statusOK, statusRejoined:
+		if !changes.Valid {
+			return nil
+		}
+		if err := json.Unmarshal([]byte(changes.String), &res.changes); err != nil {
+			return fmt.Errorf("leasering: decoding heartbeat answer: %w", err)
+		}
+		for _, ch := range res.changes {
+			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != "size_mismatch") || len(ch.Epochs) != len(ch.Partitions) {
+				return fmt.Errorf("leasering: malformed heartbeat answer for ring %q", ch.Ring)
+			}
+		}
+		return nil
+	case statusFenced:
+		var f struct {
+			Incarnation string `json:"incarnation"`
+		}
+		if changes.Valid {
+			_ = json.Unmarshal([]byte(changes.String), &f) // only for the log
+		}
+		res.other = f.Incarnation
+		return nil
+	default:
+		return fmt.Errorf("leasering: unknown node status %q from the database", status)
+	}
+}
+
+// classifyDBError wraps the errors the SQL functions raise on purpose in the
+// matching sentinel. Drivers differ in their error types, so this reads the
+// message, which the functions write with a "leasering:" prefix.
+func classifyDBError(err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "leasering: ring ") && strings.Contains(msg, " has size "):
+		return fmt.Errorf("%w: %v", ErrRingSizeMismatch, err)
+	case strings.Contains(msg, "is newer than this library"):
+		return fmt.Errorf("%w: %v", ErrSchemaVersion, err)
+	}
+	return err
+}

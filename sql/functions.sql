@@ -1,0 +1,490 @@
+-- leasering: the whole protocol, schema version 1.
+--
+-- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
+-- The client replaces the two lines below with its own schema name, quoted.
+-- Every function pins search_path to this schema, so the caller's
+-- search_path never matters. Every time is the database's: now() (the start
+-- of the transaction, conservative for expiry) or clock_timestamp() where a
+-- duration is handed back to a client.
+CREATE SCHEMA IF NOT EXISTS leasering;
+SET LOCAL search_path = leasering, pg_temp;
+
+-- The version record. A database newer than the library refuses it.
+CREATE TABLE IF NOT EXISTS schema_version (
+    id         boolean PRIMARY KEY DEFAULT true CHECK (id),
+    version    integer NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+DO $$
+BEGIN
+    IF (SELECT version FROM schema_version) > 1 THEN
+        RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (1)',
+            (SELECT version FROM schema_version);
+    END IF;
+END $$;
+
+-- One row per live process: the lease. A heartbeat rewrites only
+-- expires_at, which no index covers, so the update is HOT; fillfactor leaves
+-- room on the page for it.
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id     text PRIMARY KEY CHECK (node_id <> ''),
+    incarnation text NOT NULL,            -- random per process start
+    expires_at  timestamptz NOT NULL,     -- the lease; ownership is void past it
+    report_from timestamptz NOT NULL,     -- a new incarnation reports nothing before the old one's lease end
+    metadata    text NOT NULL DEFAULT '',
+    joined_at   timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 50);
+
+CREATE TABLE IF NOT EXISTS rings (
+    name       text PRIMARY KEY CHECK (name <> ''),
+    size       integer NOT NULL CHECK (size BETWEEN 1 AND 65536),
+    version    bigint NOT NULL DEFAULT 1,  -- bumped on every change to members or partitions
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS members (
+    ring      text NOT NULL REFERENCES rings (name) ON DELETE CASCADE,
+    node_id   text NOT NULL REFERENCES nodes (node_id) ON DELETE CASCADE,
+    vnodes    integer NOT NULL CHECK (vnodes BETWEEN 1 AND 256),  -- also the member's weight
+    positions bigint[] NOT NULL,                                  -- its vnodes on the 32-bit circle, sorted
+    PRIMARY KEY (ring, node_id)
+);
+CREATE INDEX IF NOT EXISTS members_node_id ON members (node_id);
+
+-- owner is the only node that may act on a partition, and only while its
+-- lease lives. next_owner is set while a handoff is in flight: owner has been
+-- told to stop and has not yet confirmed.
+CREATE TABLE IF NOT EXISTS partitions (
+    ring       text NOT NULL REFERENCES rings (name) ON DELETE CASCADE,
+    partition  integer NOT NULL,
+    owner      text,
+    epoch      bigint NOT NULL DEFAULT 0,  -- fencing token: +1 on every change of owner
+    next_owner text,
+    PRIMARY KEY (ring, partition)
+);
+CREATE INDEX IF NOT EXISTS partitions_owner ON partitions (ring, owner);
+
+-- Ring geometry. The circle is [0, 2^32). Partition p of Q starts at
+-- p * 2^32 / Q; a member's vnode i sits at the first 32 bits of
+-- md5(ring, node, i). Equal positions are ordered by member, which resolves
+-- collisions deterministically.
+CREATE OR REPLACE FUNCTION vnode_positions(p_ring text, p_node text, p_vnodes integer)
+RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path FROM CURRENT
+AS $$
+    SELECT array_agg(pos ORDER BY pos)
+      FROM (SELECT ('x' || left(md5(p_ring || E'\n' || p_node || E'\n' || i), 8))::bit(32)::bigint AS pos
+              FROM generate_series(0, p_vnodes - 1) AS i) AS v
+$$;
+
+-- rebalance: sticky, bounded-load consistent hashing for one ring. The
+-- caller holds the ring's row lock. Returns the number of partitions whose
+-- owner or pending owner changed.
+--
+-- 1. Live members are the ring's members whose node lease has not expired.
+-- 2. Each partition's holder is its pending owner if live, else its owner if
+--    live, else nobody (free).
+-- 3. Quotas: size split in proportion to vnodes, floor for all; the remainder
+--    goes to members whose share has a fraction, those holding most above
+--    their floor first, so that as little as possible moves.
+-- 4. Candidates are the free partitions and every partition of a member over
+--    quota. Each looks clockwise for the first vnode of a member under quota.
+--    Free ones go first, then the nearest; a member over quota gives up only
+--    its excess, a member under quota takes only what it lacks, and a
+--    candidate whose first choice is full walks on to the next.
+-- 5. Apply: a partition whose owner is gone goes straight to its holder with
+--    epoch + 1; one whose live owner must give it up gets next_owner and is
+--    handed over when the owner confirms (see renew_and_read).
+CREATE OR REPLACE FUNCTION rebalance(p_ring text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    q          integer;
+    ids        text[];     -- live members, in node_id order; a member is its index here
+    weights    integer[];
+    holder     integer[];  -- per partition p at [p + 1]: holding member, 0 for none
+    owner_live boolean[];  -- per partition: is the recorded owner a live member
+    have       integer[];
+    quota      integer[];
+    v_pos      bigint[];   -- vnodes of members under quota, clockwise
+    v_mem      integer[];
+    v_len      integer;
+    total_need integer;
+    c          record;
+    vi         integer;
+    changed    integer;
+BEGIN
+    SELECT size INTO q FROM rings WHERE name = p_ring;
+
+    SELECT coalesce(array_agg(m.node_id ORDER BY m.node_id), '{}'),
+           coalesce(array_agg(m.vnodes ORDER BY m.node_id), '{}')
+      INTO ids, weights
+      FROM members m
+      JOIN nodes n ON n.node_id = m.node_id
+     WHERE m.ring = p_ring AND n.expires_at > now();
+
+    SELECT array_agg(coalesce(nx.ord, ow.ord, 0)::integer ORDER BY p.partition),
+           array_agg(ow.ord IS NOT NULL ORDER BY p.partition)
+      INTO holder, owner_live
+      FROM partitions p
+      LEFT JOIN unnest(ids) WITH ORDINALITY AS ow (id, ord) ON ow.id = p.owner
+      LEFT JOIN unnest(ids) WITH ORDINALITY AS nx (id, ord) ON nx.id = p.next_owner
+     WHERE p.ring = p_ring;
+
+    IF cardinality(ids) > 0 THEN
+        SELECT array_agg(coalesce(h.n, 0)::integer ORDER BY u.ord)
+          INTO have
+          FROM generate_series(1, cardinality(ids)) AS u (ord)
+          LEFT JOIN (SELECT x AS ord, count(*) AS n FROM unnest(holder) AS x WHERE x > 0 GROUP BY x) AS h
+            ON h.ord = u.ord;
+
+        SELECT array_agg(base + CASE WHEN frac > 0 AND rn <= q - total_base THEN 1 ELSE 0 END ORDER BY ord)
+          INTO quota
+          FROM (SELECT ord, base, frac,
+                       sum(base) OVER () AS total_base,
+                       row_number() OVER (ORDER BY frac > 0 DESC, h - base DESC, frac DESC, ord) AS rn
+                  FROM (SELECT u.ord, u.h,
+                               (q::bigint * u.w) / t.total AS base,
+                               (q::bigint * u.w) % t.total AS frac
+                          FROM unnest(weights, have) WITH ORDINALITY AS u (w, h, ord),
+                               (SELECT sum(w) AS total FROM unnest(weights) AS w) AS t) AS s) AS s2;
+
+        SELECT coalesce(sum(greatest(quota[i] - have[i], 0)), 0)
+          INTO total_need
+          FROM generate_subscripts(ids, 1) AS i;
+
+        SELECT array_agg(pos ORDER BY pos, ord), array_agg(ord ORDER BY pos, ord)
+          INTO v_pos, v_mem
+          FROM (SELECT u.ord::integer AS ord, unnest(m.positions) AS pos
+                  FROM unnest(ids) WITH ORDINALITY AS u (id, ord)
+                  JOIN members m ON m.ring = p_ring AND m.node_id = u.id
+                 WHERE have[u.ord] < quota[u.ord]) AS v;
+        v_len := coalesce(cardinality(v_pos), 0);
+
+        IF total_need > 0 THEN
+            FOR c IN
+                SELECT cand.part, cand.h, (width_bucket(cand.pos - 1, v_pos) % v_len) + 1 AS vi
+                  FROM (SELECT (x.ord - 1)::integer AS part, x.h,
+                               (x.ord - 1) * 4294967296 / q AS pos
+                          FROM unnest(holder) WITH ORDINALITY AS x (h, ord)
+                         WHERE x.h = 0 OR have[x.h] > quota[x.h]) AS cand
+                 ORDER BY cand.h = 0 DESC,
+                          (v_pos[(width_bucket(cand.pos - 1, v_pos) % v_len) + 1] - cand.pos + 4294967296) % 4294967296,
+                          cand.part
+            LOOP
+                EXIT WHEN total_need = 0;
+                CONTINUE WHEN c.h > 0 AND have[c.h] <= quota[c.h];
+                vi := c.vi;
+                WHILE have[v_mem[vi]] >= quota[v_mem[vi]] LOOP
+                    vi := vi % v_len + 1;
+                END LOOP;
+                have[v_mem[vi]] := have[v_mem[vi]] + 1;
+                IF c.h > 0 THEN
+                    have[c.h] := have[c.h] - 1;
+                END IF;
+                holder[c.part + 1] := v_mem[vi];
+                total_need := total_need - 1;
+            END LOOP;
+        END IF;
+    END IF;
+
+    UPDATE partitions p
+       SET owner = t.new_owner,
+           next_owner = t.new_next,
+           epoch = CASE WHEN t.new_owner IS DISTINCT FROM p.owner AND t.new_owner IS NOT NULL
+                        THEN p.epoch + 1 ELSE p.epoch END
+      FROM (SELECT (x.ord - 1)::integer AS part,
+                   CASE WHEN x.live THEN x.owner ELSE ids[x.h] END AS new_owner,
+                   CASE WHEN x.live AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
+              FROM (SELECT u.h, u.live, u.ord, pp.owner
+                      FROM unnest(holder, owner_live) WITH ORDINALITY AS u (h, live, ord)
+                      JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1) AS x) AS t
+     WHERE p.ring = p_ring AND p.partition = t.part
+       AND (p.owner, p.next_owner) IS DISTINCT FROM (t.new_owner, t.new_next);
+    GET DIAGNOSTICS changed = ROW_COUNT;
+    RETURN changed;
+END
+$$;
+
+-- The node's view of one ring: what it owns (with epochs) and which of those
+-- it must give up. Partitions under handoff are listed in both.
+CREATE OR REPLACE FUNCTION ring_view(p_ring text, p_node text)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT jsonb_build_object(
+               'ring', r.name,
+               'version', r.version,
+               'status', 'ok',
+               'partitions', coalesce((SELECT jsonb_agg(p.partition ORDER BY p.partition)
+                                         FROM partitions p WHERE p.ring = r.name AND p.owner = p_node), '[]'),
+               'epochs', coalesce((SELECT jsonb_agg(p.epoch ORDER BY p.partition)
+                                     FROM partitions p WHERE p.ring = r.name AND p.owner = p_node), '[]'),
+               'revoking', coalesce((SELECT jsonb_agg(p.partition ORDER BY p.partition)
+                                       FROM partitions p
+                                      WHERE p.ring = r.name AND p.owner = p_node AND p.next_owner IS NOT NULL), '[]'))
+      FROM rings r
+     WHERE r.name = p_ring
+$$;
+
+-- claim_vnodes: join (or rejoin) a ring. The node's lease row must exist.
+-- Creates the ring on first use, refuses a size other than the ring's,
+-- places the vnodes and rebalances. Returns 'ok' or 'size_mismatch'; a
+-- mismatch writes nothing.
+CREATE OR REPLACE FUNCTION claim_vnodes(p_node text, p_ring text, p_size integer, p_vnodes integer)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    cur_size integer;
+BEGIN
+    SELECT size INTO cur_size FROM rings WHERE name = p_ring FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO rings (name, size) VALUES (p_ring, p_size) ON CONFLICT (name) DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO partitions (ring, partition)
+            SELECT p_ring, g FROM generate_series(0, p_size - 1) AS g;
+        END IF;
+        SELECT size INTO cur_size FROM rings WHERE name = p_ring FOR UPDATE;
+    END IF;
+    IF cur_size <> p_size THEN
+        RETURN 'size_mismatch';
+    END IF;
+
+    INSERT INTO members AS m (ring, node_id, vnodes, positions)
+    VALUES (p_ring, p_node, p_vnodes, vnode_positions(p_ring, p_node, p_vnodes))
+    ON CONFLICT (ring, node_id) DO UPDATE
+       SET vnodes = excluded.vnodes, positions = excluded.positions
+     WHERE m.vnodes <> excluded.vnodes;
+    IF FOUND THEN
+        PERFORM rebalance(p_ring);
+        UPDATE rings SET version = version + 1 WHERE name = p_ring;
+    END IF;
+    RETURN 'ok';
+END
+$$;
+
+-- evict_expired: remove every node whose lease has lapsed in database time
+-- (their member rows go with them) and return the rings they were in, for
+-- the caller to rebalance in its ring-lock order. Nodes another transaction
+-- is already evicting are skipped, never waited for.
+CREATE OR REPLACE FUNCTION evict_expired(p_except text)
+RETURNS text[]
+LANGUAGE sql
+SET search_path FROM CURRENT
+AS $$
+    WITH gone AS (
+        DELETE FROM nodes
+         WHERE node_id IN (SELECT node_id FROM nodes
+                            WHERE expires_at <= now() AND node_id <> p_except
+                              FOR UPDATE SKIP LOCKED)
+        RETURNING node_id)
+    SELECT coalesce(array_agg(DISTINCT m.ring ORDER BY m.ring), '{}')
+      FROM members m JOIN gone ON gone.node_id = m.node_id
+$$;
+
+-- renew_and_read: the heartbeat, one round trip for all of a node's rings.
+--
+-- p_rings is a JSON array of {ring, size, vnodes, version, released}:
+-- version is the ring version the node last saw (0: none yet) and released
+-- lists partitions it was told to give up and has stopped using.
+--
+-- Steady state: one HOT update of the node's row, one expired-node probe and
+-- one ring version read per ring; changes is NULL.
+--
+-- node_status is 'ok', 'rejoined' (the lease had lapsed or the row was gone:
+-- the node starts afresh, keeping what it still owns under new epochs) or
+-- 'fenced' (another incarnation took the node id over: this one must stop).
+-- With p_claim (a process starting) the node id is taken over from any older
+-- incarnation; the new one reports nothing until the old lease would have
+-- ended (hold_ms), so two processes never report the same partition.
+CREATE OR REPLACE FUNCTION renew_and_read(
+    p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean)
+RETURNS TABLE (lease_ms bigint, hold_ms bigint, node_status text, changes jsonb)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    ttl         interval := p_ttl_ms * interval '1 millisecond';
+    me          nodes;
+    st          text := 'ok';
+    r           record;
+    cur_version bigint;
+    cur_size    integer;
+    claim_st    text;
+    out         jsonb := '[]';
+BEGIN
+    UPDATE nodes SET expires_at = now() + ttl
+     WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
+    RETURNING * INTO me;
+
+    IF NOT FOUND THEN
+        SELECT * INTO me FROM nodes WHERE node_id = p_node FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO nodes (node_id, incarnation, expires_at, report_from, metadata)
+            VALUES (p_node, p_incarnation, now() + ttl, now(), p_metadata)
+            ON CONFLICT (node_id) DO NOTHING
+            RETURNING * INTO me;
+            IF NOT FOUND THEN  -- a racing start of the same id won; settle it on the next call
+                RAISE EXCEPTION 'leasering: node % is being started concurrently', p_node;
+            END IF;
+            st := CASE WHEN p_claim THEN 'ok' ELSE 'rejoined' END;
+        ELSIF me.incarnation <> p_incarnation AND NOT p_claim THEN
+            RETURN QUERY SELECT 0::bigint, 0::bigint, 'fenced'::text,
+                                jsonb_build_object('incarnation', me.incarnation);
+            RETURN;
+        ELSE
+            -- Take over our own lapsed lease, or a node id from an older
+            -- incarnation: keep its partitions (static membership: nothing
+            -- moves) but bump their epochs so the old holder's fencing
+            -- tokens die.
+            UPDATE nodes
+               SET incarnation = p_incarnation,
+                   report_from = CASE WHEN me.incarnation = p_incarnation THEN now()
+                                      ELSE greatest(now(), me.expires_at) END,
+                   expires_at = now() + ttl,
+                   metadata = p_metadata
+             WHERE node_id = p_node
+            RETURNING * INTO me;
+            WITH bumped AS (
+                UPDATE partitions SET epoch = epoch + 1
+                 WHERE owner = p_node
+                RETURNING ring)
+            UPDATE rings SET version = version + 1 WHERE name IN (SELECT ring FROM bumped);
+            IF NOT p_claim THEN
+                st := 'rejoined';
+            END IF;
+        END IF;
+    END IF;
+
+    -- Rings are locked in name order, so concurrent heartbeats never deadlock.
+    FOR r IN
+        SELECT coalesce(x.ring, e.ring) AS ring, x.size, x.vnodes,
+               coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
+               e.ring IS NOT NULL AS evicted
+          FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[])
+          FULL JOIN unnest(evict_expired(p_node)) AS e (ring) ON e.ring = x.ring
+         ORDER BY 1
+    LOOP
+        IF r.evicted THEN
+            -- Crash detection: whoever renews first rebalances after the dead.
+            PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
+            PERFORM rebalance(r.ring);
+            UPDATE rings SET version = version + 1 WHERE name = r.ring;
+        END IF;
+        CONTINUE WHEN r.size IS NULL;  -- not one of ours
+
+        IF cardinality(r.released) > 0 THEN
+            -- Confirmed releases: the pending owner takes over, epoch + 1.
+            -- A pending owner that died is left for its eviction to retarget.
+            PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
+            UPDATE partitions p
+               SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1
+             WHERE p.ring = r.ring AND p.partition = ANY (r.released)
+               AND p.owner = p_node AND p.next_owner IS NOT NULL
+               AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
+                            WHERE m.ring = r.ring AND m.node_id = p.next_owner AND n.expires_at > now());
+            IF FOUND THEN
+                UPDATE rings SET version = version + 1 WHERE name = r.ring;
+            END IF;
+        END IF;
+
+        SELECT version, size INTO cur_version, cur_size FROM rings WHERE name = r.ring;
+        IF FOUND AND cur_size <> r.size THEN
+            IF p_claim THEN  -- a starting process: refuse the whole call, write nothing
+                RAISE EXCEPTION 'leasering: ring % has size %, not %', r.ring, cur_size, r.size;
+            END IF;
+            out := out || jsonb_build_object('ring', r.ring, 'status', 'size_mismatch', 'size', cur_size);
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN FOUND AND cur_version = r.known;
+
+        IF NOT EXISTS (SELECT 1 FROM members WHERE ring = r.ring AND node_id = p_node AND vnodes = r.vnodes) THEN
+            claim_st := claim_vnodes(p_node, r.ring, r.size, r.vnodes);
+            IF claim_st <> 'ok' THEN
+                SELECT size INTO cur_size FROM rings WHERE name = r.ring;
+                out := out || jsonb_build_object('ring', r.ring, 'status', claim_st, 'size', cur_size);
+                CONTINUE;
+            END IF;
+        END IF;
+        out := out || ring_view(r.ring, p_node);
+    END LOOP;
+
+    RETURN QUERY SELECT
+        floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint,
+        greatest(ceil(extract(epoch FROM me.report_from - clock_timestamp()) * 1000), 0)::bigint,
+        st,
+        CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END;
+END
+$$;
+
+-- leave: graceful exit. Without p_ring the node leaves every ring and its
+-- lease row goes; with p_ring it leaves that ring only. Its partitions go to
+-- their new owners at once (it has stopped using them before calling).
+CREATE OR REPLACE FUNCTION leave(p_node text, p_incarnation text, p_ring text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    rs text[];
+    r  text;
+BEGIN
+    PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;  -- already gone, or the id belongs to a newer incarnation
+    END IF;
+    SELECT coalesce(array_agg(ring ORDER BY ring), '{}') INTO rs
+      FROM members WHERE node_id = p_node AND (p_ring IS NULL OR ring = p_ring);
+    IF p_ring IS NULL THEN
+        DELETE FROM nodes WHERE node_id = p_node;
+    ELSE
+        DELETE FROM members WHERE node_id = p_node AND ring = p_ring;
+    END IF;
+    FOREACH r IN ARRAY rs LOOP
+        PERFORM 1 FROM rings WHERE name = r FOR UPDATE;
+        PERFORM rebalance(r);
+        UPDATE rings SET version = version + 1 WHERE name = r;
+    END LOOP;
+END
+$$;
+
+-- holds: fencing inside users' own transactions. True only while epoch is
+-- the partition's current one and its owner's lease is live, by the clock
+-- at the moment of the call.
+CREATE OR REPLACE FUNCTION holds(p_ring text, p_partition integer, p_epoch bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE
+SET search_path FROM CURRENT
+AS $$
+    SELECT EXISTS (SELECT 1
+                     FROM partitions p
+                     JOIN nodes n ON n.node_id = p.owner
+                    WHERE p.ring = p_ring AND p.partition = p_partition AND p.epoch = p_epoch
+                      AND n.expires_at > clock_timestamp())
+$$;
+
+-- For operators: rings, members, what each owns and how long its lease has.
+CREATE OR REPLACE VIEW ring_members AS
+SELECT m.ring,
+       r.size,
+       r.version,
+       m.node_id,
+       m.vnodes,
+       n.metadata,
+       (SELECT count(*) FROM partitions p WHERE p.ring = m.ring AND p.owner = m.node_id) AS owned,
+       (SELECT count(*) FROM partitions p WHERE p.ring = m.ring AND p.next_owner = m.node_id) AS incoming,
+       greatest(n.expires_at - now(), interval '0') AS lease_left
+  FROM members m
+  JOIN rings r ON r.name = m.ring
+  JOIN nodes n ON n.node_id = m.node_id;
+
+INSERT INTO schema_version (version) VALUES (1)
+ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
+ WHERE schema_version.version < excluded.version;
