@@ -421,6 +421,15 @@ func (c *Client) apply(res renewResult) {
 	c.mu.Unlock()
 
 	c.hb.nextRenew = res.sent.Add(c.cfg.heartbeat)
+	if res.nextExpiry >= 0 {
+		// Another node's lease ends before our next heartbeat: renew just
+		// after, so that if it died we take over at once. The jitter keeps
+		// the survivors from all arriving in the same instant.
+		wait := max(res.nextExpiry+time.Millisecond, c.cfg.heartbeat/20) + rand.N(c.cfg.heartbeat/10+1)
+		if t := res.recv.Add(wait); t.Before(c.hb.nextRenew) {
+			c.hb.nextRenew = t
+		}
+	}
 	for _, l := range leases {
 		if t, ok := l.nextDrainEnd(c.cfg.drain); ok && t.Before(c.hb.nextRenew) {
 			c.hb.nextRenew = t // confirm releases as soon as the drain is over

@@ -44,7 +44,30 @@ func migrationScript(schema string) (string, error) {
 	}
 	src = strings.Replace(src, sqlCreateSchemaLine, "CREATE SCHEMA IF NOT EXISTS "+q+";", 1)
 	src = strings.Replace(src, sqlSearchPathLine, "SET LOCAL search_path = "+q+", pg_temp;", 1)
-	return fmt.Sprintf("SELECT pg_advisory_xact_lock(%d);\n%s", migrationLockKey(schema), src), nil
+	return fmt.Sprintf("SELECT pg_advisory_xact_lock(%d);\n%s\n%s", migrationLockKey(schema), migrationGuard(schema), src), nil
+}
+
+// errSchemaCurrent is the text of the error the migration guard raises when
+// another node applied this version while we waited for the lock.
+const errSchemaCurrent = "leasering: schema is already at version"
+
+// migrationGuard stops the script, under the lock, when the schema is
+// already at this version or newer: re-running the DDL would take table
+// locks that conflict with the heartbeats of nodes already running.
+func migrationGuard(schema string) string {
+	table := quoteIdent(schema) + ".schema_version"
+	return fmt.Sprintf(`DO $guard$
+DECLARE v integer;
+BEGIN
+    IF to_regclass('%[1]s') IS NOT NULL THEN
+        EXECUTE 'SELECT version FROM %[1]s' INTO v;
+        IF v > %[2]d THEN
+            RAISE EXCEPTION 'leasering: schema version %% in the database is newer than this library (%[2]d)', v;
+        ELSIF v = %[2]d THEN
+            RAISE EXCEPTION '%[3]s %%', v;
+        END IF;
+    END IF;
+END $guard$;`, table, SchemaVersion, errSchemaCurrent)
 }
 
 // migrationLockKey is the advisory lock key for a schema's migration.
@@ -68,7 +91,7 @@ func newQueries(schema string) queries {
 	return queries{
 		schemaExists: `SELECT to_regclass($1) IS NOT NULL`,
 		version:      `SELECT version FROM ` + s + `.schema_version`,
-		renew:        `SELECT lease_ms, hold_ms, node_status, changes::text FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::jsonb, $6)`,
+		renew:        `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::jsonb, $6)`,
 		leave:        `SELECT ` + s + `.leave($1, $2)`,
 		leaveRing:    `SELECT ` + s + `.leave($1, $2, $3)`,
 	}
@@ -102,6 +125,9 @@ func (c *Client) ensureSchema(ctx context.Context) error {
 		return err
 	}
 	if _, err := c.db.ExecContext(ctx, script); err != nil {
+		if strings.Contains(err.Error(), errSchemaCurrent) {
+			return nil // another node migrated while we waited
+		}
 		if strings.Contains(err.Error(), "is newer than this library") {
 			return fmt.Errorf("%w: %v", ErrSchemaVersion, err)
 		}

@@ -42,6 +42,7 @@ type renewResult struct {
 	sent, recv time.Time     // monotonic times around the call
 	lease      time.Duration // lease time left when the database answered
 	hold       time.Duration // report nothing for this long after recv
+	nextExpiry time.Duration // another node's lease ends in this long (-1: none)
 	status     string
 	changes    []ringChange
 	other      string // with statusFenced: the incarnation that took over
@@ -57,10 +58,11 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim bool) ren
 		return res
 	}
 	var leaseMS, holdMS int64
+	var nextExpiryMS sql.NullInt64
 	var changes sql.NullString
 	err = c.db.QueryRowContext(ctx, c.q.renew,
 		c.cfg.nodeID, c.incarnation, c.cfg.ttl.Milliseconds(), c.cfg.metadata, string(arg), claim,
-	).Scan(&leaseMS, &holdMS, &res.status, &changes)
+	).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes)
 	res.recv = time.Now()
 	if err != nil {
 		res.err = classifyDBError(err)
@@ -68,6 +70,10 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim bool) ren
 	}
 	res.lease = time.Duration(leaseMS) * time.Millisecond
 	res.hold = time.Duration(holdMS) * time.Millisecond
+	res.nextExpiry = -1
+	if nextExpiryMS.Valid {
+		res.nextExpiry = time.Duration(nextExpiryMS.Int64) * time.Millisecond
+	}
 	res.err = decodeChanges(res.status, changes, &res)
 	return res
 }

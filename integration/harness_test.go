@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,7 +100,8 @@ type env struct {
 	heartbeat time.Duration
 
 	mu    sync.Mutex
-	nodes []*node
+	nodes []*node // registered: watched by waits and checkers
+	all   []*node // every node made, for cleanup
 }
 
 type node struct {
@@ -107,8 +109,8 @@ type node struct {
 	client *leasering.Client
 	db     *sql.DB
 	proxy  *faultproxy.Proxy
-	leases map[string]*leasering.Lease
-	down   bool // crashed or closed: not expected to report
+	leases map[string]*leasering.Lease // filled before the node is registered
+	down   atomic.Bool                 // crashed or closed: not expected to report
 }
 
 func newEnv(t testing.TB, ttl, heartbeat time.Duration) *env {
@@ -121,7 +123,7 @@ func newEnv(t testing.TB, ttl, heartbeat time.Duration) *env {
 	e := &env{t: t, dsn: dsn, schema: "lrt_" + randomSuffix(), admin: admin, ttl: ttl, heartbeat: heartbeat}
 	t.Cleanup(func() {
 		e.mu.Lock()
-		nodes := e.nodes
+		nodes := e.all
 		e.mu.Unlock()
 		for _, n := range nodes {
 			_ = n.client.Close()
@@ -179,9 +181,16 @@ func (e *env) newNode(id string, opts ...leasering.Option) *node {
 	}
 	n := &node{id: id, client: c, db: db, proxy: p, leases: map[string]*leasering.Lease{}}
 	e.mu.Lock()
-	e.nodes = append(e.nodes, n)
+	e.all = append(e.all, n)
 	e.mu.Unlock()
 	return n
+}
+
+// register makes waits and checkers watch n. Its leases must be open.
+func (e *env) register(n *node) {
+	e.mu.Lock()
+	e.nodes = append(e.nodes, n)
+	e.mu.Unlock()
 }
 
 // startNode makes a node with one lease on ring and starts it.
@@ -193,6 +202,7 @@ func (e *env) startNode(id, ring string, size int, lopts ...leasering.LeaseOptio
 		e.t.Fatal(err)
 	}
 	n.leases[ring] = l
+	e.register(n)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := n.client.Start(ctx); err != nil {
@@ -205,7 +215,7 @@ func (e *env) startNode(id, ring string, size int, lopts ...leasering.LeaseOptio
 // hang, nothing is reset. The client keeps running and must fence itself.
 func (n *node) crash() {
 	n.proxy.SetMode(faultproxy.Blackhole)
-	n.down = true
+	n.down.Store(true)
 }
 
 func must[T any](v T, err error) T {
@@ -221,7 +231,7 @@ func (e *env) live() []*node {
 	defer e.mu.Unlock()
 	var out []*node
 	for _, n := range e.nodes {
-		if !n.down {
+		if !n.down.Load() {
 			out = append(out, n)
 		}
 	}

@@ -75,7 +75,7 @@ func TestJoinsConvergeExactlyWithMinimalMovement(t *testing.T) {
 		if err := n.client.Close(); err != nil {
 			t.Fatalf("close %s: %v", n.id, err)
 		}
-		n.down = true
+		n.down.Store(true)
 		a, _ := e.waitConverged("orders", q, nil, 15*time.Second)
 		if moved := diff(before, a); moved != had {
 			t.Errorf("leave of %s: %d partitions moved, want exactly its %d", n.id, moved, had)

@@ -295,8 +295,8 @@ $$;
 -- version is the ring version the node last saw (0: none yet) and released
 -- lists partitions it was told to give up and has stopped using.
 --
--- Steady state: one HOT update of the node's row, one expired-node probe and
--- one ring version read per ring; changes is NULL.
+-- Steady state: one HOT update of the node's row, one scan for the earliest
+-- other lease end, and one ring version read per ring; changes is NULL.
 --
 -- node_status is 'ok', 'rejoined' (the lease had lapsed or the row was gone:
 -- the node starts afresh, keeping what it still owns under new epochs) or
@@ -306,13 +306,15 @@ $$;
 -- ended (hold_ms), so two processes never report the same partition.
 CREATE OR REPLACE FUNCTION renew_and_read(
     p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean)
-RETURNS TABLE (lease_ms bigint, hold_ms bigint, node_status text, changes jsonb)
+RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb)
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
     ttl         interval := p_ttl_ms * interval '1 millisecond';
     me          nodes;
+    next_expiry timestamptz;
+    evicted     text[] := '{}';
     st          text := 'ok';
     r           record;
     cur_version bigint;
@@ -336,7 +338,7 @@ BEGIN
             END IF;
             st := CASE WHEN p_claim THEN 'ok' ELSE 'rejoined' END;
         ELSIF me.incarnation <> p_incarnation AND NOT p_claim THEN
-            RETURN QUERY SELECT 0::bigint, 0::bigint, 'fenced'::text,
+            RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text,
                                 jsonb_build_object('incarnation', me.incarnation);
             RETURN;
         ELSE
@@ -363,18 +365,27 @@ BEGIN
         END IF;
     END IF;
 
+    -- Crash detection: whoever renews first after a lease lapses evicts the
+    -- node. The earliest other lease end goes back to the client, which
+    -- renews right after it, so survivors take over a crashed node's
+    -- partitions at once rather than up to a heartbeat later.
+    SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
+    IF next_expiry <= now() THEN
+        evicted := evict_expired(p_node);
+        SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
+    END IF;
+
     -- Rings are locked in name order, so concurrent heartbeats never deadlock.
     FOR r IN
         SELECT coalesce(x.ring, e.ring) AS ring, x.size, x.vnodes,
                coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
                e.ring IS NOT NULL AS evicted
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[])
-          FULL JOIN unnest(evict_expired(p_node)) AS e (ring) ON e.ring = x.ring
+          FULL JOIN unnest(evicted) AS e (ring) ON e.ring = x.ring
          ORDER BY 1
     LOOP
         IF r.evicted THEN
-            -- Crash detection: whoever renews first rebalances after the dead.
-            PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
+                    PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
             PERFORM rebalance(r.ring);
             UPDATE rings SET version = version + 1 WHERE name = r.ring;
         END IF;
@@ -419,6 +430,7 @@ BEGIN
     RETURN QUERY SELECT
         floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint,
         greatest(ceil(extract(epoch FROM me.report_from - clock_timestamp()) * 1000), 0)::bigint,
+        greatest(ceil(extract(epoch FROM next_expiry - clock_timestamp()) * 1000), 0)::bigint,
         st,
         CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END;
 END

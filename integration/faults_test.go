@@ -1,0 +1,147 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leasering/leasering/internal/faultproxy"
+)
+
+// ownedBy lists the partitions a converged assignment gives id.
+func ownedBy(a assignment, id string) []int {
+	var out []int
+	for p, o := range a {
+		if o == id {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// othersOwn reports whether every partition in ps is reported by exactly
+// one live node.
+func (e *env) othersOwn(ring string, size int, ps []int) bool {
+	own := owners(e.live(), ring, size)
+	for _, p := range ps {
+		if len(own[p]) != 1 {
+			return false
+		}
+	}
+	return true
+}
+
+// TestCloseHandsOverWithinOneHeartbeat: after Close returns, the others own
+// the leaver's partitions within one heartbeat (plus their call's latency).
+func TestCloseHandsOverWithinOneHeartbeat(t *testing.T) {
+	t.Parallel()
+	const q, hb = 1024, 200 * time.Millisecond
+	e := newEnv(t, 2*time.Second, hb)
+	for i := 0; i < 3; i++ {
+		e.startNode(fmt.Sprintf("n%d", i), "orders", q)
+	}
+	a, _ := e.waitConverged("orders", q, nil, 15*time.Second)
+	chk := e.startChecker("orders", q, e.ttl+e.heartbeat)
+	leaver := e.live()[0]
+	theirs := ownedBy(a, leaver.id)
+	if err := leaver.client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := leaver.leases["orders"].Values(); len(got) != 0 {
+		t.Fatalf("after Close the leaver still reports %d partitions", len(got))
+	}
+	leaver.down.Store(true)
+	closed := time.Now()
+	if !waitFor(5*time.Second, func() bool { return e.othersOwn("orders", q, theirs) }) {
+		t.Fatalf("leaver's partitions not taken over: %s", describe(e.live(), "orders", q))
+	}
+	took := time.Since(closed)
+	t.Logf("Close to takeover of %d partitions: %v (heartbeat %v)", len(theirs), took.Round(time.Millisecond), hb)
+	if took > hb+hb/2 {
+		t.Errorf("takeover after Close took %v, want at most one heartbeat (%v) plus latency", took, hb)
+	}
+	e.waitConverged("orders", q, nil, 5*time.Second)
+	chk.finish()
+}
+
+// TestCrashTakeoverWithinTTLPlusHeartbeat cuts a node off the database with
+// a blackhole (its connections hang). It must stop reporting before its
+// lease lapses (the checker), and the others own its partitions within
+// TTL + heartbeat of the cut.
+func TestCrashTakeoverWithinTTLPlusHeartbeat(t *testing.T) {
+	t.Parallel()
+	const q = 1024
+	ttl, hb := time.Second, 100*time.Millisecond
+	e := newEnv(t, ttl, hb)
+	for i := 0; i < 3; i++ {
+		e.startNode(fmt.Sprintf("n%d", i), "orders", q)
+	}
+	a, _ := e.waitConverged("orders", q, nil, 15*time.Second)
+	chk := e.startChecker("orders", q, ttl+hb)
+	victim := e.live()[1]
+	theirs := ownedBy(a, victim.id)
+	cut := time.Now()
+	victim.crash()
+	if !waitFor(ttl, func() bool { return len(victim.leases["orders"].Values()) == 0 }) {
+		t.Fatal("cut-off node still reports partitions a whole TTL after the cut")
+	}
+	fenced := time.Since(cut)
+	if !waitFor(5*ttl, func() bool { return e.othersOwn("orders", q, theirs) }) {
+		t.Fatalf("partitions of the cut-off node not taken over: %s", describe(e.live(), "orders", q))
+	}
+	took := time.Since(cut)
+	t.Logf("cut-off node stopped reporting after %v; others took its %d partitions %v after the cut (TTL %v, heartbeat %v)",
+		fenced.Round(time.Millisecond), len(theirs), took.Round(time.Millisecond), ttl, hb)
+	if took > ttl+hb {
+		t.Errorf("takeover took %v, want at most TTL + heartbeat = %v", took, ttl+hb)
+	}
+	e.waitConverged("orders", q, nil, 5*time.Second)
+
+	// The node comes back: it rejoins without help and the ring rebalances.
+	victim.proxy.SetMode(faultproxy.Pass)
+	victim.down.Store(false)
+	e.waitConverged("orders", q, nil, 10*time.Second)
+	chk.finish()
+}
+
+// TestConcurrentStartOf50 starts 50 clients at once on an empty schema: the
+// migration is serialised in the database and every start succeeds.
+func TestConcurrentStartOf50(t *testing.T) {
+	const q, n = 1024, 50
+	e := newEnv(t, 3*time.Second, 300*time.Millisecond)
+	nodes := make([]*node, n)
+	for i := range nodes {
+		nodes[i] = e.newNode(fmt.Sprintf("n%02d", i))
+		nodes[i].db.SetMaxOpenConns(1)
+		l, err := nodes[i].client.Lease("orders", q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[i].leases["orders"] = l
+		e.register(nodes[i])
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i := range nodes {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			<-start
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			errs[i] = nodes[i].client.Start(ctx)
+		}(i)
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("start of %s: %v", nodes[i].id, err)
+		}
+	}
+	_, took := e.waitConverged("orders", q, nil, 30*time.Second)
+	t.Logf("50 concurrent starts converged %v after the last Start returned", took.Round(time.Millisecond))
+}
