@@ -195,7 +195,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 	if err := y.client.Start(ctx); !errors.Is(err, leasering.ErrRingSizeMismatch) {
 		t.Errorf("Start with the wrong ring size: %v, want ErrRingSizeMismatch", err)
 	}
-	if n := count(`SELECT count(*) FROM "`+e.schema+`".nodes WHERE node_id = 'y'`); n != 0 {
+	if n := count(`SELECT count(*) FROM "` + e.schema + `".nodes WHERE node_id = 'y'`); n != 0 {
 		t.Errorf("refused Start wrote the node row")
 	}
 
@@ -211,7 +211,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 	if err := l.Wait(ctx); !errors.Is(err, leasering.ErrRingSizeMismatch) {
 		t.Errorf("Wait on a lease with the wrong size: %v, want ErrRingSizeMismatch", err)
 	}
-	if n := count(`SELECT count(*) FROM "`+e.schema+`".members WHERE node_id = 'z'`); n != 0 {
+	if n := count(`SELECT count(*) FROM "` + e.schema + `".members WHERE node_id = 'z'`); n != 0 {
 		t.Errorf("mismatched lease wrote a member row")
 	}
 
