@@ -288,7 +288,7 @@ func TestStartMigratesWithLockInOneStatement(t *testing.T) {
 	c := newTestClient(t, db, WithSchema("my_app"))
 	mock.ExpectQuery(`SELECT to_regclass`).WithArgs(`"my_app".schema_version`).
 		WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
-	mock.ExpectExec(`^SELECT pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";\s*SET LOCAL search_path = "my_app", pg_temp;.*CREATE OR REPLACE FUNCTION renew_and_read`).
+	mock.ExpectExec(`^SELECT pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";.*CREATE TABLE IF NOT EXISTS "my_app".nodes.*SET search_path = "my_app", pg_temp.*CREATE OR REPLACE FUNCTION "my_app".renew_and_read`).
 		WillReturnResult(sqlmock.NewResult(0, 0))
 	mock.ExpectQuery(`FROM "my_app".renew_and_read`).
 		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(9990, 0, nil, "ok", nil))

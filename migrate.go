@@ -15,10 +15,12 @@ var functionsSQL string
 // Bump it with every change to that file.
 const SchemaVersion = 1
 
-// The two lines of functions.sql that name the schema; migrate replaces them.
+// functions.sql names its schema "leasering" in these forms only: as the
+// qualifier of every object and in every function's search_path.
 const (
-	sqlCreateSchemaLine = "CREATE SCHEMA IF NOT EXISTS leasering;"
-	sqlSearchPathLine   = "SET LOCAL search_path = leasering, pg_temp;"
+	sqlSchemaQualifier = "leasering."
+	sqlSchemaCreate    = "CREATE SCHEMA IF NOT EXISTS leasering;"
+	sqlSchemaPath      = "search_path = leasering, pg_temp"
 )
 
 // FunctionsSQL returns sql/functions.sql as shipped, for users who apply it
@@ -36,15 +38,12 @@ func quoteIdent(name string) string {
 // string with no parameters, which PostgreSQL runs as one implicit
 // transaction on one connection, so the lock is never left behind on a
 // pooled connection and concurrent starts apply it one after the other.
-func migrationScript(schema string) (string, error) {
-	src := FunctionsSQL()
+func migrationScript(schema string) string {
 	q := quoteIdent(schema)
-	if !strings.Contains(src, sqlCreateSchemaLine) || !strings.Contains(src, sqlSearchPathLine) {
-		return "", fmt.Errorf("leasering: sql/functions.sql lacks its schema lines")
-	}
-	src = strings.Replace(src, sqlCreateSchemaLine, "CREATE SCHEMA IF NOT EXISTS "+q+";", 1)
-	src = strings.Replace(src, sqlSearchPathLine, "SET LOCAL search_path = "+q+", pg_temp;", 1)
-	return fmt.Sprintf("SELECT pg_advisory_xact_lock(%d);\n%s\n%s", migrationLockKey(schema), migrationGuard(schema), src), nil
+	src := strings.ReplaceAll(FunctionsSQL(), sqlSchemaCreate, "CREATE SCHEMA IF NOT EXISTS "+q+";")
+	src = strings.ReplaceAll(src, sqlSchemaPath, "search_path = "+q+", pg_temp")
+	src = strings.ReplaceAll(src, sqlSchemaQualifier, q+".")
+	return fmt.Sprintf("SELECT pg_advisory_xact_lock(%d);\n%s\n%s", migrationLockKey(schema), migrationGuard(schema), src)
 }
 
 // errSchemaCurrent is the text of the error the migration guard raises when
@@ -120,11 +119,7 @@ func (c *Client) ensureSchema(ctx context.Context) error {
 	case !c.cfg.migrate:
 		return fmt.Errorf("%w: schema %q is at version %d, this library needs %d and migration is off", ErrSchemaMissing, c.cfg.schema, version, SchemaVersion)
 	}
-	script, err := migrationScript(c.cfg.schema)
-	if err != nil {
-		return err
-	}
-	if _, err := c.db.ExecContext(ctx, script); err != nil {
+	if _, err := c.db.ExecContext(ctx, migrationScript(c.cfg.schema)); err != nil {
 		if strings.Contains(err.Error(), errSchemaCurrent) {
 			return nil // another node migrated while we waited
 		}

@@ -35,8 +35,8 @@ func (e *env) othersOwn(ring string, size int, ps []int) bool {
 
 // TestCloseHandsOverWithinOneHeartbeat: after Close returns, the others own
 // the leaver's partitions within one heartbeat (plus their call's latency).
+// It runs alone (not parallel): it measures time.
 func TestCloseHandsOverWithinOneHeartbeat(t *testing.T) {
-	t.Parallel()
 	const q, hb = 1024, 200 * time.Millisecond
 	e := newEnv(t, 2*time.Second, hb)
 	for i := 0; i < 3; i++ {
@@ -69,9 +69,9 @@ func TestCloseHandsOverWithinOneHeartbeat(t *testing.T) {
 // TestCrashTakeoverWithinTTLPlusHeartbeat cuts a node off the database with
 // a blackhole (its connections hang). It must stop reporting before its
 // lease lapses (the checker), and the others own its partitions within
-// TTL + heartbeat of the cut.
+// TTL + heartbeat of the cut. It runs alone (not parallel): it measures
+// time.
 func TestCrashTakeoverWithinTTLPlusHeartbeat(t *testing.T) {
-	t.Parallel()
 	const q = 1024
 	ttl, hb := time.Second, 100*time.Millisecond
 	e := newEnv(t, ttl, hb)

@@ -1,16 +1,16 @@
 -- leasering: the whole protocol, schema version 1.
 --
 -- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
--- The client replaces the two lines below with its own schema name, quoted.
--- Every function pins search_path to this schema, so the caller's
--- search_path never matters. Every time is the database's: now() (the start
--- of the transaction, conservative for expiry) or clock_timestamp() where a
--- duration is handed back to a client.
+-- Every object is qualified with the schema and every function pins its
+-- search_path to it, so the caller's search_path never matters; the Go
+-- client writes its own schema name, quoted, in place of the default one.
+-- Every time is the database's: now() (the start of the transaction,
+-- conservative for expiry) or clock_timestamp() where a duration is handed
+-- back to a client.
 CREATE SCHEMA IF NOT EXISTS leasering;
-SET LOCAL search_path = leasering, pg_temp;
 
 -- The version record. A database newer than the library refuses it.
-CREATE TABLE IF NOT EXISTS schema_version (
+CREATE TABLE IF NOT EXISTS leasering.schema_version (
     id         boolean PRIMARY KEY DEFAULT true CHECK (id),
     version    integer NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
@@ -18,16 +18,16 @@ CREATE TABLE IF NOT EXISTS schema_version (
 
 DO $$
 BEGIN
-    IF (SELECT version FROM schema_version) > 1 THEN
+    IF (SELECT version FROM leasering.schema_version) > 1 THEN
         RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (1)',
-            (SELECT version FROM schema_version);
+            (SELECT version FROM leasering.schema_version);
     END IF;
 END $$;
 
 -- One row per live process: the lease. A heartbeat rewrites only
 -- expires_at, which no index covers, so the update is HOT; fillfactor leaves
 -- room on the page for it.
-CREATE TABLE IF NOT EXISTS nodes (
+CREATE TABLE IF NOT EXISTS leasering.nodes (
     node_id     text PRIMARY KEY CHECK (node_id <> ''),
     incarnation text NOT NULL,            -- random per process start
     expires_at  timestamptz NOT NULL,     -- the lease; ownership is void past it
@@ -36,43 +36,43 @@ CREATE TABLE IF NOT EXISTS nodes (
     joined_at   timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 50);
 
-CREATE TABLE IF NOT EXISTS rings (
+CREATE TABLE IF NOT EXISTS leasering.rings (
     name       text PRIMARY KEY CHECK (name <> ''),
     size       integer NOT NULL CHECK (size BETWEEN 1 AND 65536),
     version    bigint NOT NULL DEFAULT 1,  -- bumped on every change to members or partitions
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE IF NOT EXISTS members (
-    ring      text NOT NULL REFERENCES rings (name) ON DELETE CASCADE,
-    node_id   text NOT NULL REFERENCES nodes (node_id) ON DELETE CASCADE,
+CREATE TABLE IF NOT EXISTS leasering.members (
+    ring      text NOT NULL REFERENCES leasering.rings (name) ON DELETE CASCADE,
+    node_id   text NOT NULL REFERENCES leasering.nodes (node_id) ON DELETE CASCADE,
     vnodes    integer NOT NULL CHECK (vnodes BETWEEN 1 AND 256),  -- also the member's weight
     positions bigint[] NOT NULL,                                  -- its vnodes on the 32-bit circle, sorted
     PRIMARY KEY (ring, node_id)
 );
-CREATE INDEX IF NOT EXISTS members_node_id ON members (node_id);
+CREATE INDEX IF NOT EXISTS members_node_id ON leasering.members (node_id);
 
 -- owner is the only node that may act on a partition, and only while its
 -- lease lives. next_owner is set while a handoff is in flight: owner has been
 -- told to stop and has not yet confirmed.
-CREATE TABLE IF NOT EXISTS partitions (
-    ring       text NOT NULL REFERENCES rings (name) ON DELETE CASCADE,
+CREATE TABLE IF NOT EXISTS leasering.partitions (
+    ring       text NOT NULL REFERENCES leasering.rings (name) ON DELETE CASCADE,
     partition  integer NOT NULL,
     owner      text,
     epoch      bigint NOT NULL DEFAULT 0,  -- fencing token: +1 on every change of owner
     next_owner text,
     PRIMARY KEY (ring, partition)
 );
-CREATE INDEX IF NOT EXISTS partitions_owner ON partitions (ring, owner);
+CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
 
 -- Ring geometry. The circle is [0, 2^32). Partition p of Q starts at
 -- p * 2^32 / Q; a member's vnode i sits at the first 32 bits of
 -- md5(ring, node, i). Equal positions are ordered by member, which resolves
 -- collisions deterministically.
-CREATE OR REPLACE FUNCTION vnode_positions(p_ring text, p_node text, p_vnodes integer)
+CREATE OR REPLACE FUNCTION leasering.vnode_positions(p_ring text, p_node text, p_vnodes integer)
 RETURNS bigint[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path FROM CURRENT
+SET search_path = leasering, pg_temp
 AS $$
     SELECT array_agg(pos ORDER BY pos)
       FROM (SELECT ('x' || left(md5(p_ring || E'\n' || p_node || E'\n' || i), 8))::bit(32)::bigint AS pos
@@ -97,10 +97,10 @@ $$;
 -- 5. Apply: a partition whose owner is gone goes straight to its holder with
 --    epoch + 1; one whose live owner must give it up gets next_owner and is
 --    handed over when the owner confirms (see renew_and_read).
-CREATE OR REPLACE FUNCTION rebalance(p_ring text)
+CREATE OR REPLACE FUNCTION leasering.rebalance(p_ring text)
 RETURNS integer
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = leasering, pg_temp
 AS $$
 DECLARE
     q          integer;
@@ -212,10 +212,10 @@ $$;
 
 -- The node's view of one ring: what it owns (with epochs) and which of those
 -- it must give up. Partitions under handoff are listed in both.
-CREATE OR REPLACE FUNCTION ring_view(p_ring text, p_node text)
+CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text)
 RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path FROM CURRENT
+SET search_path = leasering, pg_temp
 AS $$
     SELECT jsonb_build_object(
                'ring', r.name,
@@ -236,10 +236,10 @@ $$;
 -- Creates the ring on first use, refuses a size other than the ring's,
 -- places the vnodes and rebalances. Returns 'ok' or 'size_mismatch'; a
 -- mismatch writes nothing.
-CREATE OR REPLACE FUNCTION claim_vnodes(p_node text, p_ring text, p_size integer, p_vnodes integer)
+CREATE OR REPLACE FUNCTION leasering.claim_vnodes(p_node text, p_ring text, p_size integer, p_vnodes integer)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = leasering, pg_temp
 AS $$
 DECLARE
     cur_size integer;
@@ -274,10 +274,10 @@ $$;
 -- (their member rows go with them) and return the rings they were in, for
 -- the caller to rebalance in its ring-lock order. Nodes another transaction
 -- is already evicting are skipped, never waited for.
-CREATE OR REPLACE FUNCTION evict_expired(p_except text)
+CREATE OR REPLACE FUNCTION leasering.evict_expired(p_except text)
 RETURNS text[]
 LANGUAGE sql
-SET search_path FROM CURRENT
+SET search_path = leasering, pg_temp
 AS $$
     WITH gone AS (
         DELETE FROM nodes
@@ -304,11 +304,11 @@ $$;
 -- With p_claim (a process starting) the node id is taken over from any older
 -- incarnation; the new one reports nothing until the old lease would have
 -- ended (hold_ms), so two processes never report the same partition.
-CREATE OR REPLACE FUNCTION renew_and_read(
+CREATE OR REPLACE FUNCTION leasering.renew_and_read(
     p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean)
 RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb)
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = leasering, pg_temp
 AS $$
 DECLARE
     ttl         interval := p_ttl_ms * interval '1 millisecond';
@@ -439,10 +439,10 @@ $$;
 -- leave: graceful exit. Without p_ring the node leaves every ring and its
 -- lease row goes; with p_ring it leaves that ring only. Its partitions go to
 -- their new owners at once (it has stopped using them before calling).
-CREATE OR REPLACE FUNCTION leave(p_node text, p_incarnation text, p_ring text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION leasering.leave(p_node text, p_incarnation text, p_ring text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = leasering, pg_temp
 AS $$
 DECLARE
     rs text[];
@@ -470,10 +470,10 @@ $$;
 -- holds: fencing inside users' own transactions. True only while epoch is
 -- the partition's current one and its owner's lease is live, by the clock
 -- at the moment of the call.
-CREATE OR REPLACE FUNCTION holds(p_ring text, p_partition integer, p_epoch bigint)
+CREATE OR REPLACE FUNCTION leasering.holds(p_ring text, p_partition integer, p_epoch bigint)
 RETURNS boolean
 LANGUAGE sql VOLATILE
-SET search_path FROM CURRENT
+SET search_path = leasering, pg_temp
 AS $$
     SELECT EXISTS (SELECT 1
                      FROM partitions p
@@ -483,20 +483,20 @@ AS $$
 $$;
 
 -- For operators: rings, members, what each owns and how long its lease has.
-CREATE OR REPLACE VIEW ring_members AS
+CREATE OR REPLACE VIEW leasering.ring_members AS
 SELECT m.ring,
        r.size,
        r.version,
        m.node_id,
        m.vnodes,
        n.metadata,
-       (SELECT count(*) FROM partitions p WHERE p.ring = m.ring AND p.owner = m.node_id) AS owned,
-       (SELECT count(*) FROM partitions p WHERE p.ring = m.ring AND p.next_owner = m.node_id) AS incoming,
+       (SELECT count(*) FROM leasering.partitions p WHERE p.ring = m.ring AND p.owner = m.node_id) AS owned,
+       (SELECT count(*) FROM leasering.partitions p WHERE p.ring = m.ring AND p.next_owner = m.node_id) AS incoming,
        greatest(n.expires_at - now(), interval '0') AS lease_left
-  FROM members m
-  JOIN rings r ON r.name = m.ring
-  JOIN nodes n ON n.node_id = m.node_id;
+  FROM leasering.members m
+  JOIN leasering.rings r ON r.name = m.ring
+  JOIN leasering.nodes n ON n.node_id = m.node_id;
 
-INSERT INTO schema_version (version) VALUES (1)
+INSERT INTO leasering.schema_version (version) VALUES (1)
 ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
- WHERE schema_version.version < excluded.version;
+ WHERE leasering.schema_version.version < excluded.version;

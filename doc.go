@@ -1,0 +1,57 @@
+// Package leasering shares out the partitions of named consistent-hashing
+// rings among many processes, with PostgreSQL as the only coordinator.
+//
+// Each process is a node. It holds one lease in the database, a row that
+// its heartbeat renews, and joins rings with Client.Lease. A ring has a
+// fixed number of partitions; every live member owns a share in proportion
+// to its vnodes, exactly (floor or ceil), and Lease.Values tells the node
+// which partitions are its own right now:
+//
+//	c, err := leasering.NewClient(db, leasering.WithNodeID("pod-a"))
+//	lease, err := c.Lease("orders", 1024)
+//	err = c.Start(ctx)
+//	defer c.Close()
+//	for {
+//		for _, p := range lease.Values() { work(p) }
+//	}
+//
+// # Protocol
+//
+// Every decision is made by PL/pgSQL functions (sql/functions.sql) with the
+// database clock, inside one transaction per call, so node clocks never
+// matter. The heartbeat, renew_and_read, extends the node's lease, evicts
+// nodes whose lease has lapsed, confirms partitions the node has released,
+// joins rings it has not joined yet, and answers only for rings whose
+// version moved since the node last looked. In steady state it is one round
+// trip that writes one row, whatever the number of rings.
+//
+// When membership changes, rebalance assigns partitions with sticky,
+// bounded-load consistent hashing: quotas are exact, only the excess of
+// members over quota moves, and a moving partition goes to the first member
+// under quota clockwise from it on the vnode ring.
+//
+// A partition moving from a live node A to B is handed over release before
+// acquire: the database marks it, A stops reporting it as soon as its
+// heartbeat hears so, A confirms the release after a drain period, and only
+// then does B own it, with its epoch (fencing token) one higher. A dead
+// node's partitions go to their new owners once its lease has lapsed in
+// database time.
+//
+// # Self-fencing
+//
+// The client remembers the monotonic time at which it sent its last
+// successful heartbeat plus the lease time the database granted. Shortly
+// before that deadline passes without a renewal, every Lease reports
+// nothing, so a node cut off from the database stops working on its
+// partitions before anyone else may take them. It keeps trying, and resumes
+// (or rejoins) when the database answers again.
+//
+// # Node ids
+//
+// A process restarted with the same WithNodeID takes its own partitions back
+// without a rebalance; their epochs rise, and the old process, if it still
+// runs, gets ErrFenced on its next heartbeat and stops for good. The new one
+// reports nothing until the old one's lease would have ended, so the two
+// never report a partition at the same time. Two replicas must never be
+// given the same id on purpose.
+package leasering
