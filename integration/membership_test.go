@@ -255,3 +255,44 @@ func TestFunctionsSQLAppliesAsShipped(t *testing.T) {
 		t.Fatalf("schema_version = %d (%v), want %d", v, err, leasering.SchemaVersion)
 	}
 }
+
+// TestEpochsFenceInSQL: every move raises the partition's epoch (G6), and
+// holds(ring, partition, epoch) is true only for the current owner's epoch.
+func TestEpochsFenceInSQL(t *testing.T) {
+	t.Parallel()
+	const q = 32
+	e := newEnv(t, time.Second, 100*time.Millisecond)
+	a := e.startNode("a", "orders", q)
+	e.waitConverged("orders", q, nil, 10*time.Second)
+	before := epochsOf(a.leases["orders"])
+	b := e.startNode("b", "orders", q)
+	e.waitConverged("orders", q, nil, 10*time.Second)
+	holds := func(p int, epoch int64) bool {
+		var ok bool
+		if err := e.admin.QueryRow(`SELECT "`+e.schema+`".holds('orders', $1, $2)`, p, epoch).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	moved := 0
+	for p, old := range epochsOf(b.leases["orders"]) {
+		moved++
+		if old <= before[p] {
+			t.Errorf("partition %d moved to b with epoch %d, not above a's %d", p, old, before[p])
+		}
+		if holds(p, before[p]) {
+			t.Errorf("holds(%d, %d) is true for a's epoch after the move", p, before[p])
+		}
+		if !holds(p, old) {
+			t.Errorf("holds(%d, %d) is false for b's current epoch", p, old)
+		}
+	}
+	if moved == 0 {
+		t.Fatal("nothing moved to b")
+	}
+	for p, ep := range epochsOf(a.leases["orders"]) {
+		if ep != before[p] || !holds(p, ep) {
+			t.Errorf("partition %d stayed with a: epoch %d (was %d), holds %v", p, ep, before[p], holds(p, ep))
+		}
+	}
+}
