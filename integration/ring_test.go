@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/leasering/leasering"
 )
 
 // diff counts the partitions whose owner differs between two assignments.
@@ -83,4 +85,22 @@ func TestJoinsConvergeExactlyWithMinimalMovement(t *testing.T) {
 		t.Logf("leave of %s: moved %d, converged in %v", n.id, had, time.Since(start).Round(time.Millisecond))
 		prev = a
 	}
+}
+
+// TestWeightedShares: vnodes are weights. Nodes with 4, 8 and 20 vnodes on
+// a ring of 1000 own floor or ceil of 1000*w/32.
+func TestWeightedShares(t *testing.T) {
+	t.Parallel()
+	const q = 1000
+	e := newEnv(t, 2*time.Second, 100*time.Millisecond)
+	weights := map[string]int{"small": 4, "medium": 8, "large": 20}
+	for _, id := range []string{"small", "medium", "large"} {
+		e.startNode(id, "orders", q, leasering.WithVNodes(weights[id]))
+	}
+	a, _ := e.waitConverged("orders", q, weights, 15*time.Second)
+	count := map[string]int{}
+	for _, o := range a {
+		count[o]++
+	}
+	t.Logf("weighted shares at Q=%d: %v (fair: small 125, medium 250, large 625)", q, count)
 }
