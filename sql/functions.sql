@@ -79,6 +79,21 @@ AS $$
               FROM generate_series(0, p_vnodes - 1) AS i) AS v
 $$;
 
+-- partition_of: the partition of a ring of p_size partitions that p_key
+-- falls in, bit for bit the same as Go's PartitionOf: the high 32 bits of
+-- PostgreSQL's own 64-bit text hash (over the key's bytes, hence "C"),
+-- scaled to the size. IMMUTABLE and inlinable (no SET clause; everything is
+-- qualified), so it can index a column or filter a table:
+--   WHERE leasering.partition_of(id::text, 1024) = ANY($1)
+-- p_size must be 1..65536. The value is part of the on-disk contract and
+-- will never change.
+CREATE OR REPLACE FUNCTION leasering.partition_of(p_key text, p_size integer)
+RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+    SELECT ((((pg_catalog.hashtextextended(p_key COLLATE "C", 0) >> 32) & 4294967295) * p_size) >> 32)::integer
+$$;
+
 -- rebalance: sticky, bounded-load consistent hashing for one ring. The
 -- caller holds the ring's row lock. Returns the number of partitions whose
 -- owner or pending owner changed.
