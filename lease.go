@@ -37,7 +37,8 @@ type Lease struct {
 	size   int
 	vnodes int
 
-	snap atomic.Pointer[snapshot]
+	snap  atomic.Pointer[snapshot]
+	route atomic.Pointer[routeTable]
 
 	mu      sync.Mutex
 	err     error         // set once the lease has failed for good
@@ -53,6 +54,7 @@ func newLease(c *Client, name string, size, vnodes int) *Lease {
 	l := &Lease{c: c, name: name, size: size, vnodes: vnodes,
 		changed: make(chan struct{}), current: emptySnapshot, revokedAt: map[int]time.Time{}}
 	l.snap.Store(emptySnapshot)
+	l.route.Store(emptyRoute)
 	return l
 }
 
@@ -75,6 +77,28 @@ func (l *Lease) Owns(p int) bool {
 		return false
 	}
 	return s.bits[p/64]&(1<<(uint(p)%64)) != 0
+}
+
+// PartitionOf returns the partition key falls in on this ring.
+func (l *Lease) PartitionOf(key string) int { return PartitionOf(key, l.size) }
+
+// OwnsKey reports whether this node owns key's partition now.
+func (l *Lease) OwnsKey(key string) bool { return l.Owns(PartitionOf(key, l.size)) }
+
+// Partition is an owned partition and its fencing token.
+type Partition struct {
+	Partition int
+	Epoch     int64
+}
+
+// Partitions returns the owned partitions with their epochs, sorted.
+func (l *Lease) Partitions() []Partition {
+	s := l.snap.Load()
+	out := make([]Partition, len(s.values))
+	for i, p := range s.values {
+		out[i] = Partition{Partition: p, Epoch: s.epochs[i]}
+	}
+	return out
 }
 
 // Epoch returns the fencing token of an owned partition: it grows on every
@@ -172,6 +196,7 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 		epochs = append(epochs, v.Epochs[i])
 	}
 	l.current = newSnapshot(l.size, values, epochs)
+	l.route.Store(newRouteTable(l.size, v))
 }
 
 // released lists the revoked partitions whose drain time is over.

@@ -28,6 +28,13 @@ type ringChange struct {
 	Partitions []int   `json:"partitions"`
 	Epochs     []int64 `json:"epochs"`
 	Revoking   []int   `json:"revoking"`
+	Members    []struct {
+		ID        string   `json:"id"`
+		Metadata  string   `json:"metadata"`
+		VNodes    int      `json:"vnodes"`
+		Positions []uint32 `json:"positions"`
+	} `json:"members"`
+	Owners []int `json:"owners"` // per partition: index into Members, -1 for none
 }
 
 // Node statuses returned by renew_and_read.

@@ -196,7 +196,13 @@ func (e *env) register(n *node) {
 // startNode makes a node with one lease on ring and starts it.
 func (e *env) startNode(id, ring string, size int, lopts ...leasering.LeaseOption) *node {
 	e.t.Helper()
-	n := e.newNode(id)
+	return e.startNodeWith(id, nil, ring, size, lopts...)
+}
+
+// startNodeWith is startNode with client options.
+func (e *env) startNodeWith(id string, opts []leasering.Option, ring string, size int, lopts ...leasering.LeaseOption) *node {
+	e.t.Helper()
+	n := e.newNode(id, opts...)
 	l, err := n.client.Lease(ring, size, lopts...)
 	if err != nil {
 		e.t.Fatal(err)

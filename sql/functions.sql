@@ -225,13 +225,20 @@ BEGIN
 END
 $$;
 
--- The node's view of one ring: what it owns (with epochs) and which of those
--- it must give up. Partitions under handoff are listed in both.
+-- The node's view of one ring: what it owns (with epochs), which of those
+-- it must give up (listed in both), and for routing the live members with
+-- their vnodes and each partition's owner as an index into members (-1: no
+-- live owner).
 CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text)
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = leasering, pg_temp
 AS $$
+    WITH mem AS (
+        SELECT m.node_id, n.metadata, m.vnodes, m.positions,
+               row_number() OVER (ORDER BY m.node_id) - 1 AS idx
+          FROM members m JOIN nodes n ON n.node_id = m.node_id
+         WHERE m.ring = p_ring AND n.expires_at > now())
     SELECT jsonb_build_object(
                'ring', r.name,
                'version', r.version,
@@ -242,7 +249,14 @@ AS $$
                                      FROM partitions p WHERE p.ring = r.name AND p.owner = p_node), '[]'),
                'revoking', coalesce((SELECT jsonb_agg(p.partition ORDER BY p.partition)
                                        FROM partitions p
-                                      WHERE p.ring = r.name AND p.owner = p_node AND p.next_owner IS NOT NULL), '[]'))
+                                      WHERE p.ring = r.name AND p.owner = p_node AND p.next_owner IS NOT NULL), '[]'),
+               'members', coalesce((SELECT jsonb_agg(jsonb_build_object('id', mem.node_id, 'metadata', mem.metadata,
+                                                                        'vnodes', mem.vnodes, 'positions', mem.positions)
+                                                     ORDER BY mem.idx)
+                                      FROM mem), '[]'),
+               'owners', coalesce((SELECT jsonb_agg(coalesce(mem.idx, -1) ORDER BY p.partition)
+                                     FROM partitions p LEFT JOIN mem ON mem.node_id = p.owner
+                                    WHERE p.ring = r.name), '[]'))
       FROM rings r
      WHERE r.name = p_ring
 $$;

@@ -1,0 +1,106 @@
+package leasering
+
+import "sort"
+
+// Member is a live member of a ring, as the last heartbeat saw it.
+type Member struct {
+	ID       string // node id
+	Metadata string // WithMetadata of that node, such as its address
+	VNodes   int    // its points on the ring, and its weight
+}
+
+// routeTable is who owns what on a ring, for routing. It is immutable, like
+// snapshot, and read with one atomic load.
+type routeTable struct {
+	members []Member
+	owners  []int32  // per partition: index into members, -1 for none
+	points  []uint32 // every vnode on the circle, sorted
+	pointOf []int32  // pointOf[i]: index into members of points[i]
+}
+
+var emptyRoute = &routeTable{}
+
+// newRouteTable builds the table from a ring view, dropping what does not
+// fit (a malformed view leaves the routing empty rather than wrong).
+func newRouteTable(size int, v ringChange) *routeTable {
+	if len(v.Owners) != size {
+		return emptyRoute
+	}
+	t := &routeTable{members: make([]Member, len(v.Members)), owners: make([]int32, size)}
+	type point struct {
+		pos uint32
+		m   int32
+	}
+	var pts []point
+	for i, m := range v.Members {
+		t.members[i] = Member{ID: m.ID, Metadata: m.Metadata, VNodes: m.VNodes}
+		for _, pos := range m.Positions {
+			pts = append(pts, point{pos, int32(i)})
+		}
+	}
+	for p, o := range v.Owners {
+		if o < -1 || o >= len(t.members) {
+			return emptyRoute
+		}
+		t.owners[p] = int32(o)
+	}
+	// Equal positions are ordered by member, as in SQL (members are in id order).
+	sort.Slice(pts, func(i, j int) bool {
+		if pts[i].pos != pts[j].pos {
+			return pts[i].pos < pts[j].pos
+		}
+		return pts[i].m < pts[j].m
+	})
+	t.points = make([]uint32, len(pts))
+	t.pointOf = make([]int32, len(pts))
+	for i, pt := range pts {
+		t.points[i], t.pointOf[i] = pt.pos, pt.m
+	}
+	return t
+}
+
+// Members returns the ring's live members in id order, as of the last
+// heartbeat that saw the ring change. Routing reads (Members, Owner,
+// Successors) are hints for sending work to the right node: they are kept
+// while this node is cut off from the database, when Values is empty.
+func (l *Lease) Members() []Member {
+	return append([]Member(nil), l.route.Load().members...)
+}
+
+// Owner returns the member that owns key's partition, and false when the
+// partition has no live owner or the ring is not known yet.
+func (l *Lease) Owner(key string) (Member, bool) {
+	t := l.route.Load()
+	p := PartitionOf(key, l.size)
+	if p < 0 || p >= len(t.owners) || t.owners[p] < 0 {
+		return Member{}, false
+	}
+	return t.members[t.owners[p]], true
+}
+
+// Successors returns up to n distinct members for key: its owner first,
+// then the next members clockwise from the key's point on the vnode ring.
+// Use it as a replica list, or as the order in which to fail over.
+func (l *Lease) Successors(key string, n int) []Member {
+	t := l.route.Load()
+	if n <= 0 || len(t.members) == 0 {
+		return nil
+	}
+	n = min(n, len(t.members))
+	out := make([]Member, 0, n)
+	seen := make([]bool, len(t.members))
+	if p := PartitionOf(key, l.size); p >= 0 && p < len(t.owners) && t.owners[p] >= 0 {
+		seen[t.owners[p]] = true
+		out = append(out, t.members[t.owners[p]])
+	}
+	pos := keyPosition(key)
+	start := sort.Search(len(t.points), func(i int) bool { return t.points[i] >= pos })
+	for i := 0; i < len(t.points) && len(out) < n; i++ {
+		m := t.pointOf[(start+i)%len(t.points)]
+		if !seen[m] {
+			seen[m] = true
+			out = append(out, t.members[m])
+		}
+	}
+	return out
+}
