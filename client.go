@@ -189,7 +189,28 @@ func (c *Client) Start(ctx context.Context) error {
 	return nil
 }
 
+// join migrates and makes the first heartbeat. Errors that another try
+// may not meet (a deadlock, a lock timeout, a dropped connection while many
+// nodes start at once) are retried with backoff until ctx ends; the errors
+// no retry can cure are returned at once.
 func (c *Client) join(ctx context.Context) (renewResult, error) {
+	backoff := 20 * time.Millisecond
+	for {
+		res, err := c.joinOnce(ctx)
+		if err == nil || permanent(err) {
+			return res, err
+		}
+		c.log.Warn("leasering: start failed; retrying", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return res, fmt.Errorf("leasering: start: %w (last error: %v)", ctx.Err(), err)
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+func (c *Client) joinOnce(ctx context.Context) (renewResult, error) {
 	if err := c.ensureSchema(ctx); err != nil {
 		return renewResult{}, err
 	}
@@ -200,10 +221,20 @@ func (c *Client) join(ctx context.Context) (renewResult, error) {
 		}
 		return res, fmt.Errorf("leasering: start: first heartbeat: %w", res.err)
 	}
-	if res.status == statusFenced { // only possible if the incarnation raced; treat as a failed start
+	if res.status == statusFenced { // only if a newer incarnation raced us
 		return res, fmt.Errorf("leasering: start: %w", ErrFenced)
 	}
 	return res, nil
+}
+
+// permanent reports whether err is one that retrying cannot cure.
+func permanent(err error) bool {
+	for _, target := range []error{ErrRingSizeMismatch, ErrSchemaVersion, ErrSchemaMissing, ErrFenced, ErrInvalidArgument, context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
 }
 
 // Close stops reporting partitions at once, then leaves every ring so the

@@ -196,7 +196,7 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 		epochs = append(epochs, v.Epochs[i])
 	}
 	l.current = newSnapshot(l.size, values, epochs)
-	l.route.Store(newRouteTable(l.size, v))
+	l.route.Store(l.route.Load().update(l.size, v))
 }
 
 // released lists the revoked partitions whose drain time is over.

@@ -494,3 +494,37 @@ func TestCloseDoesNotHang(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestStartRetriesTransientErrors: a deadlock or a dropped connection on
+// the first heartbeat is retried; Start succeeds when the database does.
+func TestStartRetriesTransientErrors(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db)
+	l, _ := c.Lease("orders", 2)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("pq: deadlock detected (40P01)"))
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(10000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}})))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Start(ctx); err != nil {
+		t.Fatalf("Start after one transient failure: %v", err)
+	}
+	if len(l.Values()) != 2 {
+		t.Errorf("Values() = %v", l.Values())
+	}
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+
+	// A cancelled context ends the retries.
+	db2, mock2 := newMock(t)
+	c2 := newTestClient(t, db2)
+	for i := 0; i < 50; i++ {
+		mock2.ExpectQuery(`SELECT to_regclass`).WillReturnError(errors.New("connection refused"))
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel2()
+	if err := c2.Start(ctx2); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("Start with a dead database: %v, want the deadline and the last error", err)
+	}
+}

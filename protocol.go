@@ -28,13 +28,20 @@ type ringChange struct {
 	Partitions []int   `json:"partitions"`
 	Epochs     []int64 `json:"epochs"`
 	Revoking   []int   `json:"revoking"`
-	Members    []struct {
-		ID        string   `json:"id"`
-		Metadata  string   `json:"metadata"`
-		VNodes    int      `json:"vnodes"`
-		Positions []uint32 `json:"positions"`
-	} `json:"members"`
-	Owners []int `json:"owners"` // per partition: index into Members, -1 for none
+	// Routing changes since the version the node sent: the members, all of
+	// them in id order, when they changed (nil: unchanged), and the
+	// partitions whose owner changed with the owner's index into the
+	// members (-1: none).
+	Members []memberView `json:"members"`
+	Changed []int        `json:"changed"`
+	Owners  []int        `json:"owners"`
+}
+
+type memberView struct {
+	ID        string   `json:"id"`
+	Metadata  string   `json:"metadata"`
+	VNodes    int      `json:"vnodes"`
+	Positions []uint32 `json:"positions"`
 }
 
 // Node statuses returned by renew_and_read.
@@ -96,7 +103,8 @@ func decodeChanges(status string, changes sql.NullString, res *renewResult) erro
 			return fmt.Errorf("leasering: decoding heartbeat answer: %w", err)
 		}
 		for _, ch := range res.changes {
-			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != "size_mismatch") || len(ch.Epochs) != len(ch.Partitions) {
+			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != "size_mismatch") ||
+				len(ch.Epochs) != len(ch.Partitions) || len(ch.Changed) != len(ch.Owners) {
 				return fmt.Errorf("leasering: malformed heartbeat answer for ring %q", ch.Ring)
 			}
 		}

@@ -20,29 +20,62 @@ type routeTable struct {
 
 var emptyRoute = &routeTable{}
 
-// newRouteTable builds the table from a ring view, dropping what does not
-// fit (a malformed view leaves the routing empty rather than wrong).
-func newRouteTable(size int, v ringChange) *routeTable {
-	if len(v.Owners) != size {
-		return emptyRoute
+// update returns the table after a view's routing changes: a new member
+// list if it came (owners are carried over by node id), then the owners of
+// the partitions that changed. A view that does not fit the table (which a
+// correct database never sends) empties the routing rather than make it
+// wrong; the next full view restores it.
+func (t *routeTable) update(size int, v ringChange) *routeTable {
+	n := &routeTable{members: t.members, owners: t.owners, points: t.points, pointOf: t.pointOf}
+	if len(n.owners) != size {
+		n.owners = make([]int32, size)
+		for p := range n.owners {
+			n.owners[p] = -1
+		}
+	} else {
+		n.owners = append([]int32(nil), n.owners...)
 	}
-	t := &routeTable{members: make([]Member, len(v.Members)), owners: make([]int32, size)}
+	if v.Members != nil {
+		n.setMembers(v.Members)
+		index := make(map[string]int32, len(n.members))
+		for i, m := range n.members {
+			index[m.ID] = int32(i)
+		}
+		for p, o := range n.owners {
+			if o >= 0 {
+				if o < int32(len(t.members)) {
+					if i, ok := index[t.members[o].ID]; ok {
+						n.owners[p] = i
+						continue
+					}
+				}
+				n.owners[p] = -1
+			}
+		}
+	}
+	for i, p := range v.Changed {
+		o := v.Owners[i]
+		if p < 0 || p >= size || o < -1 || o >= len(n.members) {
+			return emptyRoute
+		}
+		n.owners[p] = int32(o)
+	}
+	return n
+}
+
+// setMembers takes a new member list and lays out their vnodes.
+func (t *routeTable) setMembers(ms []memberView) {
 	type point struct {
 		pos uint32
 		m   int32
 	}
 	var pts []point
-	for i, m := range v.Members {
+	t.members = make([]Member, len(ms))
+	for i, m := range ms {
 		t.members[i] = Member{ID: m.ID, Metadata: m.Metadata, VNodes: m.VNodes}
 		for _, pos := range m.Positions {
 			pts = append(pts, point{pos, int32(i)})
 		}
-	}
-	for p, o := range v.Owners {
-		if o < -1 || o >= len(t.members) {
-			return emptyRoute
-		}
-		t.owners[p] = int32(o)
 	}
 	// Equal positions are ordered by member, as in SQL (members are in id order).
 	sort.Slice(pts, func(i, j int) bool {
@@ -56,11 +89,11 @@ func newRouteTable(size int, v ringChange) *routeTable {
 	for i, pt := range pts {
 		t.points[i], t.pointOf[i] = pt.pos, pt.m
 	}
-	return t
 }
 
-// Members returns the ring's live members in id order, as of the last
-// heartbeat that saw the ring change. Routing reads (Members, Owner,
+// Members returns the ring's members in id order, as of the last heartbeat
+// that saw the ring change (a member whose lease lapsed stays listed until
+// it is evicted). Routing reads (Members, Owner,
 // Successors) are hints for sending work to the right node: they are kept
 // while this node is cut off from the database, when Values is empty.
 func (l *Lease) Members() []Member {

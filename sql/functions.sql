@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS leasering.rings (
     name       text PRIMARY KEY CHECK (name <> ''),
     size       integer NOT NULL CHECK (size BETWEEN 1 AND 65536),
     version    bigint NOT NULL DEFAULT 1,  -- bumped on every change to members or partitions
+    members_changed bigint NOT NULL DEFAULT 0,  -- version of the last change of members
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -61,9 +62,11 @@ CREATE TABLE IF NOT EXISTS leasering.partitions (
     owner      text,
     epoch      bigint NOT NULL DEFAULT 0,  -- fencing token: +1 on every change of owner
     next_owner text,
+    changed    bigint NOT NULL DEFAULT 0,  -- ring version of the last change of owner or next_owner
     PRIMARY KEY (ring, partition)
 );
 CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
+CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
 
 -- Ring geometry. The circle is [0, 2^32). Partition p of Q starts at
 -- p * 2^32 / Q; a member's vnode i sits at the first 32 bits of
@@ -77,6 +80,21 @@ AS $$
     SELECT array_agg(pos ORDER BY pos)
       FROM (SELECT ('x' || left(md5(p_ring || E'\n' || p_node || E'\n' || i), 8))::bit(32)::bigint AS pos
               FROM generate_series(0, p_vnodes - 1) AS i) AS v
+$$;
+
+-- bump_version: record a change of ring p_ring; with p_members, a change of
+-- its members. Every change goes through here, after the partitions it
+-- touched were stamped with the version it returns.
+CREATE OR REPLACE FUNCTION leasering.bump_version(p_ring text, p_members boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = leasering, pg_temp
+AS $$
+    UPDATE rings
+       SET version = version + 1,
+           members_changed = CASE WHEN p_members THEN version + 1 ELSE members_changed END
+     WHERE name = p_ring
+    RETURNING version
 $$;
 
 -- partition_of: the partition of a ring of p_size partitions that p_key
@@ -132,8 +150,9 @@ DECLARE
     c          record;
     vi         integer;
     changed    integer;
+    stamp      bigint;     -- the version the caller's bump_version will set
 BEGIN
-    SELECT size INTO q FROM rings WHERE name = p_ring;
+    SELECT size, version + 1 INTO q, stamp FROM rings WHERE name = p_ring;
 
     SELECT coalesce(array_agg(m.node_id ORDER BY m.node_id), '{}'),
            coalesce(array_agg(m.vnodes ORDER BY m.node_id), '{}')
@@ -210,6 +229,7 @@ BEGIN
     UPDATE partitions p
        SET owner = t.new_owner,
            next_owner = t.new_next,
+           changed = stamp,
            epoch = CASE WHEN t.new_owner IS DISTINCT FROM p.owner AND t.new_owner IS NOT NULL
                         THEN p.epoch + 1 ELSE p.epoch END
       FROM (SELECT (x.ord - 1)::integer AS part,
@@ -225,39 +245,43 @@ BEGIN
 END
 $$;
 
--- The node's view of one ring: what it owns (with epochs), which of those
--- it must give up (listed in both), and for routing the live members with
--- their vnodes and each partition's owner as an index into members (-1: no
--- live owner).
-CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text)
+-- The node's view of one ring, for a node that last saw version p_known
+-- (0: never). What it owns, with epochs, and which of those it must give
+-- up (listed in both) always come whole. For routing come only the changes:
+-- the members (all of them, in node_id order) if they changed, and the
+-- partitions whose owner changed, each with its owner as an index into the
+-- members (-1: none).
+CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text, p_known bigint)
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = leasering, pg_temp
 AS $$
-    WITH mem AS (
-        SELECT m.node_id, n.metadata, m.vnodes, m.positions,
-               row_number() OVER (ORDER BY m.node_id) - 1 AS idx
-          FROM members m JOIN nodes n ON n.node_id = m.node_id
-         WHERE m.ring = p_ring AND n.expires_at > now())
     SELECT jsonb_build_object(
                'ring', r.name,
                'version', r.version,
                'status', 'ok',
-               'partitions', coalesce((SELECT jsonb_agg(p.partition ORDER BY p.partition)
-                                         FROM partitions p WHERE p.ring = r.name AND p.owner = p_node), '[]'),
-               'epochs', coalesce((SELECT jsonb_agg(p.epoch ORDER BY p.partition)
-                                     FROM partitions p WHERE p.ring = r.name AND p.owner = p_node), '[]'),
-               'revoking', coalesce((SELECT jsonb_agg(p.partition ORDER BY p.partition)
-                                       FROM partitions p
-                                      WHERE p.ring = r.name AND p.owner = p_node AND p.next_owner IS NOT NULL), '[]'),
-               'members', coalesce((SELECT jsonb_agg(jsonb_build_object('id', mem.node_id, 'metadata', mem.metadata,
-                                                                        'vnodes', mem.vnodes, 'positions', mem.positions)
-                                                     ORDER BY mem.idx)
-                                      FROM mem), '[]'),
-               'owners', coalesce((SELECT jsonb_agg(coalesce(mem.idx, -1) ORDER BY p.partition)
-                                     FROM partitions p LEFT JOIN mem ON mem.node_id = p.owner
-                                    WHERE p.ring = r.name), '[]'))
-      FROM rings r
+               'partitions', coalesce(to_jsonb(mine.partitions), '[]'),
+               'epochs', coalesce(to_jsonb(mine.epochs), '[]'),
+               'revoking', coalesce(to_jsonb(mine.revoking), '[]'),
+               'members', CASE WHEN r.members_changed > p_known THEN
+                   coalesce((SELECT jsonb_agg(jsonb_build_object('id', m.node_id, 'metadata', n.metadata,
+                                                                 'vnodes', m.vnodes, 'positions', m.positions)
+                                              ORDER BY m.node_id)
+                               FROM members m JOIN nodes n ON n.node_id = m.node_id
+                              WHERE m.ring = r.name), '[]') END,
+               'changed', to_jsonb(routing.changed),
+               'owners', to_jsonb(routing.owners))
+      FROM rings r,
+           LATERAL (SELECT array_agg(p.partition ORDER BY p.partition) AS partitions,
+                           array_agg(p.epoch ORDER BY p.partition) AS epochs,
+                           array_agg(p.partition ORDER BY p.partition) FILTER (WHERE p.next_owner IS NOT NULL) AS revoking
+                      FROM partitions p WHERE p.ring = r.name AND p.owner = p_node) AS mine,
+           LATERAL (SELECT array_agg(p.partition ORDER BY p.partition) AS changed,
+                           array_agg(coalesce(mi.idx, -1) ORDER BY p.partition) AS owners
+                      FROM partitions p
+                      LEFT JOIN (SELECT node_id, row_number() OVER (ORDER BY node_id) - 1 AS idx
+                                   FROM members WHERE ring = r.name) AS mi ON mi.node_id = p.owner
+                     WHERE p.ring = r.name AND p.changed > p_known) AS routing
      WHERE r.name = p_ring
 $$;
 
@@ -293,7 +317,7 @@ BEGIN
      WHERE m.vnodes <> excluded.vnodes;
     IF FOUND THEN
         PERFORM rebalance(p_ring);
-        UPDATE rings SET version = version + 1 WHERE name = p_ring;
+        PERFORM bump_version(p_ring, true);
     END IF;
     RETURN 'ok';
 END
@@ -343,7 +367,7 @@ DECLARE
     ttl         interval := p_ttl_ms * interval '1 millisecond';
     me          nodes;
     next_expiry timestamptz;
-    evicted     text[] := '{}';
+    dead_ring   text;
     st          text := 'ok';
     r           record;
     cur_version bigint;
@@ -351,6 +375,13 @@ DECLARE
     claim_st    text;
     out         jsonb := '[]';
 BEGIN
+    -- Never wait long on a lock: a heartbeat that cannot finish in time is
+    -- worth less than one that skips a ring's change. And if the client
+    -- vanishes mid-call (a half-delivered request on a dead network), the
+    -- server ends the transaction instead of holding its locks for ever.
+    PERFORM set_config('lock_timeout', greatest(p_ttl_ms / 4, 10) || 'ms', true);
+    PERFORM set_config('idle_in_transaction_session_timeout', greatest(p_ttl_ms, 100) || 'ms', true);
+
     UPDATE nodes SET expires_at = now() + ttl
      WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
     RETURNING * INTO me;
@@ -383,11 +414,8 @@ BEGIN
                    metadata = p_metadata
              WHERE node_id = p_node
             RETURNING * INTO me;
-            WITH bumped AS (
-                UPDATE partitions SET epoch = epoch + 1
-                 WHERE owner = p_node
-                RETURNING ring)
-            UPDATE rings SET version = version + 1 WHERE name IN (SELECT ring FROM bumped);
+            UPDATE partitions SET epoch = epoch + 1 WHERE owner = p_node;
+            PERFORM bump_version(b.ring) FROM (SELECT DISTINCT ring FROM partitions WHERE owner = p_node) AS b;
             IF NOT p_claim THEN
                 st := 'rejoined';
             END IF;
@@ -395,46 +423,32 @@ BEGIN
     END IF;
 
     -- Crash detection: whoever renews first after a lease lapses evicts the
-    -- node. The earliest other lease end goes back to the client, which
-    -- renews right after it, so survivors take over a crashed node's
-    -- partitions at once rather than up to a heartbeat later.
+    -- node and rebalances its rings. The earliest other lease end goes back
+    -- to the client, which renews right after it, so survivors take over a
+    -- crashed node's partitions at once rather than a heartbeat later.
     SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
     IF next_expiry <= now() THEN
-        evicted := evict_expired(p_node);
+        BEGIN
+            FOREACH dead_ring IN ARRAY evict_expired(p_node) LOOP
+                PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
+                PERFORM rebalance(dead_ring);
+                PERFORM bump_version(dead_ring, true);
+            END LOOP;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
+        END;
         SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
     END IF;
 
-    -- Rings are locked in name order, so concurrent heartbeats never deadlock.
+    -- The node's rings, in name order. A ring that needs work gets it in a
+    -- subtransaction: if a user transaction holds one of its partitions
+    -- through holds() longer than the lock timeout, that ring's change waits
+    -- for a later heartbeat and the lease is still renewed.
     FOR r IN
-        SELECT coalesce(x.ring, e.ring) AS ring, x.size, x.vnodes,
-               coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
-               e.ring IS NOT NULL AS evicted
+        SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[])
-          FULL JOIN unnest(evicted) AS e (ring) ON e.ring = x.ring
-         ORDER BY 1
+         ORDER BY x.ring
     LOOP
-        IF r.evicted THEN
-                    PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
-            PERFORM rebalance(r.ring);
-            UPDATE rings SET version = version + 1 WHERE name = r.ring;
-        END IF;
-        CONTINUE WHEN r.size IS NULL;  -- not one of ours
-
-        IF cardinality(r.released) > 0 THEN
-            -- Confirmed releases: the pending owner takes over, epoch + 1.
-            -- A pending owner that died is left for its eviction to retarget.
-            PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
-            UPDATE partitions p
-               SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1
-             WHERE p.ring = r.ring AND p.partition = ANY (r.released)
-               AND p.owner = p_node AND p.next_owner IS NOT NULL
-               AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
-                            WHERE m.ring = r.ring AND m.node_id = p.next_owner AND n.expires_at > now());
-            IF FOUND THEN
-                UPDATE rings SET version = version + 1 WHERE name = r.ring;
-            END IF;
-        END IF;
-
         SELECT version, size INTO cur_version, cur_size FROM rings WHERE name = r.ring;
         IF FOUND AND cur_size <> r.size THEN
             IF p_claim THEN  -- a starting process: refuse the whole call, write nothing
@@ -443,17 +457,39 @@ BEGIN
             out := out || jsonb_build_object('ring', r.ring, 'status', 'size_mismatch', 'size', cur_size);
             CONTINUE;
         END IF;
-        CONTINUE WHEN FOUND AND cur_version = r.known;
+        CONTINUE WHEN FOUND AND cur_version = r.known AND cardinality(r.released) = 0;  -- steady state
 
-        IF NOT EXISTS (SELECT 1 FROM members WHERE ring = r.ring AND node_id = p_node AND vnodes = r.vnodes) THEN
-            claim_st := claim_vnodes(p_node, r.ring, r.size, r.vnodes);
-            IF claim_st <> 'ok' THEN
-                SELECT size INTO cur_size FROM rings WHERE name = r.ring;
-                out := out || jsonb_build_object('ring', r.ring, 'status', claim_st, 'size', cur_size);
-                CONTINUE;
+        BEGIN
+            IF cardinality(r.released) > 0 THEN
+                -- Confirmed releases: the pending owner takes over, epoch + 1.
+                -- A pending owner that died is left for its eviction to retarget.
+                PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
+                UPDATE partitions p
+                   SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1,
+                       changed = (SELECT version + 1 FROM rings WHERE name = r.ring)
+                 WHERE p.ring = r.ring AND p.partition = ANY (r.released)
+                   AND p.owner = p_node AND p.next_owner IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
+                                WHERE m.ring = r.ring AND m.node_id = p.next_owner AND n.expires_at > now());
+                IF FOUND THEN
+                    PERFORM bump_version(r.ring);
+                END IF;
+                SELECT version INTO cur_version FROM rings WHERE name = r.ring;
+                CONTINUE WHEN cur_version = r.known;
             END IF;
-        END IF;
-        out := out || ring_view(r.ring, p_node);
+
+            IF NOT EXISTS (SELECT 1 FROM members WHERE ring = r.ring AND node_id = p_node AND vnodes = r.vnodes) THEN
+                claim_st := claim_vnodes(p_node, r.ring, r.size, r.vnodes);
+                IF claim_st <> 'ok' THEN  -- the ring appeared meanwhile with another size
+                    SELECT size INTO cur_size FROM rings WHERE name = r.ring;
+                    out := out || jsonb_build_object('ring', r.ring, 'status', claim_st, 'size', cur_size);
+                    CONTINUE;
+                END IF;
+            END IF;
+            out := out || ring_view(r.ring, p_node, r.known);
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            NULL;
+        END;
     END LOOP;
 
     RETURN QUERY SELECT
@@ -491,24 +527,28 @@ BEGIN
     FOREACH r IN ARRAY rs LOOP
         PERFORM 1 FROM rings WHERE name = r FOR UPDATE;
         PERFORM rebalance(r);
-        UPDATE rings SET version = version + 1 WHERE name = r;
+        PERFORM bump_version(r, true);
     END LOOP;
 END
 $$;
 
--- holds: fencing inside users' own transactions. True only while epoch is
--- the partition's current one and its owner's lease is live, by the clock
--- at the moment of the call.
+-- holds: fencing inside users' own transactions. True only while p_epoch
+-- is the partition's current epoch and its owner's lease is live, by the
+-- clock at the moment of the call. It also takes a share lock on the
+-- partition's row until the caller's transaction ends, so no change of owner
+-- can commit before the caller's writes do: a write guarded by holds() is
+-- never made after the partition is lost.
 CREATE OR REPLACE FUNCTION leasering.holds(p_ring text, p_partition integer, p_epoch bigint)
 RETURNS boolean
 LANGUAGE sql VOLATILE
 SET search_path = leasering, pg_temp
 AS $$
-    SELECT EXISTS (SELECT 1
-                     FROM partitions p
-                     JOIN nodes n ON n.node_id = p.owner
-                    WHERE p.ring = p_ring AND p.partition = p_partition AND p.epoch = p_epoch
-                      AND n.expires_at > clock_timestamp())
+    SELECT coalesce((SELECT true
+                       FROM partitions p
+                       JOIN nodes n ON n.node_id = p.owner
+                      WHERE p.ring = p_ring AND p.partition = p_partition AND p.epoch = p_epoch
+                        AND n.expires_at > clock_timestamp()
+                        FOR SHARE OF p), false)
 $$;
 
 -- For operators: rings, members, what each owns and how long its lease has.
