@@ -11,7 +11,7 @@ func benchLease() *Lease {
 		values = append(values, p)
 		epochs = append(epochs, int64(p))
 	}
-	l.publish(newSnapshot(1024, values, epochs))
+	l.publish(newSnapshot(1024, values, epochs), ErrRevoked)
 	return l
 }
 

@@ -310,7 +310,7 @@ func (c *Client) ringRequests(now time.Time) []ringRequest {
 	rings := make([]ringRequest, 0, len(leases))
 	for _, l := range leases {
 		rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-			Version: l.version, Released: l.released(now, c.cfg.drain)})
+			Version: l.version, Released: l.released(now, c.cfg.drain, c.cfg.maxDrain)})
 	}
 	return rings
 }
@@ -462,7 +462,7 @@ func (c *Client) apply(res renewResult) {
 		}
 	}
 	for _, l := range leases {
-		if t, ok := l.nextDrainEnd(c.cfg.drain); ok && t.Before(c.hb.nextRenew) {
+		if t, ok := l.nextDrainEnd(now, c.cfg.drain, c.cfg.maxDrain); ok && t.Before(c.hb.nextRenew) {
 			c.hb.nextRenew = t // confirm releases as soon as the drain is over
 		}
 	}
@@ -501,9 +501,32 @@ func (c *Client) publish(now time.Time) {
 			continue
 		}
 		if live {
-			l.publish(l.current)
+			l.publish(l.current, ErrRevoked)
 		} else {
-			l.publish(emptySnapshot)
+			l.publish(emptySnapshot, ErrLeaseLost)
 		}
 	}
+}
+
+// WithRing runs fn with this process's share of one ring, for programs that
+// need only one: it joins the ring (starting a client with opts), calls fn
+// with the lease, and leaves when fn returns. It returns fn's error, or why
+// the ring could not be joined.
+func WithRing(ctx context.Context, db DB, name string, size int, fn func(ctx context.Context, lease *Lease) error, opts ...Option) error {
+	if fn == nil {
+		return fmt.Errorf("%w: fn is nil", ErrInvalidArgument)
+	}
+	c, err := NewClient(db, opts...)
+	if err != nil {
+		return err
+	}
+	lease, err := c.Lease(name, size)
+	if err != nil {
+		return err
+	}
+	if err := c.Start(ctx); err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(ctx, lease)
 }

@@ -4,6 +4,9 @@ import "errors"
 
 // Sentinel errors. Every error the package returns that matches one of these
 // wraps it, so callers test with errors.Is.
+// errUnlocked is the cause of a Lock's context after Unlock.
+var errUnlocked = errors.New("leasering: unlocked")
+
 var (
 	// ErrInvalidArgument marks bad input: an option, a name, a size. The
 	// message names the value and what is allowed. Nothing was written.
@@ -30,6 +33,14 @@ var (
 	// ErrSchemaVersion means the database schema was written by a newer
 	// version of this library.
 	ErrSchemaVersion = errors.New("leasering: database schema is newer than this library")
+
+	// ErrRevoked is the cause of a Lock's context when its partition is
+	// handed to another node.
+	ErrRevoked = errors.New("leasering: partition revoked")
+
+	// ErrLeaseLost is the cause of a Lock's context when the client could
+	// not renew its lease in time and stopped reporting partitions.
+	ErrLeaseLost = errors.New("leasering: lease lost")
 
 	// ErrSchemaMissing means migration is turned off and the schema is not
 	// in the database.

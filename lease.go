@@ -44,6 +44,14 @@ type Lease struct {
 	err     error         // set once the lease has failed for good
 	changed chan struct{} // closed and replaced on every new snapshot or error
 
+	lockMu   sync.Mutex
+	locks    map[string]*heldLock
+	held     map[int]int   // partition -> locks held on its keys
+	lockFree chan struct{} // closed and replaced on every Unlock
+
+	changesOnce sync.Once
+	changes     chan Change
+
 	// Owned by the heartbeat loop.
 	version   int64             // ring version of view, 0 before the first
 	current   *snapshot         // what the view allows, published while the lease is live
@@ -52,7 +60,8 @@ type Lease struct {
 
 func newLease(c *Client, name string, size, vnodes int) *Lease {
 	l := &Lease{c: c, name: name, size: size, vnodes: vnodes,
-		changed: make(chan struct{}), current: emptySnapshot, revokedAt: map[int]time.Time{}}
+		changed: make(chan struct{}), current: emptySnapshot, revokedAt: map[int]time.Time{},
+		locks: map[string]*heldLock{}, held: map[int]int{}, lockFree: make(chan struct{})}
 	l.snap.Store(emptySnapshot)
 	l.route.Store(emptyRoute)
 	return l
@@ -71,8 +80,9 @@ func (l *Lease) Size() int { return l.size }
 func (l *Lease) Values() []int { return l.snap.Load().values }
 
 // Owns reports whether this node owns partition p now.
-func (l *Lease) Owns(p int) bool {
-	s := l.snap.Load()
+func (l *Lease) Owns(p int) bool { return l.snap.Load().has(p) }
+
+func (s *snapshot) has(p int) bool {
 	if p < 0 || p/64 >= len(s.bits) {
 		return false
 	}
@@ -143,18 +153,21 @@ func (l *Lease) Wait(ctx context.Context) error {
 	}
 }
 
-// publish makes s the visible snapshot. Called by the heartbeat loop only.
-func (l *Lease) publish(s *snapshot) {
+// publish makes s the visible snapshot, then cancels the locks on
+// partitions it lacks with cause. Called by the heartbeat loop only.
+func (l *Lease) publish(s *snapshot, cause error) {
 	if l.snap.Load() == s {
 		return
 	}
 	l.snap.Store(s)
+	l.cancelLocks(s, cause)
 	l.notify()
 }
 
 // fail stops the lease for good with err and hides its partitions.
 func (l *Lease) fail(err error) {
 	l.snap.Store(emptySnapshot)
+	l.cancelLocks(emptySnapshot, err)
 	l.mu.Lock()
 	if l.err == nil {
 		l.err = err
@@ -199,11 +212,11 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 	l.route.Store(l.route.Load().update(l.size, v))
 }
 
-// released lists the revoked partitions whose drain time is over.
-func (l *Lease) released(now time.Time, drain time.Duration) []int {
+// released lists the revoked partitions that may be confirmed released.
+func (l *Lease) released(now time.Time, drain, maxDrain time.Duration) []int {
 	var out []int
 	for p, at := range l.revokedAt {
-		if now.Sub(at) >= drain {
+		if l.releasable(p, at, now, drain, maxDrain) {
 			out = append(out, p)
 		}
 	}
@@ -211,16 +224,21 @@ func (l *Lease) released(now time.Time, drain time.Duration) []int {
 	return out
 }
 
-// nextDrainEnd is the earliest time a revoked partition may be released.
-func (l *Lease) nextDrainEnd(drain time.Duration) (time.Time, bool) {
+// nextDrainEnd is the earliest time a revoked partition not yet releasable
+// becomes so (Unlock wakes the loop sooner when a lock was the reason).
+func (l *Lease) nextDrainEnd(now time.Time, drain, maxDrain time.Duration) (time.Time, bool) {
 	var first time.Time
-	for _, at := range l.revokedAt {
-		if first.IsZero() || at.Before(first) {
-			first = at
+	for p, at := range l.revokedAt {
+		t := at.Add(drain)
+		if !t.After(now) && l.lockHeld(p) {
+			t = at.Add(maxDrain)
+		}
+		if !t.After(now) {
+			continue // releasable now: the next heartbeat carries it
+		}
+		if first.IsZero() || t.Before(first) {
+			first = t
 		}
 	}
-	if first.IsZero() {
-		return first, false
-	}
-	return first.Add(drain), true
+	return first, !first.IsZero()
 }

@@ -34,6 +34,7 @@ type config struct {
 	ttl          time.Duration
 	heartbeat    time.Duration // 0: ttl/10
 	drain        time.Duration // -1: one heartbeat
+	maxDrain     time.Duration // 0: TTL
 	schema       string
 	migrate      bool
 	logger       *slog.Logger
@@ -95,6 +96,19 @@ func WithDrain(d time.Duration) Option {
 			return fmt.Errorf("%w: drain %v must not be negative", ErrInvalidArgument, d)
 		}
 		c.drain = d
+		return nil
+	}
+}
+
+// WithMaxDrain bounds how long a revoked partition waits for the Locks on
+// its keys to be released before it is handed over anyway (default: the
+// TTL). It must not be below the drain time.
+func WithMaxDrain(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: max drain %v must be positive", ErrInvalidArgument, d)
+		}
+		c.maxDrain = d
 		return nil
 	}
 }
@@ -162,6 +176,12 @@ func (c *config) finish() error {
 	}
 	if c.drain < 0 {
 		c.drain = c.heartbeat
+	}
+	if c.maxDrain == 0 {
+		c.maxDrain = max(c.ttl, c.drain)
+	}
+	if c.maxDrain < c.drain {
+		return fmt.Errorf("%w: max drain %v is below the drain %v", ErrInvalidArgument, c.maxDrain, c.drain)
 	}
 	if c.renewTimeout == 0 {
 		c.renewTimeout = c.ttl / 2
