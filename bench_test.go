@@ -1,8 +1,13 @@
 package leasering
 
-import "testing"
+import (
+	"fmt"
+	"sync"
+	"testing"
+)
 
-// benchLease is a lease holding every other partition of a ring of 1024.
+// benchLease is a lease holding every other partition of a ring of 1024,
+// with a routing table of 10 members owning the partitions in turn.
 func benchLease() *Lease {
 	l := newLease(nil, "bench", 1024, DefaultVNodes)
 	var values []int
@@ -12,8 +17,108 @@ func benchLease() *Lease {
 		epochs = append(epochs, int64(p))
 	}
 	l.publish(newSnapshot(1024, values, epochs), ErrRevoked)
+	v := ringChange{Changed: make([]int, 1024), Owners: make([]int, 1024)}
+	for i := 0; i < 10; i++ {
+		m := memberView{ID: fmt.Sprint("node-", i), VNodes: 8}
+		for j := 0; j < 8; j++ {
+			m.Positions = append(m.Positions, uint32(i*8+j)*53687091)
+		}
+		v.Members = append(v.Members, m)
+	}
+	for p := range v.Changed {
+		v.Changed[p], v.Owners[p] = p, p%10
+	}
+	l.route.Store(l.route.Load().update(1024, v))
 	return l
 }
+
+// benchKeys are 16-byte keys.
+var benchKeys = func() []string {
+	ks := make([]string, 1024)
+	for i := range ks {
+		ks[i] = fmt.Sprintf("order-%010d", i)
+	}
+	return ks
+}()
+
+func BenchmarkPartitionOf(b *testing.B) {
+	b.ReportAllocs()
+	n := 0
+	for i := 0; i < b.N; i++ {
+		n += PartitionOf(benchKeys[i&1023], 1024)
+	}
+	sink = n
+}
+
+func BenchmarkPartitionOfParallel(b *testing.B) {
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i, n := 0, 0
+		for pb.Next() {
+			n += PartitionOf(benchKeys[i&1023], 1024)
+			i++
+		}
+		sinkMu.Lock()
+		sink += n
+		sinkMu.Unlock()
+	})
+}
+
+func BenchmarkOwnsKey(b *testing.B) {
+	l := benchLease()
+	b.ReportAllocs()
+	n := 0
+	for i := 0; i < b.N; i++ {
+		if l.OwnsKey(benchKeys[i&1023]) {
+			n++
+		}
+	}
+	sink = n
+}
+
+func BenchmarkOwnsKeyParallel(b *testing.B) {
+	l := benchLease()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			l.OwnsKey(benchKeys[i&1023])
+			i++
+		}
+	})
+}
+
+func BenchmarkOwner(b *testing.B) {
+	l := benchLease()
+	b.ReportAllocs()
+	n := 0
+	for i := 0; i < b.N; i++ {
+		if m, ok := l.Owner(benchKeys[i&1023]); ok {
+			n += len(m.ID)
+		}
+	}
+	if n == 0 {
+		b.Fatal("no owner")
+	}
+	sink = n
+}
+
+func BenchmarkOwnerParallel(b *testing.B) {
+	l := benchLease()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			l.Owner(benchKeys[i&1023])
+			i++
+		}
+	})
+}
+
+var (
+	sink   int
+	sinkMu sync.Mutex
+)
 
 func BenchmarkValues(b *testing.B) {
 	l := benchLease()
