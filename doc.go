@@ -46,6 +46,19 @@
 // partitions before anyone else may take them. It keeps trying, and resumes
 // (or rejoins) when the database answers again.
 //
+// # Keys, routing and fencing
+//
+// PartitionOf maps a key to a partition with PostgreSQL's own text hash, so
+// the SQL function partition_of gives the same answer and users filter
+// their rows by it. Each heartbeat that sees a ring change also brings the
+// routing changes (members, and the owners of partitions that moved), from
+// which Owner and Successors answer without a query. Every change of owner
+// raises the partition's epoch; the SQL function holds checks it inside the
+// user's transaction and locks the partition's row until that transaction
+// ends, so a guarded write never lands after a takeover. Lock holds a key
+// within the process; its context ends when the partition is revoked, and
+// the handoff waits for Unlock (up to WithMaxDrain).
+//
 // # Node ids
 //
 // A process restarted with the same WithNodeID takes its own partitions back
