@@ -44,6 +44,7 @@ type Client struct {
 	done chan struct{} // closed when the heartbeat loop has returned
 
 	stuck atomic.Int32 // attempts running past their timeout
+	lost  atomic.Bool  // the lease deadline passed without a renewal
 
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
 }
@@ -309,8 +310,12 @@ func (c *Client) ringRequests(now time.Time) []ringRequest {
 	c.mu.Unlock()
 	rings := make([]ringRequest, 0, len(leases))
 	for _, l := range leases {
+		version := l.version
+		if l.rejoin.Swap(false) { // after a resign: ask for the whole view again
+			version, l.awaitRejoin = 0, true
+		}
 		rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-			Version: l.version, Released: l.released(now, c.cfg.drain, c.cfg.maxDrain)})
+			Version: version, Released: l.released(now, c.cfg.drain, c.cfg.maxDrain)})
 	}
 	return rings
 }
@@ -428,6 +433,7 @@ func (c *Client) apply(res renewResult) {
 	c.hb.holdUntil = res.recv.Add(res.hold)
 	if c.hb.lost && c.hb.deadline.After(now) {
 		c.hb.lost = false
+		c.lost.Store(false)
 		c.log.Info("leasering: lease regained")
 	}
 
@@ -481,6 +487,15 @@ func (c *Client) failed(now time.Time, err error) {
 	c.hb.nextRenew = now.Add(backoff/2 + rand.N(backoff/2+1))
 }
 
+// lostCause is ErrLeaseLost while the lease deadline has passed without a
+// renewal, else nil.
+func (c *Client) lostCause() error {
+	if c != nil && c.lost.Load() {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
 // fenceMargin is how long before the granted lease ends the client stops
 // reporting: it covers timer lateness and clock rate differences.
 func (c *Client) fenceMargin() time.Duration { return c.cfg.ttl / 10 }
@@ -491,6 +506,7 @@ func (c *Client) publish(now time.Time) {
 	live := now.Before(c.hb.deadline) && !now.Before(c.hb.holdUntil)
 	if !now.Before(c.hb.deadline) && !c.hb.lost && !c.hb.deadline.IsZero() {
 		c.hb.lost = true
+		c.lost.Store(true)
 		c.log.Warn("leasering: lease deadline passed without a renewal; reporting nothing until the database answers")
 	}
 	c.mu.Lock()

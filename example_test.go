@@ -130,3 +130,54 @@ func ExampleWithRing() {
 		log.Fatal(err)
 	}
 }
+
+// A scheduler that runs its job only while leader, and fences the job's
+// writes with the term, so a deposed leader's late write changes nothing.
+func ExampleClient_Leader() {
+	db, err := sql.Open("postgres", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := leasering.NewClient(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	sched, err := c.Leader("scheduler")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close() // resigns: another candidate leads on its next heartbeat
+
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for range tick.C {
+		term := sched.Term()
+		if !sched.IsLeader() {
+			continue
+		}
+		_, err := db.ExecContext(ctx, `UPDATE jobs SET last_run = now()
+			WHERE name = 'nightly' AND leasering.holds('scheduler', 0, $1)`, term)
+		if err != nil {
+			log.Print(err)
+		}
+	}
+}
+
+// Leadership events, like a Redis elector's promoted/demoted/errored channels.
+func ExampleLeader_Events() {
+	var sched *leasering.Leader // from Client.Leader
+	for ev := range sched.Events() {
+		switch ev.Kind {
+		case leasering.Promoted:
+			log.Printf("leading, term %d", ev.Term)
+		case leasering.Demoted:
+			log.Printf("stopped leading term %d", ev.Term)
+		case leasering.Errored:
+			log.Printf("leadership lost: %v", ev.Err)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package leasering
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,11 @@ type Lease struct {
 
 	changesOnce sync.Once
 	changes     chan Change
+
+	pubMu       sync.Mutex  // orders publish against resign
+	paused      atomic.Bool // resigning: report nothing until a fresh view comes
+	rejoin      atomic.Bool // the next heartbeat asks for the whole view
+	awaitRejoin bool        // owned by the loop: that request is in flight
 
 	// Owned by the heartbeat loop.
 	version   int64             // ring version of view, 0 before the first
@@ -156,6 +162,11 @@ func (l *Lease) Wait(ctx context.Context) error {
 // publish makes s the visible snapshot, then cancels the locks on
 // partitions it lacks with cause. Called by the heartbeat loop only.
 func (l *Lease) publish(s *snapshot, cause error) {
+	l.pubMu.Lock()
+	defer l.pubMu.Unlock()
+	if l.paused.Load() {
+		s, cause = emptySnapshot, ErrRevoked
+	}
 	if l.snap.Load() == s {
 		return
 	}
@@ -210,6 +221,30 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 	}
 	l.current = newSnapshot(l.size, values, epochs)
 	l.route.Store(l.route.Load().update(l.size, v))
+	if l.awaitRejoin && v.Version > 0 {
+		l.awaitRejoin = false
+		l.paused.Store(false) // this view was read after the resign
+	}
+}
+
+// resign stops reporting at once, leaves the ring so that the others take
+// its partitions now, and rejoins on the next heartbeat with nothing.
+func (l *Lease) resign(ctx context.Context) error {
+	if l.c == nil {
+		return ErrNotStarted
+	}
+	l.pubMu.Lock()
+	l.paused.Store(true)
+	l.pubMu.Unlock()
+	l.publish(emptySnapshot, ErrRevoked)
+	if _, err := l.c.db.ExecContext(ctx, l.c.q.leaveRing, l.c.cfg.nodeID, l.c.incarnation, l.name); err != nil {
+		l.rejoin.Store(true) // the lease stays paused until a view after this point
+		l.c.wakeUp()
+		return fmt.Errorf("leasering: resign %q: %w", l.name, err)
+	}
+	l.rejoin.Store(true)
+	l.c.wakeUp()
+	return nil
 }
 
 // released lists the revoked partitions that may be confirmed released.
