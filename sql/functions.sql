@@ -376,11 +376,8 @@ DECLARE
     out         jsonb := '[]';
 BEGIN
     -- Never wait long on a lock: a heartbeat that cannot finish in time is
-    -- worth less than one that skips a ring's change. And if the client
-    -- vanishes mid-call (a half-delivered request on a dead network), the
-    -- server ends the transaction instead of holding its locks for ever.
+    -- worth less than one that skips a ring's change.
     PERFORM set_config('lock_timeout', greatest(p_ttl_ms / 4, 10) || 'ms', true);
-    PERFORM set_config('idle_in_transaction_session_timeout', greatest(p_ttl_ms, 100) || 'ms', true);
 
     UPDATE nodes SET expires_at = now() + ttl
      WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
