@@ -110,7 +110,7 @@ func TestCrashTakeoverWithinTTLPlusHeartbeat(t *testing.T) {
 // migration is serialised in the database and every start succeeds.
 func TestConcurrentStartOf50(t *testing.T) {
 	const q, n = 1024, 50
-	e := newEnv(t, 3*time.Second, 300*time.Millisecond)
+	e := newEnv(t, 5*time.Second, 500*time.Millisecond)
 	nodes := make([]*node, n)
 	for i := range nodes {
 		nodes[i] = e.newNode(fmt.Sprintf("n%02d", i))
@@ -142,6 +142,6 @@ func TestConcurrentStartOf50(t *testing.T) {
 			t.Errorf("start of %s: %v", nodes[i].id, err)
 		}
 	}
-	_, took := e.waitConverged("orders", q, nil, 30*time.Second)
+	_, took := e.waitConverged("orders", q, nil, 60*time.Second)
 	t.Logf("50 concurrent starts converged %v after the last Start returned", took.Round(time.Millisecond))
 }
