@@ -47,6 +47,7 @@ type Client struct {
 	lost  atomic.Bool  // the lease deadline passed without a renewal
 
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
+	st stats
 }
 
 // heartbeat is the loop's own state.
@@ -430,6 +431,7 @@ func (c *Client) apply(res renewResult) {
 	}
 	c.hb.failures = 0
 	c.hb.deadline = res.sent.Add(res.lease - c.fenceMargin())
+	c.st.renewed(res, c.hb.deadline, len(res.changes))
 	c.hb.holdUntil = res.recv.Add(res.hold)
 	if c.hb.lost && c.hb.deadline.After(now) {
 		c.hb.lost = false
@@ -478,6 +480,7 @@ func (c *Client) apply(res renewResult) {
 // exponential backoff, capped at one heartbeat.
 func (c *Client) failed(now time.Time, err error) {
 	c.hb.failures++
+	c.st.failed()
 	if c.hb.failures == 1 || c.hb.failures%10 == 0 {
 		c.log.Warn("leasering: heartbeat failed", "err", err, "attempts", c.hb.failures,
 			"lease_left", max(c.hb.deadline.Sub(now), 0))
@@ -507,6 +510,7 @@ func (c *Client) publish(now time.Time) {
 	if !now.Before(c.hb.deadline) && !c.hb.lost && !c.hb.deadline.IsZero() {
 		c.hb.lost = true
 		c.lost.Store(true)
+		c.st.lost()
 		c.log.Warn("leasering: lease deadline passed without a renewal; reporting nothing until the database answers")
 	}
 	c.mu.Lock()

@@ -1,0 +1,125 @@
+package leasering
+
+import (
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Stats is a snapshot of a client's heartbeat, for metrics and probes.
+type Stats struct {
+	NodeID           string
+	Renewals         int64          // successful heartbeats
+	RenewFailures    int64          // failed or timed-out heartbeats
+	LastRenewLatency time.Duration  // round trip of the last successful heartbeat
+	LastRenewAge     time.Duration  // time since the last successful heartbeat was sent (-1: none)
+	LeaseLeft        time.Duration  // until this node stops reporting partitions (0: not live)
+	RingChanges      int64          // ring views received (joins, leaves, handoffs, rebalances)
+	LeaseLosses      int64          // times the deadline passed without a renewal (self-fencing)
+	Fenced           bool           // another process took this node id over
+	Owned            map[string]int // ring -> partitions owned now
+}
+
+// stats is what the loop records for Stats. Guarded by its own mutex: the
+// loop writes it, any goroutine reads it.
+type stats struct {
+	mu          sync.Mutex
+	renewals    int64
+	failures    int64
+	latency     time.Duration
+	lastSent    time.Time
+	deadline    time.Time
+	ringChanges int64
+	leaseLosses int64
+}
+
+func (s *stats) renewed(res renewResult, deadline time.Time, views int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.renewals++
+	s.latency = res.recv.Sub(res.sent)
+	s.lastSent = res.sent
+	s.deadline = deadline
+	s.ringChanges += int64(views)
+}
+
+func (s *stats) failed() {
+	s.mu.Lock()
+	s.failures++
+	s.mu.Unlock()
+}
+
+func (s *stats) lost() {
+	s.mu.Lock()
+	s.leaseLosses++
+	s.mu.Unlock()
+}
+
+// Stats returns the client's counters and the partitions it owns now.
+func (c *Client) Stats() Stats {
+	now := time.Now()
+	c.st.mu.Lock()
+	out := Stats{
+		NodeID:           c.cfg.nodeID,
+		Renewals:         c.st.renewals,
+		RenewFailures:    c.st.failures,
+		LastRenewLatency: c.st.latency,
+		LastRenewAge:     -1,
+		RingChanges:      c.st.ringChanges,
+		LeaseLosses:      c.st.leaseLosses,
+	}
+	if !c.st.lastSent.IsZero() {
+		out.LastRenewAge = now.Sub(c.st.lastSent)
+	}
+	deadline := c.st.deadline
+	c.st.mu.Unlock()
+	c.mu.Lock()
+	leases := c.leaseList()
+	out.Fenced = c.fatal != nil
+	c.mu.Unlock()
+	out.Owned = make(map[string]int, len(leases))
+	for _, l := range leases {
+		out.Owned[l.name] = len(l.Values())
+	}
+	if !c.lost.Load() && !out.Fenced && deadline.After(now) {
+		out.LeaseLeft = deadline.Sub(now)
+	}
+	return out
+}
+
+// Healthy returns nil while the client holds a valid lease and its last
+// successful heartbeat is less than a TTL old; else why not. Use it for
+// liveness and readiness probes.
+func (c *Client) Healthy() error {
+	c.mu.Lock()
+	state, fatal := c.state, c.fatal
+	c.mu.Unlock()
+	switch {
+	case fatal != nil:
+		return fatal
+	case state == stateClosed:
+		return ErrClosed
+	case state != stateStarted:
+		return ErrNotStarted
+	case c.lost.Load():
+		return ErrLeaseLost
+	}
+	s := c.Stats()
+	if s.LastRenewAge < 0 || s.LastRenewAge > c.cfg.ttl {
+		return fmt.Errorf("%w: no successful heartbeat for %v (TTL %v)", ErrLeaseLost, s.LastRenewAge.Round(time.Millisecond), c.cfg.ttl)
+	}
+	return nil
+}
+
+// HealthHandler answers 200 "ok" while c.Healthy() is nil, else 503 with
+// the reason: mount it at /healthz.
+func HealthHandler(c *Client) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if err := c.Healthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+}
