@@ -68,6 +68,26 @@ func startCandidates(e *env, n int, log *eventLog) []*candidate {
 	return out
 }
 
+// waitPromoted waits until c's Promoted event for its current term is in
+// the log (the event follows IsLeader by a goroutine hop).
+func waitPromoted(t *testing.T, log *eventLog, c *candidate) {
+	t.Helper()
+	term := c.leader.Term()
+	ok := waitFor(5*time.Second, func() bool {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		for _, le := range log.events {
+			if le.node == c.id && le.ev.Kind == leasering.Promoted && le.ev.Term == term {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("no Promoted event for %s term %d", c.id, term)
+	}
+}
+
 // currentLeader waits for exactly one live candidate to be leader.
 func currentLeader(t *testing.T, cs []*candidate, within time.Duration) *candidate {
 	t.Helper()
@@ -106,11 +126,13 @@ func TestLeaderElection(t *testing.T) {
 	if first.leader.Term() <= 0 {
 		t.Errorf("leader's term %d", first.leader.Term())
 	}
+	waitPromoted(t, &log, first)
 
 	first.crash()
 	cut := time.Now()
 	second := currentLeader(t, cs, 5*ttl)
 	crashFailover := time.Since(cut)
+	waitPromoted(t, &log, second)
 
 	resigned := time.Now()
 	if err := second.leader.Resign(context.Background()); err != nil {
@@ -124,6 +146,7 @@ func TestLeaderElection(t *testing.T) {
 	if third == second {
 		t.Error("the resigned node was elected again at once")
 	}
+	waitPromoted(t, &log, third)
 
 	closed := time.Now()
 	if err := third.client.Close(); err != nil {
