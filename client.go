@@ -52,11 +52,13 @@ type Client struct {
 
 // heartbeat is the loop's own state.
 type heartbeat struct {
-	deadline  time.Time // partitions may be reported before this
-	holdUntil time.Time // and not before this
-	nextRenew time.Time
-	failures  int // consecutive
-	lost      bool
+	deadline   time.Time // partitions may be reported before this
+	holdUntil  time.Time // and not before this
+	nextRenew  time.Time
+	lastLaunch time.Time
+	woken      bool // a heartbeat was asked for while one was in flight, or not yet launched
+	failures   int  // consecutive
+	lost       bool
 }
 
 // NewClient makes a client on db. It checks every option and does no I/O.
@@ -297,6 +299,17 @@ func (c *Client) leaseList() []*Lease {
 	return out
 }
 
+// Wake asks for a heartbeat now rather than at the next tick. A notifier
+// calls it when the database announces a ring change (see the pqnotify
+// package); calling it often is harmless: wakes coalesce, and at most one
+// heartbeat is in flight.
+func (c *Client) Wake() { c.wakeUp() }
+
+// NotifyChannel is the LISTEN channel on which the database announces the
+// rings that changed in this client's schema (the payload is the ring's
+// name).
+func (c *Client) NotifyChannel() string { return "leasering:" + c.cfg.schema }
+
 func (c *Client) wakeUp() {
 	select {
 	case c.wake <- struct{}{}:
@@ -345,6 +358,20 @@ func (c *Client) run(first renewResult, applied chan<- struct{}) {
 			inflight = nil
 			c.failed(now, fmt.Errorf("heartbeat timed out after %v", c.cfg.renewTimeout))
 		}
+		if c.hb.woken && inflight == nil {
+			// A wake (a new lease, an Unlock, a change announced by the
+			// database) brings the next heartbeat forward, but never to
+			// less than a twentieth of a heartbeat after the last one, so a
+			// storm of announcements cannot multiply the load.
+			c.hb.woken = false
+			t := c.hb.lastLaunch.Add(c.cfg.heartbeat / 20)
+			if t.Before(now) {
+				t = now
+			}
+			if t.Before(c.hb.nextRenew) {
+				c.hb.nextRenew = t
+			}
+		}
 		if inflight == nil && !now.Before(c.hb.nextRenew) {
 			if c.stuck.Load() < maxStuckRenews {
 				inflight = c.launch(now)
@@ -366,9 +393,7 @@ func (c *Client) run(first renewResult, applied chan<- struct{}) {
 		case <-c.stop:
 			return
 		case <-c.wake:
-			if inflight == nil {
-				c.hb.nextRenew = time.Now()
-			}
+			c.hb.woken = true
 		case <-timer.C:
 		case res := <-results:
 			inflight = nil
@@ -378,6 +403,7 @@ func (c *Client) run(first renewResult, applied chan<- struct{}) {
 }
 
 func (c *Client) launch(now time.Time) *attempt {
+	c.hb.lastLaunch = now
 	a := &attempt{result: make(chan renewResult, 1), timeout: now.Add(c.cfg.renewTimeout)}
 	rings := c.ringRequests(now)
 	c.stuck.Add(1)

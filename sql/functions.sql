@@ -84,17 +84,26 @@ $$;
 
 -- bump_version: record a change of ring p_ring; with p_members, a change of
 -- its members. Every change goes through here, after the partitions it
--- touched were stamped with the version it returns.
+-- touched were stamped with the version it returns. It also notifies the
+-- channel "leasering:<schema>" with the ring's name at commit, so listening
+-- nodes can renew at once instead of on their next heartbeat; polling stays
+-- the correctness path.
 CREATE OR REPLACE FUNCTION leasering.bump_version(p_ring text, p_members boolean DEFAULT false)
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
+DECLARE
+    v bigint;
+BEGIN
     UPDATE rings
        SET version = version + 1,
            members_changed = CASE WHEN p_members THEN version + 1 ELSE members_changed END
      WHERE name = p_ring
-    RETURNING version
+    RETURNING version INTO v;
+    PERFORM pg_notify('leasering:' || current_schema(), p_ring);
+    RETURN v;
+END
 $$;
 
 -- partition_of: the partition of a ring of p_size partitions that p_key
