@@ -37,6 +37,10 @@
 // node's partitions go to their new owners once its lease has lapsed in
 // database time.
 //
+// Every change also announces the ring with pg_notify; the optional
+// package pqnotify listens and wakes the heartbeat at once, so changes
+// converge in milliseconds. Polling remains the correctness path.
+//
 // # Self-fencing
 //
 // The client remembers the monotonic time at which it sent its last
