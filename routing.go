@@ -103,8 +103,13 @@ func (l *Lease) Members() []Member {
 // Owner returns the member that owns key's partition, and false when the
 // partition has no live owner or the ring is not known yet.
 func (l *Lease) Owner(key string) (Member, bool) {
+	return l.OwnerOf(PartitionOf(key, l.size))
+}
+
+// OwnerOf returns the member that owns partition p, and false when it has
+// no live owner or the ring is not known yet.
+func (l *Lease) OwnerOf(p int) (Member, bool) {
 	t := l.route.Load()
-	p := PartitionOf(key, l.size)
 	if p < 0 || p >= len(t.owners) || t.owners[p] < 0 {
 		return Member{}, false
 	}

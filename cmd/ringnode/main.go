@@ -17,9 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/leasering/leasering"
@@ -89,68 +87,6 @@ func logger(verbose bool) *slog.Logger {
 		return slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// runCmd runs one node and prints what it owns whenever that changes.
-func runCmd(args []string) error {
-	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	dsn := dsnFlag(fs)
-	id := fs.String("id", "", "node id (default: random)")
-	ring := fs.String("ring", "demo", "ring name")
-	size := fs.Int("size", 64, "ring size")
-	vnodes := fs.Int("vnodes", leasering.DefaultVNodes, "vnodes (weight)")
-	ttl := fs.Duration("ttl", 5*time.Second, "lease TTL")
-	crash := fs.Bool("crash", false, "on Ctrl-C exit without leaving, so the others take over after the TTL")
-	verbose := fs.Bool("v", false, "log the client's events")
-	_ = fs.Parse(args)
-
-	db, err := openDB(*dsn)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	opts := []leasering.Option{leasering.WithTTL(*ttl), leasering.WithLogger(logger(*verbose))}
-	if *id != "" {
-		opts = append(opts, leasering.WithNodeID(*id))
-	}
-	c, err := leasering.NewClient(db, opts...)
-	if err != nil {
-		return err
-	}
-	lease, err := c.Lease(*ring, *size, leasering.WithVNodes(*vnodes))
-	if err != nil {
-		return err
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := c.Start(ctx); err != nil {
-		return err
-	}
-	fmt.Printf("node %s joined ring %q (%d partitions); Ctrl-C to %s\n", c.ID(), *ring, *size,
-		map[bool]string{true: "crash", false: "leave"}[*crash])
-	var last []int
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			if *crash {
-				fmt.Println("crashing: exiting without leaving")
-				os.Exit(2)
-			}
-			fmt.Println("leaving")
-			return c.Close()
-		case <-tick.C:
-		}
-		if err := c.Err(); err != nil {
-			return err
-		}
-		vals := lease.Values()
-		if !equal(vals, last) {
-			fmt.Printf("%s  owns %3d: %s\n", time.Now().Format("15:04:05.000"), len(vals), compact(vals))
-			last = vals
-		}
-	}
 }
 
 // statusCmd prints the operator view.
