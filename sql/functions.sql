@@ -567,7 +567,8 @@ SELECT m.ring,
        n.metadata,
        (SELECT count(*) FROM leasering.partitions p WHERE p.ring = m.ring AND p.owner = m.node_id) AS owned,
        (SELECT count(*) FROM leasering.partitions p WHERE p.ring = m.ring AND p.next_owner = m.node_id) AS incoming,
-       greatest(n.expires_at - now(), interval '0') AS lease_left
+       greatest(n.expires_at - now(), interval '0') AS lease_left,
+       (SELECT max(p.epoch) FROM leasering.partitions p WHERE p.ring = m.ring AND p.owner = m.node_id) AS max_epoch
   FROM leasering.members m
   JOIN leasering.rings r ON r.name = m.ring
   JOIN leasering.nodes n ON n.node_id = m.node_id;

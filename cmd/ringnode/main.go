@@ -103,22 +103,22 @@ func statusCmd(args []string) error {
 	if _, err := leasering.NewClient(db, leasering.WithSchema(*schema)); err != nil {
 		return err // validates the schema name before it goes into SQL
 	}
-	rows, err := db.Query(`SELECT ring, size, version, node_id, vnodes, owned, incoming,
+	rows, err := db.Query(`SELECT ring, size, version, node_id, vnodes, owned, incoming, coalesce(max_epoch, 0),
 		extract(epoch FROM lease_left)::numeric(10,1) FROM "` + *schema + `".ring_members ORDER BY ring, node_id`)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
-	fmt.Printf("%-16s %6s %8s %-20s %6s %6s %8s %10s\n", "RING", "SIZE", "VERSION", "NODE", "VNODES", "OWNED", "INCOMING", "LEASE LEFT")
+	fmt.Printf("%-16s %6s %8s %-20s %6s %6s %8s %9s %10s\n", "RING", "SIZE", "VERSION", "NODE", "VNODES", "OWNED", "INCOMING", "MAX EPOCH", "LEASE LEFT")
 	for rows.Next() {
 		var ring, node string
 		var size, vnodes, owned, incoming int
-		var version int64
+		var version, epoch int64
 		var left float64
-		if err := rows.Scan(&ring, &size, &version, &node, &vnodes, &owned, &incoming, &left); err != nil {
+		if err := rows.Scan(&ring, &size, &version, &node, &vnodes, &owned, &incoming, &epoch, &left); err != nil {
 			return err
 		}
-		fmt.Printf("%-16s %6d %8d %-20s %6d %6d %8d %9.1fs\n", ring, size, version, node, vnodes, owned, incoming, left)
+		fmt.Printf("%-16s %6d %8d %-20s %6d %6d %8d %9d %9.1fs\n", ring, size, version, node, vnodes, owned, incoming, epoch, left)
 	}
 	return rows.Err()
 }
