@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -28,6 +30,7 @@ type demoNode struct {
 }
 
 type demo struct {
+	out  io.Writer
 	dsn  string
 	size int
 	ttl  time.Duration
@@ -48,13 +51,18 @@ type summaryRow struct {
 	maxShare float64
 }
 
-func demoCmd(args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ExitOnError)
+func demoCmd(args []string) error { return runDemo(os.Stdout, args) }
+
+// runDemo runs the demo script, writing its report to out.
+func runDemo(out io.Writer, args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	dsn := dsnFlag(fs)
 	size := fs.Int("size", 64, "ring size")
 	ttl := fs.Duration("ttl", 2*time.Second, "lease TTL")
 	verbose := fs.Bool("v", false, "log the clients' events")
-	_ = fs.Parse(args)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 
 	admin, err := openDB(*dsn)
 	if err != nil {
@@ -64,10 +72,10 @@ func demoCmd(args []string) error {
 	if _, err := admin.Exec(`DROP SCHEMA IF EXISTS ` + demoSchema + ` CASCADE`); err != nil {
 		return fmt.Errorf("resetting schema %s: %w", demoSchema, err)
 	}
-	d := &demo{dsn: *dsn, size: *size, ttl: *ttl, hb: *ttl / 10, verb: *verbose}
+	d := &demo{out: out, dsn: *dsn, size: *size, ttl: *ttl, hb: *ttl / 10, verb: *verbose}
 	defer d.shutdown()
 
-	fmt.Printf("leasering demo: ring %q of %d partitions, TTL %v, heartbeat %v, schema %s\n\n", "demo", d.size, d.ttl, d.hb, demoSchema)
+	fmt.Fprintf(d.out, "leasering demo: ring %q of %d partitions, TTL %v, heartbeat %v, schema %s\n\n", "demo", d.size, d.ttl, d.hb, demoSchema)
 	steps := []struct {
 		name string
 		act  func() error
@@ -88,7 +96,7 @@ func demoCmd(args []string) error {
 			if err := d.converge(); err != nil {
 				return err
 			}
-			fmt.Printf("    c cut off: the others own all %d partitions; c reports %d\n", d.size, len(c.lease.Values()))
+			fmt.Fprintf(d.out, "    c cut off: the others own all %d partitions; c reports %d\n", d.size, len(c.lease.Values()))
 			time.Sleep(d.ttl) // part of the scenario: the outage lasts a while
 			c.proxy.SetMode(faultproxy.Pass)
 			c.live = true
@@ -243,18 +251,18 @@ func (d *demo) report(step string, took time.Duration) {
 		most = max(most, count[id])
 	}
 	fair := float64(d.size) / float64(len(ids))
-	fmt.Printf("%-32s converged in %7v  moved %3d  %s\n", step, took.Round(time.Millisecond), moved, strings.Join(counts, " "))
-	fmt.Printf("    ring: %s\n\n", strings.Join(own, ""))
+	fmt.Fprintf(d.out, "%-32s converged in %7v  moved %3d  %s\n", step, took.Round(time.Millisecond), moved, strings.Join(counts, " "))
+	fmt.Fprintf(d.out, "    ring: %s\n\n", strings.Join(own, ""))
 	d.rows = append(d.rows, summaryRow{step: step, moved: moved, converge: took, maxShare: float64(most) / fair})
 }
 
 func (d *demo) summary() {
-	fmt.Println("summary")
-	fmt.Printf("  %-32s %10s %6s %16s\n", "step", "converged", "moved", "max/fair share")
+	fmt.Fprintln(d.out, "summary")
+	fmt.Fprintf(d.out, "  %-32s %10s %6s %16s\n", "step", "converged", "moved", "max/fair share")
 	for _, r := range d.rows {
-		fmt.Printf("  %-32s %10v %6d %16.3f\n", r.step, r.converge.Round(time.Millisecond), r.moved, r.maxShare)
+		fmt.Fprintf(d.out, "  %-32s %10v %6d %16.3f\n", r.step, r.converge.Round(time.Millisecond), r.moved, r.maxShare)
 	}
-	fmt.Printf("\n%d ownership snapshots read while converging; partitions reported by two nodes in one snapshot: %d\n", d.reads, d.doubles)
+	fmt.Fprintf(d.out, "\n%d ownership snapshots read while converging; partitions reported by two nodes in one snapshot: %d\n", d.reads, d.doubles)
 }
 
 func (d *demo) shutdown() {
