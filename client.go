@@ -480,7 +480,7 @@ func (c *Client) apply(res renewResult) {
 		before := len(l.current.values)
 		l.applyView(ch, now)
 		c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,
-			"owned_before", before, "owned", len(l.current.values), "revoking", len(ch.Revoking))
+			"owned_before", before, "owned", len(l.current.values), "revoking_partitions", ch.Revoking)
 	}
 	leases := c.leaseList()
 	c.mu.Unlock()
