@@ -2,6 +2,7 @@ package leasering
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -278,6 +279,11 @@ func (c *Client) Close() error {
 			return fmt.Errorf("leasering: close: leave: %w", err)
 		}
 		c.log.Info("leasering: node left")
+		names := make([]string, len(leases))
+		for i, l := range leases {
+			names[i] = l.name
+		}
+		c.announce(ringsJSON(names...))
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("leasering: close: leave did not finish in %v; the lease will lapse", timeout)
@@ -441,13 +447,12 @@ func (c *Client) apply(res renewResult) {
 	switch res.status {
 	case statusFenced:
 		c.log.Error("leasering: node id taken over by another process; stopping", "other_incarnation", res.other)
-		c.mu.Lock()
-		c.fatal = ErrFenced
-		leases := c.leaseList()
-		c.mu.Unlock()
-		for _, l := range leases {
+		c.mu.Lock() // the leases fail before Err reports the fencing
+		for _, l := range c.leaseList() {
 			l.fail(fmt.Errorf("%w: node %q now belongs to incarnation %s", ErrFenced, c.cfg.nodeID, res.other))
 		}
+		c.fatal = ErrFenced
+		c.mu.Unlock()
 		return
 	case statusRejoined:
 		c.log.Warn("leasering: lease had lapsed; rejoined")
@@ -458,6 +463,7 @@ func (c *Client) apply(res renewResult) {
 	c.hb.failures = 0
 	c.hb.deadline = res.sent.Add(res.lease - c.fenceMargin())
 	c.st.renewed(res, c.hb.deadline, len(res.changes))
+	c.announce(res.announce)
 	c.hb.holdUntil = res.recv.Add(res.hold)
 	if c.hb.lost && c.hb.deadline.After(now) {
 		c.hb.lost = false
@@ -514,6 +520,28 @@ func (c *Client) failed(now time.Time, err error) {
 	backoff := c.cfg.heartbeat / 8 << min(c.hb.failures-1, 3)
 	backoff = min(backoff, c.cfg.heartbeat)
 	c.hb.nextRenew = now.Add(backoff/2 + rand.N(backoff/2+1))
+}
+
+// announce tells listeners (see pqnotify) which rings this node just
+// changed: NOTIFY in a statement of its own, after the heartbeat's commit,
+// so that the heartbeat never waits on PostgreSQL's cluster-wide
+// notification lock. It does not wait for the answer; a lost announcement
+// only costs the listeners their next heartbeat.
+func (c *Client) announce(rings string) {
+	if rings == "" || rings == "[]" {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.heartbeat)
+		defer cancel()
+		_, _ = c.db.ExecContext(ctx, c.q.announce, c.NotifyChannel(), rings)
+	}()
+}
+
+// ringsJSON is names as a JSON array.
+func ringsJSON(names ...string) string {
+	b, _ := json.Marshal(names)
+	return string(b)
 }
 
 // lostCause is ErrLeaseLost while the lease deadline has passed without a

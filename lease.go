@@ -244,6 +244,7 @@ func (l *Lease) resign(ctx context.Context) error {
 	}
 	l.rejoin.Store(true)
 	l.c.wakeUp()
+	l.c.announce(ringsJSON(l.name))
 	return nil
 }
 

@@ -16,7 +16,7 @@ import (
 	"github.com/DATA-DOG/go-sqlmock"
 )
 
-var renewColumns = []string{"lease_ms", "hold_ms", "next_expiry_ms", "node_status", "changes"}
+var renewColumns = []string{"lease_ms", "hold_ms", "next_expiry_ms", "node_status", "changes", "changed_rings"}
 
 // newMock returns a mocked DB. sqlmock is not safe for concurrent calls, and
 // the client may have a hung heartbeat and a fresh one in flight at once,
@@ -238,12 +238,12 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::jsonb, \$6\)`).
+	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::jsonb, \$6\)`).
 		WithArgs("a", sqlmock.AnyArg(), int64(10000), "10.0.0.1:80",
 			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true).
 		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(9990, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok",
-				Partitions: []int{1, 5, 6}, Epochs: []int64{1, 2, 3}, Revoking: []int{6}})))
+				Partitions: []int{1, 5, 6}, Epochs: []int64{1, 2, 3}, Revoking: []int{6}}), nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestStartMigratesWithLockInOneStatement(t *testing.T) {
 	mock.ExpectExec(`^SELECT pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";.*CREATE TABLE IF NOT EXISTS "my_app".nodes.*SET search_path = "my_app", pg_temp.*CREATE OR REPLACE FUNCTION "my_app".renew_and_read`).
 		WillReturnResult(sqlmock.NewResult(0, 0))
 	mock.ExpectQuery(`FROM "my_app".renew_and_read`).
-		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(9990, 0, nil, "ok", nil))
+		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(9990, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +337,7 @@ func TestSelfFencing(t *testing.T) {
 	l, _ := c.Lease("orders", 4)
 	view := changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}})
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(400, 0, nil, "ok", view))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(400, 0, nil, "ok", view, nil))
 	for i := 0; i < 3; i++ {
 		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection reset"))
 	}
@@ -357,7 +357,7 @@ func TestSelfFencing(t *testing.T) {
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
 			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false).
-			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(400, 0, nil, "ok", nil))
+			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(400, 0, nil, "ok", nil, nil))
 	})
 	waitUntil(t, 2*time.Second, "Values to come back", func() bool { return len(l.Values()) == 2 })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
@@ -371,11 +371,11 @@ func TestHandoffReleaseAfterDrain(t *testing.T) {
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
-		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}})))
+		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
 		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false).
 		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
-			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}})))
+			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	start := time.Now()
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -396,8 +396,8 @@ func TestFencedClientStops(t *testing.T) {
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(1000, 0, nil, "ok",
-		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{2}, Epochs: []int64{4}})))
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(0, 0, nil, "fenced", `{"incarnation":"other"}`))
+		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{2}, Epochs: []int64{4}}), nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(0, 0, nil, "fenced", `{"incarnation":"other"}`, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +419,7 @@ func TestHoldDelaysReporting(t *testing.T) {
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 200, nil, "ok",
-		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{1}, Epochs: []int64{9}})))
+		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{1}, Epochs: []int64{9}}), nil))
 	start := time.Now()
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -438,7 +438,7 @@ func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(time.Second))
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok", nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +446,7 @@ func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 		mock.ExpectQuery(`renew_and_read`).
 			WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false).
 			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
-				`[{"ring":"orders","status":"size_mismatch","size":64}]`))
+				`[{"ring":"orders","status":"size_mismatch","size":64}]`, nil))
 	})
 	l, err := c.Lease("orders", 4)
 	if err != nil {
@@ -464,7 +464,7 @@ func TestCloseDoesNotHang(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithTTL(300*time.Millisecond), WithHeartbeat(100*time.Millisecond))
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(300, 0, nil, "ok", nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(300, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +505,7 @@ func TestStartRetriesTransientErrors(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("pq: deadlock detected (40P01)"))
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(10000, 0, nil, "ok",
-		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}})))
+		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.Start(ctx); err != nil {

@@ -60,6 +60,7 @@ type renewResult struct {
 	status     string
 	changes    []ringChange
 	other      string // with statusFenced: the incarnation that took over
+	announce   string // JSON array of the rings this call changed, to NOTIFY
 	err        error
 }
 
@@ -73,15 +74,16 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim bool) ren
 	}
 	var leaseMS, holdMS int64
 	var nextExpiryMS sql.NullInt64
-	var changes sql.NullString
+	var changes, announce sql.NullString
 	err = c.db.QueryRowContext(ctx, c.q.renew,
 		c.cfg.nodeID, c.incarnation, c.cfg.ttl.Milliseconds(), c.cfg.metadata, string(arg), claim,
-	).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes)
+	).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce)
 	res.recv = time.Now()
 	if err != nil {
 		res.err = classifyDBError(err)
 		return res
 	}
+	res.announce = announce.String
 	res.lease = time.Duration(leaseMS) * time.Millisecond
 	res.hold = time.Duration(holdMS) * time.Millisecond
 	res.nextExpiry = -1

@@ -84,10 +84,12 @@ $$;
 
 -- bump_version: record a change of ring p_ring; with p_members, a change of
 -- its members. Every change goes through here, after the partitions it
--- touched were stamped with the version it returns. It also notifies the
--- channel "leasering:<schema>" with the ring's name at commit, so listening
--- nodes can renew at once instead of on their next heartbeat; polling stays
--- the correctness path.
+-- touched were stamped with the version it returns. The ring is also noted
+-- in the transaction's setting ring_lease.changed_rings, which
+-- renew_and_read hands back so that the client can announce the change
+-- with NOTIFY after the commit: a NOTIFY inside this transaction would take
+-- PostgreSQL's cluster-wide notification lock at commit, and a heartbeat
+-- must never wait on that.
 CREATE OR REPLACE FUNCTION leasering.bump_version(p_ring text, p_members boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -101,7 +103,10 @@ BEGIN
            members_changed = CASE WHEN p_members THEN version + 1 ELSE members_changed END
      WHERE name = p_ring
     RETURNING version INTO v;
-    PERFORM pg_notify('leasering:' || current_schema(), p_ring);
+    PERFORM set_config('ring_lease.changed_rings',
+                       (coalesce(nullif(current_setting('ring_lease.changed_rings', true), ''), '[]')::jsonb
+                        || to_jsonb(p_ring))::text,
+                       true);
     RETURN v;
 END
 $$;
@@ -368,7 +373,8 @@ $$;
 -- ended (hold_ms), so two processes never report the same partition.
 CREATE OR REPLACE FUNCTION leasering.renew_and_read(
     p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean)
-RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb)
+RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb,
+               changed_rings jsonb)
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
@@ -405,7 +411,7 @@ BEGIN
             st := CASE WHEN p_claim THEN 'ok' ELSE 'rejoined' END;
         ELSIF me.incarnation <> p_incarnation AND NOT p_claim THEN
             RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text,
-                                jsonb_build_object('incarnation', me.incarnation);
+                                jsonb_build_object('incarnation', me.incarnation), NULL::jsonb;
             RETURN;
         ELSE
             -- Take over our own lapsed lease, or a node id from an older
@@ -503,7 +509,8 @@ BEGIN
         greatest(ceil(extract(epoch FROM me.report_from - clock_timestamp()) * 1000), 0)::bigint,
         greatest(ceil(extract(epoch FROM next_expiry - clock_timestamp()) * 1000), 0)::bigint,
         st,
-        CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END;
+        CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END,
+        nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb;
 END
 $$;
 
