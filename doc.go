@@ -37,7 +37,7 @@
 // node's partitions go to their new owners once its lease has lapsed in
 // database time.
 //
-// Every change also announces the ring with pg_notify; the optional
+// The node that changed a ring then announces it with pg_notify; the optional
 // package pqnotify listens and wakes the heartbeat at once, so changes
 // converge in milliseconds. Polling remains the correctness path.
 //
