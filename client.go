@@ -44,8 +44,11 @@ type Client struct {
 	stop chan struct{} // closed by Close
 	done chan struct{} // closed when the heartbeat loop has returned
 
-	stuck atomic.Int32 // attempts running past their timeout
-	lost  atomic.Bool  // the lease deadline passed without a renewal
+	stuck atomic.Int32 // heartbeat calls running (including those past their timeout)
+
+	attempts     context.Context // parent of every heartbeat call; cancelled by Close
+	stopAttempts context.CancelFunc
+	lost         atomic.Bool // the lease deadline passed without a renewal
 
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
 	st stats
@@ -89,6 +92,7 @@ func NewClient(db DB, opts ...Option) (*Client, error) {
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 	}
+	c.attempts, c.stopAttempts = context.WithCancel(context.Background())
 	c.log = cfg.logger.With("node", cfg.nodeID)
 	return c, nil
 }
@@ -271,6 +275,12 @@ func (c *Client) Close() error {
 	timeout := min(c.cfg.ttl, 5*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// A heartbeat still in flight must not land after the leave: it would
+	// find the node gone and join again. Cancel them and let them finish.
+	c.stopAttempts()
+	for c.stuck.Load() > 0 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- c.leave(ctx) }()
 	select {
@@ -415,7 +425,7 @@ func (c *Client) launch(now time.Time) *attempt {
 	c.stuck.Add(1)
 	go func() {
 		defer c.stuck.Add(-1)
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.renewTimeout)
+		ctx, cancel := context.WithTimeout(c.attempts, c.cfg.renewTimeout)
 		defer cancel()
 		a.result <- c.renew(ctx, rings, false)
 	}()
