@@ -67,7 +67,7 @@ func FuzzPartitionOf(f *testing.F) {
 			t.Fatalf("hashKey(%q) = %x, reference %x", key, got, want)
 		}
 		p := PartitionOf(key, size)
-		if size < 1 || size > MaxPartitions {
+		if size < 1 || size > MaxRingSize {
 			if p != -1 {
 				t.Fatalf("PartitionOf(%q, %d) = %d, want -1", key, size, p)
 			}
@@ -80,7 +80,7 @@ func FuzzPartitionOf(f *testing.F) {
 			t.Fatal("not deterministic")
 		}
 		// A finer ring never moves a key backwards: partitions are arcs.
-		if size*2 <= MaxPartitions && PartitionOf(key, size*2)/2 != p {
+		if size*2 <= MaxRingSize && PartitionOf(key, size*2)/2 != p {
 			t.Fatalf("key %q: partition %d of %d, but %d of %d", key, p, size, PartitionOf(key, size*2), size*2)
 		}
 	})

@@ -39,7 +39,7 @@ type config struct {
 	migrate      bool
 	logger       *slog.Logger
 	metadata     string
-	renewTimeout time.Duration // 0: ttl/2
+	renewTimeout time.Duration // one heartbeat attempt: ttl/2
 }
 
 func defaultConfig() config {
@@ -159,14 +159,6 @@ func WithMetadata(s string) Option {
 	}
 }
 
-// withRenewTimeout bounds one heartbeat attempt (default TTL/2). Tests use it.
-func withRenewTimeout(d time.Duration) Option {
-	return func(c *config) error {
-		c.renewTimeout = d
-		return nil
-	}
-}
-
 func (c *config) finish() error {
 	if c.heartbeat == 0 {
 		c.heartbeat = c.ttl / 10
@@ -183,9 +175,7 @@ func (c *config) finish() error {
 	if c.maxDrain < c.drain {
 		return fmt.Errorf("%w: max drain %v is below the drain %v", ErrInvalidArgument, c.maxDrain, c.drain)
 	}
-	if c.renewTimeout == 0 {
-		c.renewTimeout = c.ttl / 2
-	}
+	c.renewTimeout = c.ttl / 2
 	if c.logger == nil {
 		c.logger = slog.Default()
 	}

@@ -10,15 +10,12 @@ package leasering
 // not change. PostgreSQL computes this hash differently on big-endian
 // servers; leasering supports little-endian servers (x86-64, arm64).
 
-// MaxPartitions bounds a ring's size (and PartitionOf's size argument).
-const MaxPartitions = MaxRingSize
-
 // PartitionOf returns the partition of a ring of size partitions that key
 // falls in: the high 32 bits of the key's hash scaled to size. It returns -1
 // when size is outside 1..65536. The SQL function partition_of(key, size)
 // returns the same value.
 func PartitionOf(key string, size int) int {
-	if size < 1 || size > MaxPartitions {
+	if size < 1 || size > MaxRingSize {
 		return -1
 	}
 	return int((uint64(keyPosition(key)) * uint64(size)) >> 32)

@@ -38,7 +38,7 @@ func TestPartitionOfVectors(t *testing.T) {
 }
 
 func TestPartitionOfRangeAndSpread(t *testing.T) {
-	for _, size := range []int{0, -1, MaxPartitions + 1} {
+	for _, size := range []int{0, -1, MaxRingSize + 1} {
 		if got := PartitionOf("k", size); got != -1 {
 			t.Errorf("PartitionOf(k, %d) = %d, want -1", size, got)
 		}
