@@ -60,8 +60,9 @@ type heartbeat struct {
 	holdUntil  time.Time // and not before this
 	nextRenew  time.Time
 	lastLaunch time.Time
-	woken      bool // a heartbeat was asked for while one was in flight, or not yet launched
-	failures   int  // consecutive
+	scanAfter  time.Time // the earliest other lease end we were told of; zero: unknown
+	woken      bool      // a heartbeat was asked for while one was in flight, or not yet launched
+	failures   int       // consecutive
 	lost       bool
 }
 
@@ -223,7 +224,7 @@ func (c *Client) joinOnce(ctx context.Context) (renewResult, error) {
 	if err := c.ensureSchema(ctx); err != nil {
 		return renewResult{}, err
 	}
-	res := c.renew(ctx, c.ringRequests(time.Now()), true)
+	res := c.renew(ctx, c.ringRequests(time.Now()), true, true)
 	if res.err != nil {
 		if errors.Is(res.err, ErrRingSizeMismatch) {
 			return res, fmt.Errorf("leasering: start: %w", res.err)
@@ -422,12 +423,16 @@ func (c *Client) launch(now time.Time) *attempt {
 	c.hb.lastLaunch = now
 	a := &attempt{result: make(chan renewResult, 1), timeout: now.Add(c.cfg.renewTimeout)}
 	rings := c.ringRequests(now)
+	// Other leases only move later while their nodes live, so until the
+	// earliest end we were told of has passed a scan would find nothing to
+	// evict.
+	scan := c.hb.scanAfter.IsZero() || !now.Before(c.hb.scanAfter)
 	c.stuck.Add(1)
 	go func() {
 		defer c.stuck.Add(-1)
 		ctx, cancel := context.WithTimeout(c.attempts, c.cfg.renewTimeout)
 		defer cancel()
-		a.result <- c.renew(ctx, rings, false)
+		a.result <- c.renew(ctx, rings, false, scan)
 	}()
 	return a
 }
@@ -502,6 +507,12 @@ func (c *Client) apply(res renewResult) {
 	c.mu.Unlock()
 
 	c.hb.nextRenew = res.sent.Add(c.cfg.heartbeat)
+	if res.scanned {
+		c.hb.scanAfter = time.Time{} // no other node: scan every time (it is cheap then)
+		if res.nextExpiry >= 0 {
+			c.hb.scanAfter = res.sent.Add(res.nextExpiry)
+		}
+	}
 	if res.nextExpiry >= 0 {
 		// Another node's lease ends before our next heartbeat: renew just
 		// after, so that if it died we take over at once. The jitter keeps

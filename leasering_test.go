@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -238,9 +239,9 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::jsonb, \$6\)`).
+	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::jsonb, \$6, \$7\)`).
 		WithArgs("a", sqlmock.AnyArg(), int64(10000), "10.0.0.1:80",
-			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true).
+			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true).
 		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(9990, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok",
 				Partitions: []int{1, 5, 6}, Epochs: []int64{1, 2, 3}, Revoking: []int{6}}), nil))
@@ -356,7 +357,7 @@ func TestSelfFencing(t *testing.T) {
 	waitUntil(t, 2*time.Second, "all failing renewals", func() bool { return met(db, mock) })
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false).
+			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false, true).
 			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(400, 0, nil, "ok", nil, nil))
 	})
 	waitUntil(t, 2*time.Second, "Values to come back", func() bool { return len(l.Values()) == 2 })
@@ -373,7 +374,7 @@ func TestHandoffReleaseAfterDrain(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false).
+		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true).
 		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	start := time.Now()
@@ -444,7 +445,7 @@ func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 	}
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false).
+			WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true).
 			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
 				`[{"ring":"orders","status":"size_mismatch","size":64}]`, nil))
 	})
@@ -527,4 +528,60 @@ func TestStartRetriesTransientErrors(t *testing.T) {
 	if err := c2.Start(ctx2); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("Start with a dead database: %v, want the deadline and the last error", err)
 	}
+}
+
+// scanArg records the heartbeat's p_scan argument and when it was sent.
+type scanArg struct {
+	mu    sync.Mutex
+	at    []time.Time
+	scans []bool
+}
+
+func (s *scanArg) Match(v driver.Value) bool {
+	b, ok := v.(bool)
+	if ok {
+		s.mu.Lock()
+		s.at = append(s.at, time.Now())
+		s.scans = append(s.scans, b)
+		s.mu.Unlock()
+	}
+	return ok
+}
+
+// TestScanOnlyAfterKnownExpiry: the scan for lapsed leases, the one part of
+// a heartbeat whose cost grows with the nodes, is skipped until the
+// earliest other lease end the database reported has passed.
+func TestScanOnlyAfterKnownExpiry(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(100*time.Millisecond))
+	_, _ = c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), true, true).
+		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, 300, "ok",
+			changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
+	rec := &scanArg{}
+	const beats = 8
+	for i := 0; i < beats; i++ {
+		mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), false, rec).
+			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok", nil, nil))
+	}
+	start := time.Now()
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, "the heartbeats", func() bool { return met(db, mock) })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for i, at := range rec.at {
+		if at.Sub(start) < 300*time.Millisecond && rec.scans[i] {
+			t.Errorf("heartbeat %d, %v after start, scanned before the reported expiry (300ms)", i, at.Sub(start).Round(time.Millisecond))
+		}
+	}
+	if !rec.scans[beats-1] {
+		t.Errorf("heartbeat %d, %v after start, did not scan after the reported expiry (300ms)", beats-1, rec.at[beats-1].Sub(start).Round(time.Millisecond))
+	}
+	if rec.scans[0] {
+		t.Error("the first heartbeat after start scanned although the next expiry was 300ms away")
+	}
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }

@@ -13,7 +13,7 @@ var functionsSQL string
 
 // SchemaVersion is the version of sql/functions.sql this library speaks.
 // Bump it with every change to that file.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // functions.sql names its schema "leasering" in these forms only: as the
 // qualifier of every object and in every function's search_path.
@@ -91,7 +91,7 @@ func newQueries(schema string) queries {
 	return queries{
 		schemaExists: `SELECT to_regclass($1) IS NOT NULL`,
 		version:      `SELECT version FROM ` + s + `.schema_version`,
-		renew:        `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::jsonb, $6)`,
+		renew:        `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::jsonb, $6, $7)`,
 		leave:        `SELECT ` + s + `.leave($1, $2)`,
 		leaveRing:    `SELECT ` + s + `.leave($1, $2, $3)`,
 		announce:     `SELECT pg_notify($1, r) FROM jsonb_array_elements_text($2::jsonb) AS r`,

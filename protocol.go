@@ -56,7 +56,8 @@ type renewResult struct {
 	sent, recv time.Time     // monotonic times around the call
 	lease      time.Duration // lease time left when the database answered
 	hold       time.Duration // report nothing for this long after recv
-	nextExpiry time.Duration // another node's lease ends in this long (-1: none)
+	scanned    bool          // the call looked for the earliest other lease end
+	nextExpiry time.Duration // another node's lease ends in this long (-1: none or not scanned)
 	status     string
 	changes    []ringChange
 	other      string // with statusFenced: the incarnation that took over
@@ -64,9 +65,10 @@ type renewResult struct {
 	err        error
 }
 
-// renew makes one call of renew_and_read.
-func (c *Client) renew(ctx context.Context, rings []ringRequest, claim bool) renewResult {
-	res := renewResult{sent: time.Now()}
+// renew makes one call of renew_and_read; scan asks it for the earliest
+// other lease end (and to evict lapsed nodes).
+func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan bool) renewResult {
+	res := renewResult{sent: time.Now(), scanned: scan}
 	arg, err := json.Marshal(rings)
 	if err != nil {
 		res.err = err
@@ -76,7 +78,7 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim bool) ren
 	var nextExpiryMS sql.NullInt64
 	var changes, announce sql.NullString
 	err = c.db.QueryRowContext(ctx, c.q.renew,
-		c.cfg.nodeID, c.incarnation, c.cfg.ttl.Milliseconds(), c.cfg.metadata, string(arg), claim,
+		c.cfg.nodeID, c.incarnation, c.cfg.ttl.Milliseconds(), c.cfg.metadata, string(arg), claim, scan,
 	).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce)
 	res.recv = time.Now()
 	if err != nil {

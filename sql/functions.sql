@@ -1,4 +1,4 @@
--- leasering: the whole protocol, schema version 1.
+-- leasering: the whole protocol, schema version 2.
 --
 -- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
 -- Every object is qualified with the schema and every function pins its
@@ -18,8 +18,8 @@ CREATE TABLE IF NOT EXISTS leasering.schema_version (
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 1 THEN
-        RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (1)',
+    IF (SELECT version FROM leasering.schema_version) > 2 THEN
+        RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (2)',
             (SELECT version FROM leasering.schema_version);
     END IF;
 END $$;
@@ -362,8 +362,12 @@ $$;
 -- version is the ring version the node last saw (0: none yet) and released
 -- lists partitions it was told to give up and has stopped using.
 --
--- Steady state: one HOT update of the node's row, one scan for the earliest
--- other lease end, and one ring version read per ring; changes is NULL.
+-- Steady state: one HOT update of the node's row and one ring version read
+-- per ring; changes is NULL. With p_scan the call also scans the nodes for
+-- the earliest other lease end (next_expiry_ms; NULL without p_scan): the
+-- client asks for it only once the last one it was told of has passed, that
+-- is about once per lease rather than every heartbeat, because the scan is
+-- the one cost that grows with the number of nodes.
 --
 -- node_status is 'ok', 'rejoined' (the lease had lapsed or the row was gone:
 -- the node starts afresh, keeping what it still owns under new epochs) or
@@ -371,8 +375,10 @@ $$;
 -- With p_claim (a process starting) the node id is taken over from any older
 -- incarnation; the new one reports nothing until the old lease would have
 -- ended (hold_ms), so two processes never report the same partition.
+DROP FUNCTION IF EXISTS leasering.renew_and_read(text, text, integer, text, jsonb, boolean);  -- version 1
 CREATE OR REPLACE FUNCTION leasering.renew_and_read(
-    p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean)
+    p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean,
+    p_scan boolean)
 RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb,
                changed_rings jsonb)
 LANGUAGE plpgsql
@@ -434,11 +440,16 @@ BEGIN
         END IF;
     END IF;
 
-    -- Crash detection: whoever renews first after a lease lapses evicts the
+    -- Crash detection: whoever scans first after a lease lapses evicts the
     -- node and rebalances its rings. The earliest other lease end goes back
-    -- to the client, which renews right after it, so survivors take over a
-    -- crashed node's partitions at once rather than a heartbeat later.
-    SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
+    -- to the client, which renews (and scans) right after it, so survivors
+    -- take over a crashed node's partitions at once rather than a heartbeat
+    -- later. Leases only move later while their nodes live, so a client
+    -- that skips the scan until then misses no lapse: every client's last
+    -- answer is at or before the true earliest end.
+    IF p_scan THEN
+        SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
+    END IF;
     IF next_expiry <= now() THEN
         BEGIN
             FOREACH dead_ring IN ARRAY evict_expired(p_node) LOOP
@@ -580,6 +591,6 @@ SELECT m.ring,
   JOIN leasering.rings r ON r.name = m.ring
   JOIN leasering.nodes n ON n.node_id = m.node_id;
 
-INSERT INTO leasering.schema_version (version) VALUES (1)
+INSERT INTO leasering.schema_version (version) VALUES (2)
 ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
  WHERE leasering.schema_version.version < excluded.version;
