@@ -49,6 +49,7 @@ type Client struct {
 	attempts     context.Context // parent of every heartbeat call; cancelled by Close
 	stopAttempts context.CancelFunc
 	lost         atomic.Bool // the lease deadline passed without a renewal
+	dbClock      atomic.Pointer[dbClock]
 
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
 	st stats
@@ -56,14 +57,16 @@ type Client struct {
 
 // heartbeat is the loop's own state.
 type heartbeat struct {
-	deadline   time.Time // partitions may be reported before this
-	holdUntil  time.Time // and not before this
-	nextRenew  time.Time
-	lastLaunch time.Time
-	scanAfter  time.Time // the earliest other lease end we were told of; zero: unknown
-	woken      bool      // a heartbeat was asked for while one was in flight, or not yet launched
-	failures   int       // consecutive
-	lost       bool
+	deadline    time.Time // partitions may be reported before this
+	holdUntil   time.Time // and not before this
+	nextRenew   time.Time
+	lastLaunch  time.Time
+	scanAfter   time.Time // the earliest other lease end we were told of; zero: unknown
+	otherExpiry time.Time // the same, estimated late: renew just after it
+	probe       bool      // the last heartbeat went unanswered in time: extend nothing until one is
+	woken       bool      // a heartbeat was asked for while one was in flight, or not yet launched
+	failures    int       // consecutive
+	lost        bool
 }
 
 // NewClient makes a client on db. It checks every option and does no I/O.
@@ -224,7 +227,7 @@ func (c *Client) joinOnce(ctx context.Context) (renewResult, error) {
 	if err := c.ensureSchema(ctx); err != nil {
 		return renewResult{}, err
 	}
-	res := c.renew(ctx, c.ringRequests(time.Now()), true, true)
+	res := c.renew(ctx, c.ringRequests(time.Now()), true, true, false)
 	if res.err != nil {
 		if errors.Is(res.err, ErrRingSizeMismatch) {
 			return res, fmt.Errorf("leasering: start: %w", res.err)
@@ -373,6 +376,7 @@ func (c *Client) run(first renewResult, applied chan<- struct{}) {
 		now := time.Now()
 		if inflight != nil && !now.Before(inflight.timeout) {
 			inflight = nil
+			c.hb.probe = true
 			c.failed(now, fmt.Errorf("heartbeat timed out after %v", c.cfg.renewTimeout))
 		}
 		if c.hb.woken && inflight == nil {
@@ -427,12 +431,13 @@ func (c *Client) launch(now time.Time) *attempt {
 	// earliest end we were told of has passed a scan would find nothing to
 	// evict.
 	scan := c.hb.scanAfter.IsZero() || !now.Before(c.hb.scanAfter)
+	probe := c.hb.probe
 	c.stuck.Add(1)
 	go func() {
 		defer c.stuck.Add(-1)
 		ctx, cancel := context.WithTimeout(c.attempts, c.cfg.renewTimeout)
 		defer cancel()
-		a.result <- c.renew(ctx, rings, false, scan)
+		a.result <- c.renew(ctx, rings, false, scan, probe)
 	}()
 	return a
 }
@@ -456,7 +461,18 @@ func (c *Client) nextWake(now time.Time, inflight *attempt) time.Duration {
 func (c *Client) apply(res renewResult) {
 	now := time.Now()
 	if res.err != nil {
+		if res.recv.Sub(res.sent) >= c.cfg.renewTimeout || errors.Is(res.err, context.DeadlineExceeded) {
+			c.hb.probe = true
+		}
 		c.failed(now, res.err)
+		return
+	}
+	if res.probe {
+		c.probed(now, res)
+		return
+	}
+	if res.status == statusLapsed { // it arrived too late to extend the lease, which has run out
+		c.failed(now, errors.New("leasering: heartbeat reached the database too late to extend the lease"))
 		return
 	}
 	switch res.status {
@@ -508,17 +524,21 @@ func (c *Client) apply(res renewResult) {
 
 	c.hb.nextRenew = res.sent.Add(c.cfg.heartbeat)
 	if res.scanned {
-		c.hb.scanAfter = time.Time{} // no other node: scan every time (it is cheap then)
+		// No other node: scan every time (it is cheap then).
+		c.hb.scanAfter, c.hb.otherExpiry = time.Time{}, time.Time{}
 		if res.nextExpiry >= 0 {
+			// The earliest other lease end, early and late estimates.
 			c.hb.scanAfter = res.sent.Add(res.nextExpiry)
+			c.hb.otherExpiry = res.recv.Add(res.nextExpiry)
 		}
 	}
-	if res.nextExpiry >= 0 {
-		// Another node's lease ends before our next heartbeat: renew just
-		// after, so that if it died we take over at once. The jitter keeps
-		// the survivors from all arriving in the same instant.
-		wait := max(res.nextExpiry+time.Millisecond, c.cfg.heartbeat/20) + rand.N(c.cfg.heartbeat/10+1)
-		if t := res.recv.Add(wait); t.Before(c.hb.nextRenew) {
+	if !c.hb.otherExpiry.IsZero() {
+		// Another node's lease ends before our next heartbeat: renew (and
+		// scan) just after, so that if it died we take over at once. The
+		// jitter keeps the survivors from all arriving in the same instant.
+		t := c.hb.otherExpiry.Add(time.Millisecond)
+		t = maxTime(t, res.recv.Add(c.cfg.heartbeat/20)).Add(rand.N(c.cfg.heartbeat/10 + 1))
+		if t.Before(c.hb.nextRenew) {
 			c.hb.nextRenew = t
 		}
 	}
@@ -527,6 +547,22 @@ func (c *Client) apply(res renewResult) {
 			c.hb.nextRenew = t // confirm releases as soon as the drain is over
 		}
 	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// probed takes a probe's answer: it came back in time, so the database is
+// within reach again and the next heartbeat, at once, renews (or rejoins,
+// if the lease lapsed meanwhile).
+func (c *Client) probed(now time.Time, res renewResult) {
+	c.hb.probe = false
+	c.hb.nextRenew = now
+	c.log.Debug("leasering: probe answered in time; renewing", "status", res.status, "lease_left", res.lease)
 }
 
 // failed records a failed heartbeat and schedules a retry with jittered

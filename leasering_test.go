@@ -17,7 +17,16 @@ import (
 	"github.com/DATA-DOG/go-sqlmock"
 )
 
-var renewColumns = []string{"lease_ms", "hold_ms", "next_expiry_ms", "node_status", "changes", "changed_rings"}
+var renewColumns = []string{"lease_ms", "hold_ms", "next_expiry_ms", "node_status", "changes", "changed_rings", "db_time"}
+
+// renewRow is one answer of renew_and_read; db_time is NULL (no clock
+// estimate) unless the test gives it.
+func renewRow(vals ...driver.Value) *sqlmock.Rows {
+	if len(vals) < len(renewColumns) {
+		vals = append(vals, nil)
+	}
+	return sqlmock.NewRows(renewColumns).AddRow(vals...)
+}
 
 // newMock returns a mocked DB. sqlmock is not safe for concurrent calls, and
 // the client may have a hung heartbeat and a fresh one in flight at once,
@@ -239,10 +248,10 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::jsonb, \$6, \$7\)`).
+	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text, db_time FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::jsonb, \$6, \$7, \$8\)`).
 		WithArgs("a", sqlmock.AnyArg(), int64(10000), "10.0.0.1:80",
-			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true).
-		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(9990, 0, nil, "ok",
+			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(9990, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok",
 				Partitions: []int{1, 5, 6}, Epochs: []int64{1, 2, 3}, Revoking: []int{6}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -292,7 +301,7 @@ func TestStartMigratesWithLockInOneStatement(t *testing.T) {
 	mock.ExpectExec(`^SELECT pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";.*CREATE TABLE IF NOT EXISTS "my_app".nodes.*SET search_path = "my_app", pg_temp.*CREATE OR REPLACE FUNCTION "my_app".renew_and_read`).
 		WillReturnResult(sqlmock.NewResult(0, 0))
 	mock.ExpectQuery(`FROM "my_app".renew_and_read`).
-		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(9990, 0, nil, "ok", nil, nil))
+		WillReturnRows(renewRow(9990, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +347,7 @@ func TestSelfFencing(t *testing.T) {
 	l, _ := c.Lease("orders", 4)
 	view := changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}})
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(400, 0, nil, "ok", view, nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(400, 0, nil, "ok", view, nil))
 	for i := 0; i < 3; i++ {
 		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection reset"))
 	}
@@ -357,8 +366,8 @@ func TestSelfFencing(t *testing.T) {
 	waitUntil(t, 2*time.Second, "all failing renewals", func() bool { return met(db, mock) })
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false, true).
-			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(400, 0, nil, "ok", nil, nil))
+			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false, true, sqlmock.AnyArg()).
+			WillReturnRows(renewRow(400, 0, nil, "ok", nil, nil))
 	})
 	waitUntil(t, 2*time.Second, "Values to come back", func() bool { return len(l.Values()) == 2 })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
@@ -371,11 +380,11 @@ func TestHandoffReleaseAfterDrain(t *testing.T) {
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(time.Second), WithDrain(150*time.Millisecond))
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true).
-		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
+		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	start := time.Now()
 	if err := c.Start(context.Background()); err != nil {
@@ -396,9 +405,9 @@ func TestFencedClientStops(t *testing.T) {
 	c := newTestClient(t, db, WithTTL(time.Second), WithHeartbeat(100*time.Millisecond))
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(1000, 0, nil, "ok",
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(1000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{2}, Epochs: []int64{4}}), nil))
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(0, 0, nil, "fenced", `{"incarnation":"other"}`, nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(0, 0, nil, "fenced", `{"incarnation":"other"}`, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +428,7 @@ func TestHoldDelaysReporting(t *testing.T) {
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(time.Second))
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 200, nil, "ok",
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 200, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{1}, Epochs: []int64{9}}), nil))
 	start := time.Now()
 	if err := c.Start(context.Background()); err != nil {
@@ -439,14 +448,14 @@ func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(time.Second))
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok", nil, nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true).
-			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok",
+			WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg()).
+			WillReturnRows(renewRow(2000, 0, nil, "ok",
 				`[{"ring":"orders","status":"size_mismatch","size":64}]`, nil))
 	})
 	l, err := c.Lease("orders", 4)
@@ -465,7 +474,7 @@ func TestCloseDoesNotHang(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithTTL(300*time.Millisecond), WithHeartbeat(100*time.Millisecond))
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(300, 0, nil, "ok", nil, nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(300, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +514,7 @@ func TestStartRetriesTransientErrors(t *testing.T) {
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("pq: deadlock detected (40P01)"))
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(10000, 0, nil, "ok",
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -556,14 +565,14 @@ func TestScanOnlyAfterKnownExpiry(t *testing.T) {
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(100*time.Millisecond))
 	_, _ = c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), true, true).
-		WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, 300, "ok",
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(2000, 0, 300, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	rec := &scanArg{}
 	const beats = 8
 	for i := 0; i < beats; i++ {
-		mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), false, rec).
-			WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(2000, 0, nil, "ok", nil, nil))
+		mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), false, rec, sqlmock.AnyArg()).
+			WillReturnRows(renewRow(2000, 0, nil, "ok", nil, nil))
 	}
 	start := time.Now()
 	if err := c.Start(context.Background()); err != nil {
@@ -583,5 +592,29 @@ func TestScanOnlyAfterKnownExpiry(t *testing.T) {
 	if rec.scans[0] {
 		t.Error("the first heartbeat after start scanned although the next expiry was 300ms away")
 	}
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
+
+// TestProbeAfterTimeout: a heartbeat that timed out may have extended the
+// lease without the client knowing, so the next call is a probe that
+// extends nothing (TTL 0); once a probe is answered in time the client
+// renews at once.
+func TestProbeAfterTimeout(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(400*time.Millisecond), WithHeartbeat(50*time.Millisecond))
+	_, _ = c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(400, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(400), "", sqlmock.AnyArg(), false, true, sqlmock.AnyArg()).
+		WillDelayFor(time.Second).WillReturnRows(renewRow(400, 0, nil, "ok", nil, nil))
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(0), "", `[]`, false, false, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(150, 0, nil, "ok", nil, nil))
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(400), "", sqlmock.AnyArg(), false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(400, 0, nil, "ok", nil, nil))
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 3*time.Second, "timeout, probe, renewal", func() bool { return met(db, mock) })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }

@@ -91,7 +91,7 @@ func newQueries(schema string) queries {
 	return queries{
 		schemaExists: `SELECT to_regclass($1) IS NOT NULL`,
 		version:      `SELECT version FROM ` + s + `.schema_version`,
-		renew:        `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::jsonb, $6, $7)`,
+		renew:        `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text, db_time FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::jsonb, $6, $7, $8)`,
 		leave:        `SELECT ` + s + `.leave($1, $2)`,
 		leaveRing:    `SELECT ` + s + `.leave($1, $2, $3)`,
 		announce:     `SELECT pg_notify($1, r) FROM jsonb_array_elements_text($2::jsonb) AS r`,

@@ -9,6 +9,13 @@ import (
 	"time"
 )
 
+// dbClock pairs a time read from the database's clock with the local
+// (monotonic) time its answer arrived, to estimate the database's clock.
+type dbClock struct {
+	db    time.Time
+	local time.Time
+}
+
 // ringRequest is one ring in the heartbeat's argument.
 type ringRequest struct {
 	Ring     string `json:"ring"`
@@ -49,6 +56,7 @@ const (
 	statusOK       = "ok"
 	statusRejoined = "rejoined"
 	statusFenced   = "fenced"
+	statusLapsed   = "lapsed" // answer to a probe: no lease
 )
 
 // renewResult is one heartbeat's outcome.
@@ -57,6 +65,7 @@ type renewResult struct {
 	lease      time.Duration // lease time left when the database answered
 	hold       time.Duration // report nothing for this long after recv
 	scanned    bool          // the call looked for the earliest other lease end
+	probe      bool          // the call only asked how long the lease has left
 	nextExpiry time.Duration // another node's lease ends in this long (-1: none or not scanned)
 	status     string
 	changes    []ringChange
@@ -66,9 +75,22 @@ type renewResult struct {
 }
 
 // renew makes one call of renew_and_read; scan asks it for the earliest
-// other lease end (and to evict lapsed nodes).
-func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan bool) renewResult {
-	res := renewResult{sent: time.Now(), scanned: scan}
+// other lease end (and to evict lapsed nodes); probe asks only how long the
+// lease has left, extending nothing.
+//
+// sentAt is when the call is sent on the database's clock, estimated from
+// the last answer; a call the database finds older than a quarter of a
+// lease extends nothing.
+func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan, probe bool) renewResult {
+	res := renewResult{sent: time.Now(), scanned: scan && !probe, probe: probe}
+	var sentAt sql.NullTime
+	if clock := c.dbClock.Load(); clock != nil {
+		sentAt = sql.NullTime{Time: clock.db.Add(res.sent.Sub(clock.local)), Valid: true}
+	}
+	ttl := c.cfg.ttl.Milliseconds()
+	if probe {
+		ttl, rings = 0, []ringRequest{}
+	}
 	arg, err := json.Marshal(rings)
 	if err != nil {
 		res.err = err
@@ -77,10 +99,14 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan boo
 	var leaseMS, holdMS int64
 	var nextExpiryMS sql.NullInt64
 	var changes, announce sql.NullString
+	var dbTime sql.NullTime
 	err = c.db.QueryRowContext(ctx, c.q.renew,
-		c.cfg.nodeID, c.incarnation, c.cfg.ttl.Milliseconds(), c.cfg.metadata, string(arg), claim, scan,
-	).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce)
+		c.cfg.nodeID, c.incarnation, ttl, c.cfg.metadata, string(arg), claim, scan && !probe, sentAt,
+	).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce, &dbTime)
 	res.recv = time.Now()
+	if err == nil && dbTime.Valid {
+		c.dbClock.Store(&dbClock{db: dbTime.Time, local: res.recv})
+	}
 	if err != nil {
 		res.err = classifyDBError(err)
 		return res
@@ -99,7 +125,7 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan boo
 // decodeChanges parses the changes column for the given node status.
 func decodeChanges(status string, changes sql.NullString, res *renewResult) error {
 	switch status {
-	case statusOK, statusRejoined:
+	case statusOK, statusRejoined, statusLapsed:
 		if !changes.Valid {
 			return nil
 		}

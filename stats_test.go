@@ -19,7 +19,7 @@ func TestStatsAndHealth(t *testing.T) {
 	}
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(sqlmock.NewRows(renewColumns).AddRow(300, 0, nil, "ok",
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(300, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1, 2}, Epochs: []int64{1, 1, 1}}), nil))
 	for i := 0; i < 20; i++ {
 		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection refused"))

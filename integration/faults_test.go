@@ -145,3 +145,39 @@ func TestConcurrentStartOf50(t *testing.T) {
 	_, took := e.waitConverged("orders", q, nil, 60*time.Second)
 	t.Logf("50 concurrent starts converged %v after the last Start returned", took.Round(time.Millisecond))
 }
+
+// TestSlowNodeLosesItsPartitions: a node whose round trips take longer than
+// half a lease cannot use its lease, so it must let it lapse (late
+// heartbeats extend nothing) and the others take its partitions within
+// TTL + heartbeat of the slowdown, with no moment of double ownership.
+// It runs alone (not parallel): it measures time.
+func TestSlowNodeLosesItsPartitions(t *testing.T) {
+	const q = 256
+	e := newEnv(t, time.Second, 100*time.Millisecond)
+	for i := 0; i < 3; i++ {
+		e.startNode(fmt.Sprintf("n%d", i), "orders", q)
+	}
+	a, _ := e.waitConverged("orders", q, nil, 15*time.Second)
+	chk := e.startChecker("orders", q, e.ttl+e.heartbeat)
+	slow := e.live()[0]
+	theirs := ownedBy(a, slow.id)
+	slow.proxy.SetLatency(150 * time.Millisecond) // lib/pq makes two round trips: 600ms
+	slow.down.Store(true)
+	start := time.Now()
+	if !waitFor(5*time.Second, func() bool { return e.othersOwn("orders", q, theirs) }) {
+		t.Fatalf("the slow node's partitions were not taken over: %s", describe(e.live(), "orders", q))
+	}
+	took := time.Since(start)
+	t.Logf("slow node's %d partitions taken over %v after the slowdown", len(theirs), took.Round(time.Millisecond))
+	if limit := e.ttl + e.heartbeat + 150*time.Millisecond; took > limit {
+		t.Errorf("takeover took %v, want at most TTL + heartbeat (+150ms for the calls) = %v", took, limit)
+	}
+	if got := slow.leases["orders"].Values(); len(got) != 0 {
+		t.Errorf("the slow node still reports %d partitions", len(got))
+	}
+	// Healed, it rejoins and the ring balances over all three again.
+	slow.proxy.SetLatency(0)
+	slow.down.Store(false)
+	e.waitConverged("orders", q, nil, 10*time.Second)
+	chk.finish()
+}

@@ -193,6 +193,19 @@ func (e *env) register(n *node) {
 	e.mu.Unlock()
 }
 
+// unregister stops waits and checkers watching n (it reports nothing any
+// more: closed).
+func (e *env) unregister(n *node) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, m := range e.nodes {
+		if m == n {
+			e.nodes = append(e.nodes[:i:i], e.nodes[i+1:]...)
+			return
+		}
+	}
+}
+
 // startNode makes a node with one lease on ring and starts it.
 func (e *env) startNode(id, ring string, size int, lopts ...leasering.LeaseOption) *node {
 	e.t.Helper()

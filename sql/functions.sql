@@ -369,18 +369,30 @@ $$;
 -- is about once per lease rather than every heartbeat, because the scan is
 -- the one cost that grows with the number of nodes.
 --
+-- A heartbeat that extends nothing only says how long the lease has left
+-- ('ok', or 'lapsed' when there is none): a node that cannot hear its
+-- answers in time must let its lease lapse so that others take its
+-- partitions, rather than keep them, unused, alive. That is a probe
+-- (p_ttl_ms = 0), which a client sends after a heartbeat went unanswered
+-- (it may have extended the lease unbeknown to the client), and any
+-- heartbeat that arrives late: p_sent_at is when the client sent it, on
+-- this database's clock as the client estimates it from its last answer
+-- (the estimate errs late by that answer's trip back). A heartbeat older
+-- than a quarter of a lease extends nothing: its answer, about as slow to
+-- come back, could reach the client after it gave up (at half a lease).
+--
 -- node_status is 'ok', 'rejoined' (the lease had lapsed or the row was gone:
 -- the node starts afresh, keeping what it still owns under new epochs) or
 -- 'fenced' (another incarnation took the node id over: this one must stop).
 -- With p_claim (a process starting) the node id is taken over from any older
 -- incarnation; the new one reports nothing until the old lease would have
 -- ended (hold_ms), so two processes never report the same partition.
-DROP FUNCTION IF EXISTS leasering.renew_and_read(text, text, integer, text, jsonb, boolean);  -- version 1
+DROP FUNCTION IF EXISTS leasering.renew_and_read(text, text, integer, text, jsonb, boolean);  -- version 1's
 CREATE OR REPLACE FUNCTION leasering.renew_and_read(
     p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean,
-    p_scan boolean)
+    p_scan boolean, p_sent_at timestamptz)
 RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb,
-               changed_rings jsonb)
+               changed_rings jsonb, db_time timestamptz)
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
@@ -400,6 +412,15 @@ BEGIN
     -- worth less than one that skips a ring's change.
     PERFORM set_config('lock_timeout', greatest(p_ttl_ms / 4, 10) || 'ms', true);
 
+    IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
+        SELECT * INTO me FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now();
+        RETURN QUERY SELECT
+            CASE WHEN FOUND THEN floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint ELSE 0 END,
+            0::bigint, NULL::bigint, CASE WHEN FOUND THEN 'ok' ELSE 'lapsed' END, NULL::jsonb, NULL::jsonb,
+            clock_timestamp();
+        RETURN;
+    END IF;
+
     UPDATE nodes SET expires_at = now() + ttl
      WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
     RETURNING * INTO me;
@@ -417,7 +438,7 @@ BEGIN
             st := CASE WHEN p_claim THEN 'ok' ELSE 'rejoined' END;
         ELSIF me.incarnation <> p_incarnation AND NOT p_claim THEN
             RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text,
-                                jsonb_build_object('incarnation', me.incarnation), NULL::jsonb;
+                                jsonb_build_object('incarnation', me.incarnation), NULL::jsonb, clock_timestamp();
             RETURN;
         ELSE
             -- Take over our own lapsed lease, or a node id from an older
@@ -452,10 +473,19 @@ BEGIN
     END IF;
     IF next_expiry <= now() THEN
         BEGIN
-            FOREACH dead_ring IN ARRAY evict_expired(p_node) LOOP
-                PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
-                PERFORM rebalance(dead_ring);
-                PERFORM bump_version(dead_ring, true);
+            FOR attempt IN 1..2 LOOP
+                FOREACH dead_ring IN ARRAY evict_expired(p_node) LOOP
+                    PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
+                    PERFORM rebalance(dead_ring);
+                    PERFORM bump_version(dead_ring, true);
+                END LOOP;
+                EXIT WHEN attempt = 2
+                       OR NOT EXISTS (SELECT 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node);
+                -- Another heartbeat is evicting the rest (they were skipped
+                -- as locked). Wait for it, so that this heartbeat reads the
+                -- outcome and its node takes over now rather than a
+                -- heartbeat later; if that one gave up, evict them here.
+                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR UPDATE;
             END LOOP;
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
@@ -521,7 +551,8 @@ BEGIN
         greatest(ceil(extract(epoch FROM next_expiry - clock_timestamp()) * 1000), 0)::bigint,
         st,
         CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END,
-        nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb;
+        nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb,
+        clock_timestamp();
 END
 $$;
 

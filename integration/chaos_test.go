@@ -1,0 +1,449 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leasering/leasering/internal/faultproxy"
+)
+
+var (
+	chaosDuration = flag.Duration("chaos.duration", 30*time.Second,
+		"how long TestChaos injects faults (the full run: -chaos.duration=5m)")
+	chaosSeed = flag.Uint64("chaos.seed", 0, "TestChaos's seed (0: from the clock); a failure prints it")
+)
+
+// chaos parameters: 20 slots for nodes, a lease of one second.
+const (
+	chaosSlots      = 20
+	chaosRing       = "chaos"
+	chaosSize       = 256
+	chaosTTL        = time.Second
+	chaosHeartbeat  = 100 * time.Millisecond
+	chaosMinHealthy = 5                // faults never leave fewer healthy nodes
+	chaosMaxFaulty  = 6                // nodes under a network fault at once
+	chaosCheckpoint = 15 * time.Second // faults stop and the ring must settle this often
+	chaosSettle     = 10 * chaosTTL    // G4: balanced within this once faults stop
+)
+
+// chaosSlot is one place for a node: empty, running, or running under a
+// network fault until healAt.
+type chaosSlot struct {
+	name   string
+	since  time.Time // of the fault
+	starts int
+	n      *node
+	fault  string // "", "blackhole", "refuse", "latency"
+	healAt time.Time
+}
+
+type chaosRun struct {
+	t       *testing.T
+	begin   time.Time
+	e       *env
+	rng     *rand.Rand
+	chk     *checker
+	slots   []*chaosSlot
+	counts  map[string]int
+	settled []time.Duration
+	closing sync.WaitGroup // crashed nodes being torn down
+	restart string         // pg_ctlcluster version, when restarts are allowed
+	lastPG  time.Time
+
+	mu       sync.Mutex           // guards what the checker reads
+	failed   map[string]time.Time // node id -> when the chaos last made it fail
+	assigned map[int][]assignedAt // partition -> who the database gave it to, and since when
+}
+
+// assignedAt is a partition's owner and pending owner as the database had
+// them from a time on.
+type assignedAt struct {
+	at          time.Time
+	owner, next string
+}
+
+// TestChaos runs 20 nodes, each with its own pool behind its own proxy, and
+// for -chaos.duration applies random joins, graceful leaves, crashes,
+// blackholes, refusals, latency close to the TTL and, with
+// LEASERING_TEST_PG_RESTART=1, restarts of PostgreSQL. The checker fails it
+// on any partition reported by two nodes at once (G2) or left unowned
+// longer than TTL + heartbeat while a healthy node exists (G3); every
+// checkpoint stops the faults and requires exact balance within the settle
+// time (G4). It runs alone (not parallel): it measures time.
+func TestChaos(t *testing.T) {
+	seed := *chaosSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (rerun with -chaos.seed=%d)", seed, seed)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("TestChaos failed with seed %d: rerun with go test ./integration -run TestChaos -chaos.seed=%d", seed, seed)
+		}
+	})
+	e := newEnv(t, chaosTTL, chaosHeartbeat)
+	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, assigned: map[int][]assignedAt{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
+	if os.Getenv("LEASERING_TEST_PG_RESTART") == "1" {
+		versions, _ := filepath.Glob("/etc/postgresql/*")
+		if len(versions) == 1 {
+			r.restart = filepath.Base(versions[0])
+		} else {
+			t.Logf("PostgreSQL restarts off: need one cluster under /etc/postgresql, found %v", versions)
+		}
+	}
+	for i := 0; i < chaosSlots; i++ {
+		r.slots = append(r.slots, &chaosSlot{name: fmt.Sprintf("c%02d", i)})
+	}
+	for _, s := range r.slots[:chaosSlots*3/4] {
+		r.join(s)
+	}
+	r.settle("start")
+	r.chk = e.startChecker(chaosRing, chaosSize, chaosTTL+chaosHeartbeat)
+	r.chk.explain = r.explain
+	r.chk.excuse = r.excuse
+	stopWatch := r.watchAssignments()
+	defer stopWatch()
+	r.lastPG = time.Now()
+
+	end := time.Now().Add(*chaosDuration)
+	nextCheckpoint := time.Now().Add(chaosCheckpoint)
+	for time.Now().Before(end) && !t.Failed() {
+		r.healDue(time.Now())
+		if time.Now().After(nextCheckpoint) {
+			r.settle("checkpoint")
+			nextCheckpoint = time.Now().Add(chaosCheckpoint)
+			continue
+		}
+		r.step()
+		time.Sleep(time.Duration(50+r.rng.IntN(350)) * time.Millisecond)
+	}
+	r.settle("end")
+	r.chk.finish()
+	r.closing.Wait()
+	r.report()
+}
+
+// step injects one random fault or membership change.
+func (r *chaosRun) step() {
+	healthy, faulty, empty := r.partition()
+	switch x := r.rng.IntN(100); {
+	case x < 20 && len(empty) > 0:
+		r.join(pick(r.rng, empty))
+	case x < 32 && len(healthy) > chaosMinHealthy:
+		r.leave(pick(r.rng, healthy))
+	case x < 44 && len(healthy) > chaosMinHealthy:
+		r.crash(pick(r.rng, healthy))
+	case x < 50 && len(faulty) > 0:
+		r.crash(pick(r.rng, faulty))
+	case x < 65 && len(healthy) > chaosMinHealthy && len(faulty) < chaosMaxFaulty:
+		r.cut(pick(r.rng, healthy), "blackhole", faultproxy.Blackhole)
+	case x < 78 && len(healthy) > chaosMinHealthy && len(faulty) < chaosMaxFaulty:
+		r.cut(pick(r.rng, healthy), "refuse", faultproxy.Refuse)
+	case x < 95 && len(healthy) > chaosMinHealthy && len(faulty) < chaosMaxFaulty:
+		r.slow(pick(r.rng, healthy))
+	case x >= 95 && r.restart != "" && time.Since(r.lastPG) > 20*time.Second:
+		r.restartPostgres()
+	}
+}
+
+func pick[T any](rng *rand.Rand, xs []T) T { return xs[rng.IntN(len(xs))] }
+
+func (r *chaosRun) partition() (healthy, faulty, empty []*chaosSlot) {
+	for _, s := range r.slots {
+		switch {
+		case s.n == nil:
+			empty = append(empty, s)
+		case s.fault != "":
+			faulty = append(faulty, s)
+		default:
+			healthy = append(healthy, s)
+		}
+	}
+	return healthy, faulty, empty
+}
+
+// join starts a node in an empty slot: half the time under the slot's own
+// id again (a restart: static membership takes the id over), else a new id.
+func (r *chaosRun) join(s *chaosSlot) {
+	s.starts++
+	id := s.name
+	switch {
+	case r.chk == nil: // the initial nodes
+	case s.starts > 1 && r.rng.IntN(2) == 0:
+		r.counts["join (restart, same id)"]++
+	default:
+		if s.starts > 1 {
+			id = fmt.Sprintf("%s-%d", s.name, s.starts)
+		}
+		r.counts["join (new id)"]++
+	}
+	n := r.e.newNode(id)
+	l, err := n.client.Lease(chaosRing, chaosSize)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	n.leases[chaosRing] = l
+	r.e.register(n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.client.Start(ctx); err != nil {
+		r.t.Fatalf("start %s: %v", id, err)
+	}
+	s.n = n
+	r.event("join %s", id)
+}
+
+// leave closes a node gracefully.
+func (r *chaosRun) leave(s *chaosSlot) {
+	n := s.n
+	n.down.Store(true)
+	if err := n.client.Close(); err != nil {
+		r.t.Errorf("close %s: %v", n.id, err)
+	}
+	if got := n.leases[chaosRing].Values(); len(got) != 0 {
+		r.t.Errorf("%s reports %d partitions after Close", n.id, len(got))
+	}
+	r.e.unregister(n)
+	r.release(n)
+	s.n, s.fault = nil, ""
+	r.counts["leave"]++
+	r.event("leave %s", n.id)
+}
+
+// crash cuts a node off for good, then stops its client in the background:
+// its leave cannot reach the database, so its lease simply lapses.
+func (r *chaosRun) crash(s *chaosSlot) {
+	n := s.n
+	n.proxy.SetMode(faultproxy.Blackhole)
+	n.down.Store(true)
+	s.n, s.fault = nil, ""
+	r.counts["crash"]++
+	r.fail(n.id)
+	r.event("crash %s", n.id)
+	r.closing.Add(1)
+	go func() {
+		defer r.closing.Done()
+		_ = n.client.Close()
+		r.e.unregister(n)
+		r.release(n)
+	}()
+}
+
+// release frees a stopped node's pool and proxy.
+func (r *chaosRun) release(n *node) {
+	n.proxy.SetMode(faultproxy.Refuse)
+	_ = n.db.Close()
+	_ = n.proxy.Close()
+}
+
+// cut blackholes or refuses a node's connections for 0.2 to 2.5 TTLs.
+func (r *chaosRun) cut(s *chaosSlot, kind string, mode faultproxy.Mode) {
+	s.n.down.Store(true)
+	r.fail(s.n.id)
+	s.n.proxy.SetMode(mode)
+	s.fault, s.since = kind, time.Now()
+	s.healAt = time.Now().Add(time.Duration(200+r.rng.IntN(2300)) * chaosTTL / 1000)
+	r.counts[kind]++
+	r.event("%s %s until %s", kind, s.n.id, fmt.Sprintf("+%.3fs", s.healAt.Sub(r.begin).Seconds()))
+}
+
+// slow delays a node's traffic so that a round trip takes 0.4 to 1.2 TTLs,
+// for 1 to 3 TTLs.
+func (r *chaosRun) slow(s *chaosSlot) {
+	s.n.down.Store(true)
+	r.fail(s.n.id)
+	rtt := time.Duration(400+r.rng.IntN(800)) * chaosTTL / 1000
+	s.n.proxy.SetLatency(rtt / 2)
+	s.fault, s.since = "latency", time.Now()
+	s.healAt = time.Now().Add(time.Duration(1000+r.rng.IntN(2000)) * chaosTTL / 1000)
+	r.counts["latency"]++
+	r.event("latency %v round trip on %s until +%.3fs", rtt, s.n.id, s.healAt.Sub(r.begin).Seconds())
+}
+
+// healDue ends the faults whose time is up.
+func (r *chaosRun) healDue(now time.Time) {
+	for _, s := range r.slots {
+		if s.n != nil && s.fault != "" && !now.Before(s.healAt) {
+			s.n.proxy.SetLatency(0)
+			s.n.proxy.SetMode(faultproxy.Pass)
+			s.n.down.Store(false)
+			r.event("heal %s (%s)", s.n.id, s.fault)
+			s.fault = ""
+		}
+	}
+}
+
+// restartPostgres restarts the server. No node can renew meanwhile, so G3
+// is suspended until the nodes have had a lease's time to come back.
+func (r *chaosRun) restartPostgres() {
+	r.chk.paused.Store(true)
+	start := time.Now()
+	out, err := exec.Command("pg_ctlcluster", "--skip-systemctl-redirect", r.restart, "main", "restart").CombinedOutput()
+	if err != nil {
+		r.t.Fatalf("restarting PostgreSQL: %v: %s", err, out)
+	}
+	if !waitFor(30*time.Second, func() bool { return pingable(r.e.admin) }) {
+		r.t.Fatal("PostgreSQL did not come back within 30s")
+	}
+	r.t.Logf("PostgreSQL restarted in %v", time.Since(start).Round(time.Millisecond))
+	r.lastPG = time.Now()
+	r.counts["postgres restart"]++
+	time.AfterFunc(chaosTTL+2*chaosHeartbeat, func() { r.chk.paused.Store(false) })
+}
+
+// explain says who the database gives partition p to, and what the chaos
+// did to them.
+func (r *chaosRun) explain(p int) string {
+	var owner, next sql.NullString
+	var epoch int64
+	var ownerLease, nextLease sql.NullFloat64
+	err := r.e.admin.QueryRow(`SELECT p.owner, p.next_owner, p.epoch,
+			extract(epoch FROM o.expires_at - clock_timestamp()), extract(epoch FROM n.expires_at - clock_timestamp())
+		  FROM "`+r.e.schema+`".partitions p
+		  LEFT JOIN "`+r.e.schema+`".nodes o ON o.node_id = p.owner
+		  LEFT JOIN "`+r.e.schema+`".nodes n ON n.node_id = p.next_owner
+		 WHERE p.ring = $1 AND p.partition = $2`, chaosRing, p).Scan(&owner, &next, &epoch, &ownerLease, &nextLease)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("at %s the database gives it to %s (lease left %.3fs), next owner %q (lease left %.3fs), epoch %d",
+		r.elapsed(), owner.String, ownerLease.Float64, next.String, nextLease.Float64, epoch)
+}
+
+// fail records that node id fails now.
+func (r *chaosRun) fail(id string) {
+	r.mu.Lock()
+	r.failed[id] = time.Now()
+	r.mu.Unlock()
+}
+
+// watchAssignments polls the partitions table every 10 ms and records
+// every change of owner or pending owner, for excuse.
+func (r *chaosRun) watchAssignments() (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			rows, err := r.e.admin.Query(`SELECT partition, coalesce(owner, ''), coalesce(next_owner, '')
+				FROM "`+r.e.schema+`".partitions WHERE ring = $1`, chaosRing)
+			if err != nil {
+				continue // PostgreSQL restarting
+			}
+			now := time.Now()
+			for rows.Next() {
+				var p int
+				var a assignedAt
+				if rows.Scan(&p, &a.owner, &a.next) != nil {
+					break
+				}
+				a.at = now
+				r.mu.Lock()
+				h := r.assigned[p]
+				if len(h) == 0 || h[len(h)-1].owner != a.owner || h[len(h)-1].next != a.next {
+					r.assigned[p] = append(h, a)
+				}
+				r.mu.Unlock()
+			}
+			rows.Close()
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// excuse returns the latest failure, after since, of a node the database
+// gave partition p to (as owner or pending owner) at any time from since
+// on: G3 allows TTL + heartbeat from any failure.
+func (r *chaosRun) excuse(p int, since time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.assigned[p]
+	var latest time.Time
+	for i, a := range h {
+		if i+1 < len(h) && h[i+1].at.Before(since) {
+			continue // replaced before since
+		}
+		for _, id := range []string{a.owner, a.next} {
+			if f, ok := r.failed[id]; ok && f.After(since) && f.After(latest) {
+				latest = f
+			}
+		}
+	}
+	return latest
+}
+
+func (r *chaosRun) elapsed() string {
+	return fmt.Sprintf("+%.3fs", time.Since(r.begin).Seconds())
+}
+
+// event logs a chaos action (shown with -v or on failure).
+func (r *chaosRun) event(format string, args ...any) {
+	r.t.Logf("%s "+format, append([]any{r.elapsed()}, args...)...)
+}
+
+func pingable(db *sql.DB) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return db.PingContext(ctx) == nil
+}
+
+// settle heals every fault and requires exact balance within chaosSettle.
+func (r *chaosRun) settle(why string) {
+	r.t.Helper()
+	for _, s := range r.slots {
+		if s.fault != "" {
+			s.healAt = time.Time{}
+		}
+	}
+	r.healDue(time.Now())
+	start := time.Now()
+	ok := waitFor(chaosSettle, func() bool {
+		_, good := converged(r.e.live(), chaosRing, chaosSize, nil)
+		return good
+	})
+	if !ok {
+		r.t.Fatalf("G4: %s: not balanced %v after the faults stopped: %s", why, chaosSettle, describe(r.e.live(), chaosRing, chaosSize))
+	}
+	r.settled = append(r.settled, time.Since(start))
+	if why == "checkpoint" {
+		r.counts["checkpoint"]++
+	}
+}
+
+func (r *chaosRun) report() {
+	names := make([]string, 0, len(r.counts))
+	for k := range r.counts {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	total := 0
+	for _, k := range names {
+		fmt.Fprintf(&b, " %s=%d", k, r.counts[k])
+		if k != "checkpoint" {
+			total += r.counts[k]
+		}
+	}
+	longest := time.Duration(0)
+	for _, d := range r.settled {
+		longest = max(longest, d)
+	}
+	r.t.Logf("chaos: %v, %d faults and membership changes:%s", *chaosDuration, total, b.String())
+	r.t.Logf("chaos: balanced after each of %d settles, the slowest in %v", len(r.settled), longest.Round(time.Millisecond))
+}

@@ -1,0 +1,224 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"flag"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leasering/leasering"
+)
+
+var (
+	scaleNodes    = flag.Int("scale.nodes", 500, "TestScale: nodes sharing one pool")
+	scaleDuration = flag.Duration("scale.duration", 15*time.Second,
+		"TestScale: how long to measure once the ring has settled (the full run: -scale.duration=10m)")
+)
+
+// dbCounters are the server's cumulative statistics for one schema.
+type dbCounters struct {
+	calls                         int64   // renew_and_read calls
+	totalMS, selfMS               float64 // their time, nested functions included / not
+	ins, upd, hot, del            map[string]int64
+	nodesUpdated, nodesHOTUpdated int64
+	otherTablesWritten            int64
+}
+
+func readCounters(t *testing.T, db *sql.DB, schema string) dbCounters {
+	t.Helper()
+	c := dbCounters{ins: map[string]int64{}, upd: map[string]int64{}, hot: map[string]int64{}, del: map[string]int64{}}
+	err := db.QueryRow(`SELECT coalesce(sum(calls), 0), coalesce(sum(total_time), 0), coalesce(sum(self_time), 0)
+		FROM pg_stat_user_functions WHERE schemaname = $1 AND funcname = 'renew_and_read'`, schema).Scan(&c.calls, &c.totalMS, &c.selfMS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.Query(`SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables WHERE schemaname = $1`, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var ins, upd, hot, del int64
+		if err := rows.Scan(&name, &ins, &upd, &hot, &del); err != nil {
+			t.Fatal(err)
+		}
+		c.ins[name], c.upd[name], c.hot[name], c.del[name] = ins, upd, hot, del
+	}
+	return c
+}
+
+// TestScale runs -scale.nodes clients (500) in one process over one pool of
+// 20 connections, on a ring of 4096 with a one-second heartbeat, and for
+// -scale.duration checks that no lease is lost and the balance stays exact.
+// It reports renew latency (p50, p99), the database time of renew_and_read
+// (pg_stat_user_functions, tracked for the pool's sessions), the rows
+// written per heartbeat and the share of HOT updates of the nodes table. It
+// runs alone (not parallel): it measures time.
+func TestScale(t *testing.T) {
+	const q, ring, hb, ttl = 4096, "scale", time.Second, 10 * time.Second
+	e := newEnv(t, ttl, hb)
+	pool, err := sql.Open("postgres", withParam(e.dsn, "track_functions", "pl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.SetMaxOpenConns(20)
+	pool.SetMaxIdleConns(20)
+	nodes := make([]*node, *scaleNodes)
+	t.Cleanup(func() {
+		// Close the pool first: the clients' leaves then fail at once and
+		// the schema goes with the env's cleanup, instead of 500
+		// rebalances one after the other.
+		_ = pool.Close()
+		var wg sync.WaitGroup
+		for _, n := range nodes {
+			if n != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); _ = n.client.Close() }()
+			}
+		}
+		wg.Wait()
+	})
+	for i := range nodes {
+		c, err := leasering.NewClient(pool, leasering.WithNodeID(fmt.Sprintf("s%03d", i)), leasering.WithSchema(e.schema),
+			leasering.WithTTL(ttl), leasering.WithHeartbeat(hb), leasering.WithLogger(quietLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := c.Lease(ring, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[i] = &node{id: fmt.Sprintf("s%03d", i), client: c, leases: map[string]*leasering.Lease{ring: l}}
+	}
+
+	// Start them 20 at a time, as a deployment would roll them out.
+	begin := time.Now()
+	starts := make(chan *node)
+	errs := make(chan error, len(nodes))
+	var wg sync.WaitGroup
+	for w := 0; w < 20; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range starts {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				if err := n.client.Start(ctx); err != nil {
+					errs <- fmt.Errorf("start %s: %w", n.id, err)
+				}
+				cancel()
+			}
+		}()
+	}
+	for _, n := range nodes {
+		starts <- n
+	}
+	close(starts)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	started := time.Since(begin)
+	if !waitFor(3*time.Minute, func() bool { _, ok := converged(nodes, ring, q, nil); return ok }) {
+		t.Fatalf("%d nodes did not converge: %s", len(nodes), describe(nodes, ring, q))
+	}
+	t.Logf("%d nodes started in %v, ring of %d balanced %v after the first start",
+		len(nodes), started.Round(time.Millisecond), q, time.Since(begin).Round(time.Millisecond))
+
+	// Measure. Every 50 ms, read every node's Stats: a new renewal count
+	// means a new renewal, whose round trip is LastRenewLatency.
+	before := readCounters(t, e.admin, e.schema)
+	renewals := make([]int64, len(nodes))
+	losses := make([]int64, len(nodes))
+	for i, n := range nodes {
+		s := n.client.Stats()
+		renewals[i], losses[i] = s.Renewals, s.LeaseLosses
+	}
+	firstRenewals := append([]int64(nil), renewals...)
+	var latencies []time.Duration
+	end := time.Now().Add(*scaleDuration)
+	unbalanced := 0
+	for time.Now().Before(end) {
+		for i, n := range nodes {
+			s := n.client.Stats()
+			if s.Renewals != renewals[i] {
+				renewals[i] = s.Renewals
+				latencies = append(latencies, s.LastRenewLatency)
+			}
+			if s.LeaseLosses != losses[i] {
+				t.Errorf("%s lost its lease during the run (%d times)", n.id, s.LeaseLosses-losses[i])
+				losses[i] = s.LeaseLosses
+			}
+			if err := n.client.Healthy(); err != nil {
+				t.Errorf("%s unhealthy: %v", n.id, err)
+			}
+		}
+		if _, ok := converged(nodes, ring, q, nil); !ok {
+			unbalanced++
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Let every pooled session flush its statistics (at most once a second).
+	time.Sleep(2 * time.Second)
+	after := readCounters(t, e.admin, e.schema)
+	if _, ok := converged(nodes, ring, q, nil); !ok {
+		t.Errorf("not balanced at the end: %s", describe(nodes, ring, q))
+	}
+	if unbalanced > 0 {
+		t.Errorf("balance was not exact in %d samples", unbalanced)
+	}
+
+	var total int64
+	for i := range nodes {
+		total += renewals[i] - firstRenewals[i]
+	}
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	pct := func(p int) time.Duration {
+		if len(latencies) == 0 {
+			return 0
+		}
+		return latencies[min(len(latencies)*p/100, len(latencies)-1)]
+	}
+	calls := after.calls - before.calls
+	if calls == 0 {
+		t.Fatal("pg_stat_user_functions counted no renew_and_read call: is track_functions settable here?")
+	}
+	t.Logf("%v: %d renewals (%.0f/s), %d latencies sampled: p50 %v, p99 %v, max %v",
+		*scaleDuration, total, float64(total)/scaleDuration.Seconds(), len(latencies),
+		pct(50).Round(time.Microsecond), pct(99).Round(time.Microsecond), pct(100).Round(time.Microsecond))
+	t.Logf("renew_and_read in the database: %d calls, %.0f µs each (%.0f µs in its own body)",
+		calls, (after.totalMS-before.totalMS)*1000/float64(calls), (after.selfMS-before.selfMS)*1000/float64(calls))
+	var written []string
+	var rows int64
+	for _, table := range []string{"nodes", "rings", "members", "partitions"} {
+		d := (after.ins[table] - before.ins[table]) + (after.upd[table] - before.upd[table]) + (after.del[table] - before.del[table])
+		rows += d
+		written = append(written, fmt.Sprintf("%s %d", table, d))
+	}
+	upd := after.upd["nodes"] - before.upd["nodes"]
+	hot := after.hot["nodes"] - before.hot["nodes"]
+	t.Logf("rows written: %s: %.3f per heartbeat; nodes updates HOT: %d of %d (%.1f%%)",
+		strings.Join(written, ", "), float64(rows)/float64(calls), hot, upd, 100*float64(hot)/float64(max(upd, 1)))
+	if perCall := float64(rows) / float64(calls); perCall < 0.9 || perCall > 1.1 {
+		t.Errorf("%.3f rows written per steady heartbeat, want 1 (the node's lease)", perCall)
+	}
+	if ratio := float64(hot) / float64(max(upd, 1)); ratio < 0.9 {
+		t.Errorf("only %.1f%% of the nodes table's updates were HOT", 100*ratio)
+	}
+}
+
+// withParam adds a query parameter to a URL DSN; lib/pq sends unknown ones
+// to the server as session settings.
+func withParam(dsn, key, value string) string {
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	return dsn + sep + key + "=" + value
+}
