@@ -24,6 +24,7 @@ func benchLease() *Lease {
 			m.Positions = append(m.Positions, uint32(i*8+j)*53687091)
 		}
 		v.Members = append(v.Members, m)
+		v.MemberIDs = append(v.MemberIDs, m.ID)
 	}
 	for p := range v.Changed {
 		v.Changed[p], v.Owners[p] = p, p%10

@@ -220,7 +220,11 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 		epochs = append(epochs, v.Epochs[i])
 	}
 	l.current = newSnapshot(l.size, values, epochs)
-	l.route.Store(l.route.Load().update(l.size, v))
+	route := l.route.Load().update(l.size, v)
+	if route == emptyRoute && v.MemberIDs != nil {
+		l.rejoin.Store(true) // a member this node never heard of: ask for the whole view
+	}
+	l.route.Store(route)
 	if l.awaitRejoin && v.Version > 0 {
 		l.awaitRejoin = false
 		l.paused.Store(false) // this view was read after the resign

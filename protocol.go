@@ -35,13 +35,14 @@ type ringChange struct {
 	Partitions []int   `json:"partitions"`
 	Epochs     []int64 `json:"epochs"`
 	Revoking   []int   `json:"revoking"`
-	// Routing changes since the version the node sent: the members, all of
-	// them in id order, when they changed (nil: unchanged), and the
-	// partitions whose owner changed with the owner's index into the
-	// members (-1: none).
-	Members []memberView `json:"members"`
-	Changed []int        `json:"changed"`
-	Owners  []int        `json:"owners"`
+	// Routing changes since the version the node sent: when the members
+	// changed (nil: unchanged), all their ids in order and the details of
+	// those that joined or changed since; and the partitions whose owner
+	// changed with the owner's index into the members (-1: none).
+	MemberIDs []string     `json:"member_ids"`
+	Members   []memberView `json:"members"`
+	Changed   []int        `json:"changed"`
+	Owners    []int        `json:"owners"`
 }
 
 type memberView struct {
@@ -83,6 +84,19 @@ type renewResult struct {
 // lease extends nothing.
 func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan, probe bool) renewResult {
 	res := renewResult{sent: time.Now(), scanned: scan && !probe, probe: probe}
+	q := c.db
+	if pool, ok := c.db.(*sql.DB); ok {
+		// Take the connection first, so that the time a call waited in the
+		// pool's queue does not count as time on the way: the database
+		// would take a call delayed by a busy pool for a late one.
+		conn, err := pool.Conn(ctx)
+		if err != nil {
+			res.recv, res.err = time.Now(), err
+			return res
+		}
+		defer conn.Close()
+		q, res.sent = conn, time.Now()
+	}
 	var sentAt sql.NullTime
 	if clock := c.dbClock.Load(); clock != nil {
 		sentAt = sql.NullTime{Time: clock.db.Add(res.sent.Sub(clock.local)), Valid: true}
@@ -100,7 +114,7 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan, pr
 	var nextExpiryMS sql.NullInt64
 	var changes, announce sql.NullString
 	var dbTime sql.NullTime
-	err = c.db.QueryRowContext(ctx, c.q.renew,
+	err = q.QueryRowContext(ctx, c.q.renew,
 		c.cfg.nodeID, c.incarnation, ttl, c.cfg.metadata, string(arg), claim, scan && !probe, sentAt,
 	).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce, &dbTime)
 	res.recv = time.Now()

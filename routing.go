@@ -13,9 +13,10 @@ type Member struct {
 // snapshot, and read with one atomic load.
 type routeTable struct {
 	members []Member
-	owners  []int32  // per partition: index into members, -1 for none
-	points  []uint32 // every vnode on the circle, sorted
-	pointOf []int32  // pointOf[i]: index into members of points[i]
+	views   []memberView // members' details as the database sent them, for deltas
+	owners  []int32      // per partition: index into members, -1 for none
+	points  []uint32     // every vnode on the circle, sorted
+	pointOf []int32      // pointOf[i]: index into members of points[i]
 }
 
 var emptyRoute = &routeTable{}
@@ -26,7 +27,7 @@ var emptyRoute = &routeTable{}
 // correct database never sends) empties the routing rather than make it
 // wrong; the next full view restores it.
 func (t *routeTable) update(size int, v ringChange) *routeTable {
-	n := &routeTable{members: t.members, owners: t.owners, points: t.points, pointOf: t.pointOf}
+	n := &routeTable{members: t.members, views: t.views, owners: t.owners, points: t.points, pointOf: t.pointOf}
 	if len(n.owners) != size {
 		n.owners = make([]int32, size)
 		for p := range n.owners {
@@ -35,8 +36,12 @@ func (t *routeTable) update(size int, v ringChange) *routeTable {
 	} else {
 		n.owners = append([]int32(nil), n.owners...)
 	}
-	if v.Members != nil {
-		n.setMembers(v.Members)
+	if v.MemberIDs != nil {
+		views, ok := t.merge(v.MemberIDs, v.Members)
+		if !ok {
+			return emptyRoute
+		}
+		n.setMembers(views)
 		index := make(map[string]int32, len(n.members))
 		for i, m := range n.members {
 			index[m.ID] = int32(i)
@@ -63,8 +68,31 @@ func (t *routeTable) update(size int, v ringChange) *routeTable {
 	return n
 }
 
+// merge builds the member list ids from the details that came (members
+// that joined or changed) and the ones the table has. A member known from
+// neither means the view does not fit the table.
+func (t *routeTable) merge(ids []string, changed []memberView) ([]memberView, bool) {
+	known := make(map[string]memberView, len(t.views)+len(changed))
+	for _, m := range t.views {
+		known[m.ID] = m
+	}
+	for _, m := range changed {
+		known[m.ID] = m
+	}
+	out := make([]memberView, len(ids))
+	for i, id := range ids {
+		m, ok := known[id]
+		if !ok {
+			return nil, false
+		}
+		out[i] = m
+	}
+	return out, true
+}
+
 // setMembers takes a new member list and lays out their vnodes.
 func (t *routeTable) setMembers(ms []memberView) {
+	t.views = ms
 	type point struct {
 		pos uint32
 		m   int32

@@ -97,43 +97,67 @@ func TestScale(t *testing.T) {
 		nodes[i] = &node{id: fmt.Sprintf("s%03d", i), client: c, leases: map[string]*leasering.Lease{ring: l}}
 	}
 
-	// Start them 20 at a time, as a deployment would roll them out.
+	// Roll them out in waves of 50 (20 starting at a time), each wave
+	// joining once the ring has settled, as a deployment would.
 	begin := time.Now()
-	starts := make(chan *node)
-	errs := make(chan error, len(nodes))
-	var wg sync.WaitGroup
-	for w := 0; w < 20; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := range starts {
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-				if err := n.client.Start(ctx); err != nil {
-					errs <- fmt.Errorf("start %s: %w", n.id, err)
+	for lo := 0; lo < len(nodes); lo += 50 {
+		wave := nodes[lo:min(lo+50, len(nodes))]
+		starts := make(chan *node)
+		errs := make(chan error, len(wave))
+		var wg sync.WaitGroup
+		for w := 0; w < 20; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := range starts {
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+					if err := n.client.Start(ctx); err != nil {
+						errs <- fmt.Errorf("start %s: %w", n.id, err)
+					}
+					cancel()
 				}
-				cancel()
-			}
-		}()
+			}()
+		}
+		for _, n := range wave {
+			starts <- n
+		}
+		close(starts)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		up := nodes[:lo+len(wave)]
+		if !waitSlow(3*time.Minute, func() bool { _, ok := converged(up, ring, q, nil); return ok }) {
+			t.Fatalf("%d nodes did not converge: %s", len(up), describe(up, ring, q))
+		}
 	}
+	t.Logf("%d nodes started and the ring of %d balanced in %v", len(nodes), q, time.Since(begin).Round(time.Millisecond))
 	for _, n := range nodes {
-		starts <- n
+		if s := n.client.Stats(); s.LeaseLosses > 0 {
+			t.Errorf("%s lost its lease %d times during the roll-out", n.id, s.LeaseLosses)
+		}
 	}
-	close(starts)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	started := time.Since(begin)
-	if !waitFor(3*time.Minute, func() bool { _, ok := converged(nodes, ring, q, nil); return ok }) {
-		t.Fatalf("%d nodes did not converge: %s", len(nodes), describe(nodes, ring, q))
-	}
-	t.Logf("%d nodes started in %v, ring of %d balanced %v after the first start",
-		len(nodes), started.Round(time.Millisecond), q, time.Since(begin).Round(time.Millisecond))
 
 	// Measure. Every 50 ms, read every node's Stats: a new renewal count
 	// means a new renewal, whose round trip is LastRenewLatency.
+	// The server's statistics lag by up to a second (each session flushes
+	// its own at most once a second): wait until the ring's row counts have
+	// not moved for two seconds, so that start-up is not counted as steady
+	// state.
+	flushStats(pool)
 	before := readCounters(t, e.admin, e.schema)
+	quietSince := time.Now()
+	if !waitFor(time.Minute, func() bool {
+		c := readCounters(t, e.admin, e.schema)
+		if c.upd["rings"] != before.upd["rings"] || c.upd["partitions"] != before.upd["partitions"] {
+			quietSince = time.Now()
+		}
+		before = c
+		return time.Since(quietSince) > 2*time.Second
+	}) {
+		t.Fatal("the ring never went quiet: rings and partitions kept being written")
+	}
 	renewals := make([]int64, len(nodes))
 	losses := make([]int64, len(nodes))
 	for i, n := range nodes {
@@ -164,9 +188,19 @@ func TestScale(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// Let every pooled session flush its statistics (at most once a second).
-	time.Sleep(2 * time.Second)
-	after := readCounters(t, e.admin, e.schema)
+	var total int64
+	for i := range nodes {
+		total += renewals[i] - firstRenewals[i]
+	}
+	// Wait until the statistics count at least the renewals the clients saw.
+	flushStats(pool)
+	var after dbCounters
+	if !waitFor(30*time.Second, func() bool {
+		after = readCounters(t, e.admin, e.schema)
+		return after.calls-before.calls >= total
+	}) {
+		t.Fatalf("statistics counted %d renew_and_read calls, the clients %d renewals", after.calls-before.calls, total)
+	}
 	if _, ok := converged(nodes, ring, q, nil); !ok {
 		t.Errorf("not balanced at the end: %s", describe(nodes, ring, q))
 	}
@@ -174,10 +208,6 @@ func TestScale(t *testing.T) {
 		t.Errorf("balance was not exact in %d samples", unbalanced)
 	}
 
-	var total int64
-	for i := range nodes {
-		total += renewals[i] - firstRenewals[i]
-	}
 	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
 	pct := func(p int) time.Duration {
 		if len(latencies) == 0 {
@@ -197,9 +227,9 @@ func TestScale(t *testing.T) {
 	var written []string
 	var rows int64
 	for _, table := range []string{"nodes", "rings", "members", "partitions"} {
-		d := (after.ins[table] - before.ins[table]) + (after.upd[table] - before.upd[table]) + (after.del[table] - before.del[table])
-		rows += d
-		written = append(written, fmt.Sprintf("%s %d", table, d))
+		ins, upd, del := after.ins[table]-before.ins[table], after.upd[table]-before.upd[table], after.del[table]-before.del[table]
+		rows += ins + upd + del
+		written = append(written, fmt.Sprintf("%s %d (+%d ~%d -%d)", table, ins+upd+del, ins, upd, del))
 	}
 	upd := after.upd["nodes"] - before.upd["nodes"]
 	hot := after.hot["nodes"] - before.hot["nodes"]
@@ -211,6 +241,26 @@ func TestScale(t *testing.T) {
 	if ratio := float64(hot) / float64(max(upd, 1)); ratio < 0.9 {
 		t.Errorf("only %.1f%% of the nodes table's updates were HOT", 100*ratio)
 	}
+}
+
+// waitSlow is waitFor polling every 100 ms, for conditions that are costly
+// to evaluate over hundreds of nodes.
+func waitSlow(within time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return true
+}
+
+// flushStats closes the pool's idle sessions, which makes them flush their
+// statistics (an idle session may keep them up to ten seconds).
+func flushStats(pool *sql.DB) {
+	pool.SetMaxIdleConns(0)
+	pool.SetMaxIdleConns(20)
 }
 
 // withParam adds a query parameter to a URL DSN; lib/pq sends unknown ones

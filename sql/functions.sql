@@ -49,8 +49,10 @@ CREATE TABLE IF NOT EXISTS leasering.members (
     node_id   text NOT NULL REFERENCES leasering.nodes (node_id) ON DELETE CASCADE,
     vnodes    integer NOT NULL CHECK (vnodes BETWEEN 1 AND 256),  -- also the member's weight
     positions bigint[] NOT NULL,                                  -- its vnodes on the 32-bit circle, sorted
+    changed   bigint NOT NULL DEFAULT 0,                          -- ring version that last changed the row
     PRIMARY KEY (ring, node_id)
 );
+ALTER TABLE leasering.members ADD COLUMN IF NOT EXISTS changed bigint NOT NULL DEFAULT 0;  -- from version 1
 CREATE INDEX IF NOT EXISTS members_node_id ON leasering.members (node_id);
 
 -- owner is the only node that may act on a partition, and only while its
@@ -262,9 +264,11 @@ $$;
 -- The node's view of one ring, for a node that last saw version p_known
 -- (0: never). What it owns, with epochs, and which of those it must give
 -- up (listed in both) always come whole. For routing come only the changes:
--- the members (all of them, in node_id order) if they changed, and the
--- partitions whose owner changed, each with its owner as an index into the
--- members (-1: none).
+-- if the members changed, their ids in node_id order and the details of
+-- those that joined or changed since p_known (the node keeps the others'),
+-- and the partitions whose owner changed, each with its owner as an index
+-- into the members (-1: none). Sending every member's details on every
+-- change would cost each heartbeat O(members) and a roll-out O(members²).
 CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text, p_known bigint)
 RETURNS jsonb
 LANGUAGE sql STABLE
@@ -277,12 +281,14 @@ AS $$
                'partitions', coalesce(to_jsonb(mine.partitions), '[]'),
                'epochs', coalesce(to_jsonb(mine.epochs), '[]'),
                'revoking', coalesce(to_jsonb(mine.revoking), '[]'),
+               'member_ids', CASE WHEN r.members_changed > p_known THEN
+                   coalesce((SELECT jsonb_agg(m.node_id ORDER BY m.node_id) FROM members m WHERE m.ring = r.name), '[]') END,
                'members', CASE WHEN r.members_changed > p_known THEN
                    coalesce((SELECT jsonb_agg(jsonb_build_object('id', m.node_id, 'metadata', n.metadata,
                                                                  'vnodes', m.vnodes, 'positions', m.positions)
                                               ORDER BY m.node_id)
                                FROM members m JOIN nodes n ON n.node_id = m.node_id
-                              WHERE m.ring = r.name), '[]') END,
+                              WHERE m.ring = r.name AND (p_known = 0 OR m.changed > p_known)), '[]') END,
                'changed', to_jsonb(routing.changed),
                'owners', to_jsonb(routing.owners))
       FROM rings r,
@@ -324,10 +330,11 @@ BEGIN
         RETURN 'size_mismatch';
     END IF;
 
-    INSERT INTO members AS m (ring, node_id, vnodes, positions)
-    VALUES (p_ring, p_node, p_vnodes, vnode_positions(p_ring, p_node, p_vnodes))
+    INSERT INTO members AS m (ring, node_id, vnodes, positions, changed)
+    VALUES (p_ring, p_node, p_vnodes, vnode_positions(p_ring, p_node, p_vnodes),
+            (SELECT version + 1 FROM rings WHERE name = p_ring))
     ON CONFLICT (ring, node_id) DO UPDATE
-       SET vnodes = excluded.vnodes, positions = excluded.positions
+       SET vnodes = excluded.vnodes, positions = excluded.positions, changed = excluded.changed
      WHERE m.vnodes <> excluded.vnodes;
     IF FOUND THEN
         PERFORM rebalance(p_ring);
@@ -409,8 +416,10 @@ DECLARE
     out         jsonb := '[]';
 BEGIN
     -- Never wait long on a lock: a heartbeat that cannot finish in time is
-    -- worth less than one that skips a ring's change.
-    PERFORM set_config('lock_timeout', greatest(p_ttl_ms / 4, 10) || 'ms', true);
+    -- worth less than one that skips a ring's change (the next heartbeat
+    -- does it). The cap matters with many nodes on one pool: heartbeats
+    -- queued behind a ring's lock would hold every connection.
+    PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
 
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
         SELECT * INTO me FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now();
@@ -445,6 +454,10 @@ BEGIN
             -- incarnation: keep its partitions (static membership: nothing
             -- moves) but bump their epochs so the old holder's fencing
             -- tokens die.
+            IF me.metadata IS DISTINCT FROM p_metadata THEN  -- members' details go out again
+                UPDATE members m SET changed = r.version + 1 FROM rings r WHERE r.name = m.ring AND m.node_id = p_node;
+                PERFORM bump_version(m.ring, true) FROM members m WHERE m.node_id = p_node;
+            END IF;
             UPDATE nodes
                SET incarnation = p_incarnation,
                    report_from = CASE WHEN me.incarnation = p_incarnation THEN now()

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"net/url"
+	"time"
+
+	"github.com/leasering/leasering"
+	"github.com/leasering/leasering/internal/faultproxy"
+	"github.com/leasering/leasering/pqnotify"
+)
+
+// convergeNode is one client with its own pool behind its own proxy, so
+// that a crash can cut it off.
+type convergeNode struct {
+	id     string
+	client *leasering.Client
+	lease  *leasering.Lease
+	db     *sql.DB
+	proxy  *faultproxy.Proxy
+	notify *pqnotify.Notifier
+}
+
+type cluster struct {
+	dsn       string
+	schema    string
+	ttl, hb   time.Duration
+	q         int
+	notify    bool
+	nodes     []*convergeNode
+	nextIndex int
+}
+
+func (c *cluster) start(ctx context.Context) (*convergeNode, error) {
+	u, err := url.Parse(c.dsn)
+	if err != nil {
+		return nil, err
+	}
+	p, err := faultproxy.New(u.Host)
+	if err != nil {
+		return nil, err
+	}
+	u.Host = p.Addr()
+	db, err := sql.Open("postgres", u.String())
+	if err != nil {
+		return nil, err
+	}
+	c.nextIndex++
+	n := &convergeNode{id: fmt.Sprintf("n%03d", c.nextIndex), db: db, proxy: p}
+	n.client, err = leasering.NewClient(db, leasering.WithNodeID(n.id), leasering.WithSchema(c.schema),
+		leasering.WithTTL(c.ttl), leasering.WithHeartbeat(c.hb))
+	if err == nil {
+		n.lease, err = n.client.Lease("r", c.q)
+	}
+	if err == nil {
+		err = n.client.Start(ctx)
+	}
+	if err == nil && c.notify {
+		n.notify, err = pqnotify.Listen(u.String(), n.client)
+	}
+	if err != nil {
+		n.stop()
+		return nil, err
+	}
+	c.nodes = append(c.nodes, n)
+	return n, nil
+}
+
+func (n *convergeNode) stop() {
+	if n.notify != nil {
+		_ = n.notify.Close()
+	}
+	if n.client != nil {
+		_ = n.client.Close()
+	}
+	n.proxy.SetMode(faultproxy.Refuse)
+	_ = n.db.Close()
+	_ = n.proxy.Close()
+}
+
+func (c *cluster) remove(n *convergeNode) {
+	for i, m := range c.nodes {
+		if m == n {
+			c.nodes = append(c.nodes[:i:i], c.nodes[i+1:]...)
+		}
+	}
+}
+
+// converged reports whether every partition is reported by exactly one
+// node and every node holds floor or ceil of q/n.
+func (c *cluster) converged() bool {
+	count := make([]int, c.q)
+	lo, hi := c.q/len(c.nodes), (c.q+len(c.nodes)-1)/len(c.nodes)
+	for _, n := range c.nodes {
+		vs := n.lease.Values()
+		if len(vs) < lo || len(vs) > hi {
+			return false
+		}
+		for _, p := range vs {
+			count[p]++
+		}
+	}
+	for _, k := range count {
+		if k != 1 {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *cluster) waitConverged(within time.Duration) (time.Duration, error) {
+	start := time.Now()
+	for !c.converged() {
+		if time.Since(start) > within {
+			return 0, fmt.Errorf("not converged after %v", within)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	return time.Since(start), nil
+}
+
+// converge measures, for a cluster of five, the time from a join (Start
+// called), a leave (Close called) and a crash (connections blackholed) until
+// the ring is again exactly balanced with one owner per partition, by
+// polling and with pqnotify.
+func converge(ctx context.Context, w io.Writer, dsn string, runs int, ttl, hb time.Duration) error {
+	fmt.Fprintf(w, "### Convergence, 5 nodes, Q = 1024, TTL %v, heartbeat %v (drain = heartbeat), %d runs each: min / median / max\n\n", ttl, hb, runs)
+	fmt.Fprintln(w, "| event | polling | with pqnotify |")
+	fmt.Fprintln(w, "|---|---:|---:|")
+	results := map[string][2]stats{}
+	for mode, notify := range []bool{false, true} {
+		times := map[string][]time.Duration{}
+		for r := 0; r < runs; r++ {
+			for _, event := range []string{"join", "leave", "crash"} {
+				d, err := convergeOnce(ctx, dsn, ttl, hb, notify, event)
+				if err != nil {
+					return fmt.Errorf("%s (notify %v): %w", event, notify, err)
+				}
+				times[event] = append(times[event], d)
+			}
+		}
+		for event, ds := range times {
+			v := results[event]
+			v[mode] = summarize(ds)
+			results[event] = v
+		}
+	}
+	for _, event := range []string{"join", "leave", "crash"} {
+		v := results[event]
+		fmt.Fprintf(w, "| %s | %s | %s |\n", event, span(v[0]), span(v[1]))
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+func span(s stats) string {
+	return fmt.Sprintf("%d / %d / %d ms", s.min.Milliseconds(), s.p50.Milliseconds(), s.max.Milliseconds())
+}
+
+func convergeOnce(ctx context.Context, dsn string, ttl, hb time.Duration, notify bool, event string) (time.Duration, error) {
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	s, err := newScratch(ctx, db)
+	if err != nil {
+		return 0, err
+	}
+	defer s.drop()
+	c := &cluster{dsn: dsn, schema: s.name, ttl: ttl, hb: hb, q: 1024, notify: notify}
+	defer func() {
+		for _, n := range c.nodes {
+			n.stop()
+		}
+	}()
+	for i := 0; i < 5; i++ {
+		if _, err := c.start(ctx); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := c.waitConverged(30 * time.Second); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	switch event {
+	case "join":
+		if _, err := c.start(ctx); err != nil {
+			return 0, err
+		}
+	case "leave":
+		n := c.nodes[0]
+		c.remove(n)
+		n.stop()
+	case "crash":
+		n := c.nodes[0]
+		c.remove(n)
+		n.proxy.SetMode(faultproxy.Blackhole)
+		defer n.stop()
+	}
+	if _, err := c.waitConverged(30 * time.Second); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}

@@ -1,0 +1,69 @@
+package leasering
+
+import (
+	"reflect"
+	"testing"
+	"time"
+)
+
+func ids(ms []Member) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.ID
+	}
+	return out
+}
+
+// TestMemberDeltas: a view lists every member's id but details only those
+// that joined or changed; the node keeps the others' details, drops the
+// members no longer listed, and asks for the whole view when a listed
+// member is unknown to it.
+func TestMemberDeltas(t *testing.T) {
+	l := &Lease{size: 4}
+	l.route.Store(emptyRoute)
+	a := memberView{ID: "a", Metadata: "10.0.0.1", VNodes: 8, Positions: []uint32{100}}
+	b := memberView{ID: "b", Metadata: "10.0.0.2", VNodes: 8, Positions: []uint32{200}}
+	c := memberView{ID: "c", Metadata: "10.0.0.3", VNodes: 4, Positions: []uint32{300}}
+
+	l.applyView(ringChange{Version: 1, MemberIDs: []string{"a", "b"}, Members: []memberView{a, b},
+		Changed: []int{0, 1, 2, 3}, Owners: []int{0, 0, 1, 1}}, time.Time{})
+	if got := ids(l.Members()); !reflect.DeepEqual(got, []string{"a", "b"}) {
+		t.Fatalf("members %v, want [a b]", got)
+	}
+
+	// c joins: only its details come; b's owner index shifts to 1 -> still b.
+	l.applyView(ringChange{Version: 2, MemberIDs: []string{"a", "b", "c"}, Members: []memberView{c},
+		Changed: []int{3}, Owners: []int{2}}, time.Time{})
+	if got := ids(l.Members()); !reflect.DeepEqual(got, []string{"a", "b", "c"}) {
+		t.Fatalf("members %v, want [a b c]", got)
+	}
+	if m, ok := l.OwnerOf(1); !ok || m.ID != "a" || m.Metadata != "10.0.0.1" {
+		t.Errorf("OwnerOf(1) = %+v, %v; want a with its metadata kept", m, ok)
+	}
+	if m, ok := l.OwnerOf(3); !ok || m.ID != "c" || m.VNodes != 4 {
+		t.Errorf("OwnerOf(3) = %+v, %v; want c", m, ok)
+	}
+
+	// a leaves: the ids no longer list it; its partitions were reassigned.
+	l.applyView(ringChange{Version: 3, MemberIDs: []string{"b", "c"},
+		Changed: []int{0, 1}, Owners: []int{0, 1}}, time.Time{})
+	if got := ids(l.Members()); !reflect.DeepEqual(got, []string{"b", "c"}) {
+		t.Fatalf("members %v, want [b c]", got)
+	}
+	if m, ok := l.OwnerOf(2); !ok || m.ID != "b" {
+		t.Errorf("OwnerOf(2) = %+v, %v; want b (carried over by id)", m, ok)
+	}
+	if l.rejoin.Load() {
+		t.Fatal("asked for the whole view though every member was known")
+	}
+
+	// A listed member the node never heard of: routing is dropped, and the
+	// next heartbeat asks for the whole view.
+	l.applyView(ringChange{Version: 4, MemberIDs: []string{"b", "c", "d"}}, time.Time{})
+	if got := l.Members(); len(got) != 0 {
+		t.Errorf("members %v after a view that does not fit, want none", ids(got))
+	}
+	if !l.rejoin.Load() {
+		t.Error("did not ask for the whole view after a member it never heard of")
+	}
+}
