@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -518,6 +519,16 @@ func (c *Client) apply(res renewResult) {
 		l.applyView(ch, now)
 		c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,
 			"owned_before", before, "owned", len(l.current.values), "revoking_partitions", ch.Revoking)
+	}
+	if res.status == statusRejoined {
+		// What a node held before its lease lapsed may have gone to others:
+		// a ring whose fresh view did not come in this answer (its work was
+		// skipped on a busy lock) reports nothing until one does.
+		for name, l := range c.leases {
+			if !slices.ContainsFunc(res.changes, func(ch ringChange) bool { return ch.Ring == name }) {
+				l.forget()
+			}
+		}
 	}
 	leases := c.leaseList()
 	c.mu.Unlock()

@@ -231,6 +231,14 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 	}
 }
 
+// forget drops the lease's view after its node's lease lapsed: it reports
+// nothing, and the next heartbeat asks for the whole view.
+func (l *Lease) forget() {
+	l.version = 0
+	l.current = emptySnapshot
+	clear(l.revokedAt)
+}
+
 // resign stops reporting at once, leaves the ring so that the others take
 // its partitions now, and rejoins on the next heartbeat with nothing.
 func (l *Lease) resign(ctx context.Context) error {

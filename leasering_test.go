@@ -618,3 +618,28 @@ func TestProbeAfterTimeout(t *testing.T) {
 	waitUntil(t, 3*time.Second, "timeout, probe, renewal", func() bool { return met(db, mock) })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }
+
+// TestRejoinWithoutViewForgets: after its lease lapsed, a node may have lost
+// partitions to others; if the answer that rejoins it carries no fresh view
+// of a ring (its work was skipped), the lease reports nothing and asks for
+// the whole view.
+func TestRejoinWithoutViewForgets(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(50*time.Millisecond))
+	l, _ := c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "rejoined", nil, nil))
+	mock.ExpectQuery(`renew_and_read`).
+		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 0}}, false, true, sqlmock.AnyArg()).
+		WillDelayFor(300*time.Millisecond).
+		WillReturnRows(renewRow(2000, 0, nil, "ok",
+			changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{1}, Epochs: []int64{2}}), nil))
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, time.Second, "Values to empty after the rejoin", func() bool { return len(l.Values()) == 0 })
+	waitUntil(t, 2*time.Second, "the fresh view", func() bool { return reflect.DeepEqual(l.Values(), []int{1}) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}

@@ -485,6 +485,9 @@ BEGIN
         SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
     END IF;
     IF next_expiry <= now() THEN
+        -- A takeover is worth waiting for (the dead node's partitions have
+        -- no owner until it is done), and it is rare: wait up to TTL/4 here.
+        PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 1000) || 'ms', true);
         BEGIN
             FOR attempt IN 1..2 LOOP
                 FOREACH dead_ring IN ARRAY evict_expired(p_node) LOOP
@@ -503,6 +506,7 @@ BEGIN
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
         END;
+        PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
         SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
     END IF;
 
@@ -529,7 +533,11 @@ BEGIN
             IF cardinality(r.released) > 0 THEN
                 -- Confirmed releases: the pending owner takes over, epoch + 1.
                 -- A pending owner that died is left for its eviction to retarget.
+                -- The released partitions have no owner until this is done,
+                -- so it may wait longer for the ring than other ring work.
+                PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 100) || 'ms', true);
                 PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
+                PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
                 UPDATE partitions p
                    SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1,
                        changed = (SELECT version + 1 FROM rings WHERE name = r.ring)
