@@ -23,7 +23,11 @@
 // nodes whose lease has lapsed, confirms partitions the node has released,
 // joins rings it has not joined yet, and answers only for rings whose
 // version moved since the node last looked. In steady state it is one round
-// trip that writes one row, whatever the number of rings.
+// trip that writes one row (a HOT update), whatever the number of rings.
+// Its answer includes when the earliest other lease ends; the node renews
+// just after it, and only then scans the leases for lapsed ones, so the scan
+// that grows with the number of nodes runs about once per lease, not per
+// heartbeat, and a crashed node is taken over at once.
 //
 // When membership changes, rebalance assigns partitions with sticky,
 // bounded-load consistent hashing: quotas are exact, only the excess of
@@ -48,15 +52,24 @@
 // before that deadline passes without a renewal, every Lease reports
 // nothing, so a node cut off from the database stops working on its
 // partitions before anyone else may take them. It keeps trying, and resumes
-// (or rejoins) when the database answers again.
+// (or rejoins) when the database answers again; a rejoined node reports a
+// ring's partitions only once a fresh view of it has come.
+//
+// A node that cannot hear its answers in time must not keep its lease alive
+// unused. After a heartbeat times out the client only probes (extends
+// nothing) until an answer comes back in time, and the database extends no
+// lease for a heartbeat that reaches it more than a quarter of a lease after
+// it was sent, which it judges on its own clock from the client's estimate
+// (the last answer's database time plus the local time elapsed since).
 //
 // # Keys, routing and fencing
 //
 // PartitionOf maps a key to a partition with PostgreSQL's own text hash, so
 // the SQL function partition_of gives the same answer and users filter
 // their rows by it. Each heartbeat that sees a ring change also brings the
-// routing changes (members, and the owners of partitions that moved), from
-// which Owner and Successors answer without a query. Every change of owner
+// routing changes (the member ids and the details of new members only, and
+// the owners of partitions that moved), from which Owner and Successors
+// answer without a query. Every change of owner
 // raises the partition's epoch; the SQL function holds checks it inside the
 // user's transaction and locks the partition's row until that transaction
 // ends, so a guarded write never lands after a takeover. Lock holds a key
