@@ -19,18 +19,19 @@ import (
 )
 
 var (
-	chaosDuration = flag.Duration("chaos.duration", 30*time.Second,
+	chaosDuration = flag.Duration("chaos.duration", 40*time.Second,
 		"how long TestChaos injects faults (the full run: -chaos.duration=5m)")
 	chaosSeed = flag.Uint64("chaos.seed", 0, "TestChaos's seed (0: from the clock); a failure prints it")
 )
 
-// chaos parameters: 20 slots for nodes, a lease of one second.
+// chaos parameters: 20 slots for nodes, a lease of two seconds with the
+// default ratio of heartbeat to TTL (1/10). Every fault's length is in TTLs.
 const (
 	chaosSlots      = 20
 	chaosRing       = "chaos"
 	chaosSize       = 256
-	chaosTTL        = time.Second
-	chaosHeartbeat  = 100 * time.Millisecond
+	chaosTTL        = 2 * time.Second
+	chaosHeartbeat  = 200 * time.Millisecond
 	chaosMinHealthy = 5                // faults never leave fewer healthy nodes
 	chaosMaxFaulty  = 6                // nodes under a network fault at once
 	chaosCheckpoint = 15 * time.Second // faults stop and the ring must settle this often

@@ -408,6 +408,7 @@ DECLARE
     me          nodes;
     next_expiry timestamptz;
     dead_ring   text;
+    dead_rings  text[];
     st          text := 'ok';
     r           record;
     cur_version bigint;
@@ -489,19 +490,22 @@ BEGIN
         -- no owner until it is done), and it is rare: wait up to TTL/4 here.
         PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 1000) || 'ms', true);
         BEGIN
-            FOR attempt IN 1..2 LOOP
-                FOREACH dead_ring IN ARRAY evict_expired(p_node) LOOP
-                    PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
-                    PERFORM rebalance(dead_ring);
-                    PERFORM bump_version(dead_ring, true);
-                END LOOP;
-                EXIT WHEN attempt = 2
-                       OR NOT EXISTS (SELECT 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node);
-                -- Another heartbeat is evicting the rest (they were skipped
-                -- as locked). Wait for it, so that this heartbeat reads the
+            dead_rings := evict_expired(p_node);
+            IF cardinality(dead_rings) = 0
+               AND EXISTS (SELECT 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node) THEN
+                -- Another heartbeat is evicting them (they were skipped as
+                -- locked). Wait for it, so that this heartbeat reads the
                 -- outcome and its node takes over now rather than a
                 -- heartbeat later; if that one gave up, evict them here.
+                -- Only while holding no ring lock: the other one may be
+                -- waiting for a ring.
                 PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR UPDATE;
+                dead_rings := evict_expired(p_node);
+            END IF;
+            FOREACH dead_ring IN ARRAY dead_rings LOOP
+                PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
+                PERFORM rebalance(dead_ring);
+                PERFORM bump_version(dead_ring, true);
             END LOOP;
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
