@@ -633,7 +633,7 @@ func TestRejoinWithoutViewForgets(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "rejoined", nil, nil))
 	mock.ExpectQuery(`renew_and_read`).
 		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 0}}, false, true, sqlmock.AnyArg()).
-		WillDelayFor(300*time.Millisecond).
+		WillDelayFor(300 * time.Millisecond).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{1}, Epochs: []int64{2}}), nil))
 	if err := c.Start(context.Background()); err != nil {
