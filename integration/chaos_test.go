@@ -36,6 +36,10 @@ const (
 	chaosMaxFaulty  = 6                // nodes under a network fault at once
 	chaosCheckpoint = 15 * time.Second // faults stop and the ring must settle this often
 	chaosSettle     = 10 * chaosTTL    // G4: balanced within this once faults stop
+	// chaosResolution is how finely the checker can tell when a partition
+	// was last reported under -race: a round of reads over 20 nodes takes
+	// 1-2 ms, and a goroutine switch can cost as much again.
+	chaosResolution = 10 * time.Millisecond
 )
 
 // chaosSlot is one place for a node: empty, running, or running under a
@@ -110,7 +114,7 @@ func TestChaos(t *testing.T) {
 		r.join(s)
 	}
 	r.settle("start")
-	r.chk = e.startChecker(chaosRing, chaosSize, chaosTTL+chaosHeartbeat)
+	r.chk = e.startChecker(chaosRing, chaosSize, chaosTTL+chaosHeartbeat+chaosResolution)
 	r.chk.explain = r.explain
 	r.chk.excuse = r.excuse
 	stopWatch := r.watchAssignments()
