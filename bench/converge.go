@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"time"
 
@@ -51,7 +52,8 @@ func (c *cluster) start(ctx context.Context) (*convergeNode, error) {
 	c.nextIndex++
 	n := &convergeNode{id: fmt.Sprintf("n%03d", c.nextIndex), db: db, proxy: p}
 	n.client, err = leasering.NewClient(db, leasering.WithNodeID(n.id), leasering.WithSchema(c.schema),
-		leasering.WithTTL(c.ttl), leasering.WithHeartbeat(c.hb))
+		leasering.WithTTL(c.ttl), leasering.WithHeartbeat(c.hb),
+		leasering.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err == nil {
 		n.lease, err = n.client.Lease("r", c.q)
 	}
