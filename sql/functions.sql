@@ -363,6 +363,34 @@ AS $$
       FROM members m JOIN gone ON gone.node_id = m.node_id
 $$;
 
+-- confirm_releases: node p_node has stopped using p_released of ring
+-- p_ring, which it was told to give up: their pending owners take over,
+-- epoch + 1. A pending owner that died is left for its eviction to
+-- retarget. The released partitions have no owner until this is done, so it
+-- waits longer for the ring's lock than other ring work (up to TTL/4 and
+-- 100 ms).
+CREATE OR REPLACE FUNCTION leasering.confirm_releases(p_node text, p_ring text, p_released integer[], p_ttl_ms integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 100) || 'ms', true);
+    PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE;
+    PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
+    UPDATE partitions p
+       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1,
+           changed = (SELECT version + 1 FROM rings WHERE name = p_ring)
+     WHERE p.ring = p_ring AND p.partition = ANY (p_released)
+       AND p.owner = p_node AND p.next_owner IS NOT NULL
+       AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
+                    WHERE m.ring = p_ring AND m.node_id = p.next_owner AND n.expires_at > now());
+    IF FOUND THEN
+        PERFORM bump_version(p_ring);
+    END IF;
+END
+$$;
+
 -- renew_and_read: the heartbeat, one round trip for all of a node's rings.
 --
 -- p_rings is a JSON array of {ring, size, vnodes, version, released}:
@@ -409,6 +437,7 @@ DECLARE
     next_expiry timestamptz;
     dead_ring   text;
     dead_rings  text[];
+    alive       boolean;
     st          text := 'ok';
     r           record;
     cur_version bigint;
@@ -424,9 +453,27 @@ BEGIN
 
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
         SELECT * INTO me FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now();
+        alive := FOUND;
+        IF alive THEN
+            -- A late heartbeat still confirms releases: the node stopped
+            -- using them before it sent them, and they have no owner until
+            -- this is done.
+            FOR r IN
+                SELECT x.ring, x.released
+                  FROM jsonb_to_recordset(p_rings) AS x (ring text, released integer[])
+                 WHERE cardinality(x.released) > 0
+                 ORDER BY x.ring
+            LOOP
+                BEGIN
+                    PERFORM confirm_releases(p_node, r.ring, r.released, p_ttl_ms);
+                EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                    NULL;
+                END;
+            END LOOP;
+        END IF;
         RETURN QUERY SELECT
-            CASE WHEN FOUND THEN floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint ELSE 0 END,
-            0::bigint, NULL::bigint, CASE WHEN FOUND THEN 'ok' ELSE 'lapsed' END, NULL::jsonb, NULL::jsonb,
+            CASE WHEN alive THEN floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint ELSE 0 END,
+            0::bigint, NULL::bigint, CASE WHEN alive THEN 'ok' ELSE 'lapsed' END, NULL::jsonb, NULL::jsonb,
             clock_timestamp();
         RETURN;
     END IF;
@@ -535,23 +582,7 @@ BEGIN
 
         BEGIN
             IF cardinality(r.released) > 0 THEN
-                -- Confirmed releases: the pending owner takes over, epoch + 1.
-                -- A pending owner that died is left for its eviction to retarget.
-                -- The released partitions have no owner until this is done,
-                -- so it may wait longer for the ring than other ring work.
-                PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 100) || 'ms', true);
-                PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
-                PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
-                UPDATE partitions p
-                   SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1,
-                       changed = (SELECT version + 1 FROM rings WHERE name = r.ring)
-                 WHERE p.ring = r.ring AND p.partition = ANY (r.released)
-                   AND p.owner = p_node AND p.next_owner IS NOT NULL
-                   AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
-                                WHERE m.ring = r.ring AND m.node_id = p.next_owner AND n.expires_at > now());
-                IF FOUND THEN
-                    PERFORM bump_version(r.ring);
-                END IF;
+                PERFORM confirm_releases(p_node, r.ring, r.released, p_ttl_ms);
                 SELECT version INTO cur_version FROM rings WHERE name = r.ring;
                 CONTINUE WHEN cur_version = r.known;
             END IF;
