@@ -10,6 +10,18 @@ import (
 	"github.com/leasering/leasering/internal/faultproxy"
 )
 
+// threeNodes starts n0, n1 and n2 on ring "orders" of q partitions, waits
+// for them to converge and starts a checker with the G3 limit TTL +
+// heartbeat.
+func (e *env) threeNodes(q int) (assignment, *checker) {
+	e.t.Helper()
+	for i := 0; i < 3; i++ {
+		e.startNode(fmt.Sprintf("n%d", i), "orders", q)
+	}
+	a, _ := e.waitConverged("orders", q, nil, 15*time.Second)
+	return a, e.startChecker("orders", q, e.ttl+e.heartbeat)
+}
+
 // ownedBy lists the partitions a converged assignment gives id.
 func ownedBy(a assignment, id string) []int {
 	var out []int
@@ -39,11 +51,7 @@ func (e *env) othersOwn(ring string, size int, ps []int) bool {
 func TestCloseHandsOverWithinOneHeartbeat(t *testing.T) {
 	const q, hb = 1024, 200 * time.Millisecond
 	e := newEnv(t, 2*time.Second, hb)
-	for i := 0; i < 3; i++ {
-		e.startNode(fmt.Sprintf("n%d", i), "orders", q)
-	}
-	a, _ := e.waitConverged("orders", q, nil, 15*time.Second)
-	chk := e.startChecker("orders", q, e.ttl+e.heartbeat)
+	a, chk := e.threeNodes(q)
 	leaver := e.live()[0]
 	theirs := ownedBy(a, leaver.id)
 	if err := leaver.client.Close(); err != nil {
@@ -75,11 +83,7 @@ func TestCrashTakeoverWithinTTLPlusHeartbeat(t *testing.T) {
 	const q = 1024
 	ttl, hb := time.Second, 100*time.Millisecond
 	e := newEnv(t, ttl, hb)
-	for i := 0; i < 3; i++ {
-		e.startNode(fmt.Sprintf("n%d", i), "orders", q)
-	}
-	a, _ := e.waitConverged("orders", q, nil, 15*time.Second)
-	chk := e.startChecker("orders", q, ttl+hb)
+	a, chk := e.threeNodes(q)
 	victim := e.live()[1]
 	theirs := ownedBy(a, victim.id)
 	cut := time.Now()
@@ -154,11 +158,7 @@ func TestConcurrentStartOf50(t *testing.T) {
 func TestSlowNodeLosesItsPartitions(t *testing.T) {
 	const q = 256
 	e := newEnv(t, time.Second, 100*time.Millisecond)
-	for i := 0; i < 3; i++ {
-		e.startNode(fmt.Sprintf("n%d", i), "orders", q)
-	}
-	a, _ := e.waitConverged("orders", q, nil, 15*time.Second)
-	chk := e.startChecker("orders", q, e.ttl+e.heartbeat)
+	a, chk := e.threeNodes(q)
 	slow := e.live()[0]
 	theirs := ownedBy(a, slow.id)
 	slow.proxy.SetLatency(150 * time.Millisecond) // lib/pq makes two round trips: 600ms
