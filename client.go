@@ -557,6 +557,12 @@ func (c *Client) apply(res renewResult) {
 		if t, ok := l.nextDrainEnd(now, c.cfg.drain, c.cfg.maxDrain); ok && t.Before(c.hb.nextRenew) {
 			c.hb.nextRenew = t // confirm releases as soon as the drain is over
 		}
+		if l.releaseNow {
+			// Once per such view (a release that fails waits for the
+			// next heartbeat like any other).
+			l.releaseNow = false
+			c.hb.nextRenew = now
+		}
 	}
 }
 

@@ -61,7 +61,11 @@ type Lease struct {
 	// Owned by the heartbeat loop.
 	version   int64             // ring version of view, 0 before the first
 	current   *snapshot         // what the view allows, published while the lease is live
-	revokedAt map[int]time.Time // partitions to give up, and when we first heard
+	revokedAt map[int]time.Time // partitions to give up, and when we first heard (zero: never used)
+	// releaseNow is set when a view revokes a partition this node never
+	// reported: nothing can be using it, so the next heartbeat goes at once
+	// and carries its release without a drain.
+	releaseNow bool
 }
 
 func newLease(c *Client, name string, size, vnodes int) *Lease {
@@ -202,7 +206,15 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 	for _, p := range v.Revoking {
 		revoking[p] = true
 		if _, ok := l.revokedAt[p]; !ok {
-			l.revokedAt[p] = now
+			if l.current.has(p) {
+				l.revokedAt[p] = now
+			} else {
+				// Handed on before this node ever reported it (it was given
+				// the partition and, before it heard, a newcomer's join
+				// retargeted it): nothing to drain.
+				l.revokedAt[p] = time.Time{}
+				l.releaseNow = true
+			}
 		}
 	}
 	for p := range l.revokedAt {

@@ -70,6 +70,13 @@ type chaosRun struct {
 	mu       sync.Mutex           // guards what the checker reads
 	failed   map[string]time.Time // node id -> when the chaos last made it fail
 	assigned map[int][]assignedAt // partition -> who the database gave it to, and since when
+	leases   map[string][]leaseAt // node id -> its lease ends as the database had them
+}
+
+// leaseAt is a node's lease end (zero: no row) as seen from a time on, both
+// on the local clock.
+type leaseAt struct {
+	at, end time.Time
 }
 
 // assignedAt is a partition's owner and pending owner as the database had
@@ -99,7 +106,7 @@ func TestChaos(t *testing.T) {
 		}
 	})
 	e := newEnv(t, chaosTTL, chaosHeartbeat)
-	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, assigned: map[int][]assignedAt{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
+	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, assigned: map[int][]assignedAt{}, leases: map[string][]leaseAt{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
 	if os.Getenv("LEASERING_TEST_PG_RESTART") == "1" {
 		versions, _ := filepath.Glob("/etc/postgresql/*")
 		if len(versions) == 1 {
@@ -308,9 +315,10 @@ func (r *chaosRun) restartPostgres() {
 	time.AfterFunc(chaosTTL+2*chaosHeartbeat, func() { r.chk.paused.Store(false) })
 }
 
-// explain says who the database gives partition p to, and what the chaos
+// explain says who the database gives partition p to now, and, since the
+// gap began, who it gave it to, those nodes' lease ends and what the chaos
 // did to them.
-func (r *chaosRun) explain(p int) string {
+func (r *chaosRun) explain(p int, since time.Time, lastBy string) string {
 	var owner, next sql.NullString
 	var epoch int64
 	var ownerLease, nextLease sql.NullFloat64
@@ -323,8 +331,45 @@ func (r *chaosRun) explain(p int) string {
 	if err != nil {
 		return err.Error()
 	}
-	return fmt.Sprintf("at %s the database gives it to %s (lease left %.3fs), next owner %q (lease left %.3fs), epoch %d",
-		r.elapsed(), owner.String, ownerLease.Float64, next.String, nextLease.Float64, epoch)
+	var b strings.Builder
+	fmt.Fprintf(&b, "at %s the database gives it to %s (lease left %.3fs), next owner %q (lease left %.3fs), epoch %d; "+
+		"last reported at %s by %q",
+		r.elapsed(), owner.String, ownerLease.Float64, next.String, nextLease.Float64, epoch, r.at(since), lastBy)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := map[string]bool{lastBy: true}
+	b.WriteString("; assignments:")
+	for i, a := range r.assigned[p] {
+		if i+1 < len(r.assigned[p]) && r.assigned[p][i+1].at.Before(since.Add(-time.Second)) {
+			continue
+		}
+		fmt.Fprintf(&b, " %s %s>%s", r.at(a.at), a.owner, a.next)
+		ids[a.owner], ids[a.next] = true, true
+	}
+	for id := range ids {
+		if id == "" || strings.HasPrefix(id, "(") {
+			continue
+		}
+		fmt.Fprintf(&b, "; %s:", id)
+		if f, ok := r.failed[id]; ok {
+			fmt.Fprintf(&b, " failed %s,", r.at(f))
+		}
+		for i, l := range r.leases[id] {
+			if i+1 < len(r.leases[id]) && r.leases[id][i+1].at.Before(since.Add(-time.Second)) {
+				continue
+			}
+			if l.end.IsZero() {
+				fmt.Fprintf(&b, " %s gone", r.at(l.at))
+			} else {
+				fmt.Fprintf(&b, " %s ends %s", r.at(l.at), r.at(l.end))
+			}
+		}
+	}
+	return b.String()
+}
+
+func (r *chaosRun) at(t time.Time) string {
+	return fmt.Sprintf("+%.3fs", t.Sub(r.begin).Seconds())
 }
 
 // fail records that node id fails now.
@@ -368,9 +413,45 @@ func (r *chaosRun) watchAssignments() (stop func()) {
 				r.mu.Unlock()
 			}
 			rows.Close()
+			r.watchLeases()
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// watchLeases records every node's lease end, for explain.
+func (r *chaosRun) watchLeases() {
+	rows, err := r.e.admin.Query(`SELECT node_id, extract(epoch FROM expires_at - clock_timestamp()) FROM "` + r.e.schema + `".nodes`)
+	if err != nil {
+		return
+	}
+	defer rows.Close()
+	now := time.Now()
+	seen := map[string]bool{}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for rows.Next() {
+		var id string
+		var left float64
+		if rows.Scan(&id, &left) != nil {
+			return
+		}
+		seen[id] = true
+		end := now.Add(time.Duration(left * float64(time.Second)))
+		h := r.leases[id]
+		// Re-reads of the same end differ by the query's latency.
+		if len(h) == 0 || h[len(h)-1].end.IsZero() || h[len(h)-1].end.Sub(end).Abs() > 20*time.Millisecond {
+			r.leases[id] = append(h, leaseAt{at: now, end: end})
+		}
+	}
+	if rows.Err() != nil {
+		return
+	}
+	for id, h := range r.leases {
+		if !seen[id] && !h[len(h)-1].end.IsZero() {
+			r.leases[id] = append(h, leaseAt{at: now})
+		}
+	}
 }
 
 // excuse returns the latest failure, after since, of a node the database

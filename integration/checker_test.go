@@ -27,8 +27,9 @@ type checker struct {
 	excused atomic.Int64 // gaps measured from a later failure of the partition's owner
 	paused  atomic.Bool  // G3 suspended (no node can reach the database)
 	// explain, if set, adds what the database says of a partition to a G3
-	// report.
-	explain func(p int) string
+	// report: the gap began at since, when node lastBy last reported it
+	// ("" for the checker's start or a pause).
+	explain func(p int, since time.Time, lastBy string) string
 	// excuse, if set, returns when the latest failure of a node the
 	// database gave partition p to since the given time happened (zero:
 	// none). G3 counts from any failure, so the gap is measured from then.
@@ -51,6 +52,7 @@ func (e *env) startChecker(ring string, size int, gapLimit time.Duration) *check
 func (c *checker) run() {
 	defer close(c.done)
 	lastSeen := make([]time.Time, c.size)
+	lastBy := make([]string, c.size)
 	start := time.Now()
 	for i := range lastSeen {
 		lastSeen[i] = start
@@ -103,7 +105,7 @@ func (c *checker) run() {
 		}
 		for i := range nodes {
 			for _, p := range second[i] {
-				lastSeen[p] = now
+				lastSeen[p], lastBy[p] = now, nodes[i].id
 			}
 		}
 		if healthy {
@@ -115,21 +117,21 @@ func (c *checker) run() {
 				if gap > c.gapLimit && c.excuse != nil {
 					if f := c.excuse(p, t); f.After(t) {
 						c.excused.Add(1)
-						lastSeen[p], gap = f, now.Sub(f)
+						lastSeen[p], lastBy[p], gap = f, "(a failure)", now.Sub(f)
 					}
 				}
 				if gap > c.gapLimit {
 					why := ""
 					if c.explain != nil {
-						why = ": " + c.explain(p)
+						why = ": " + c.explain(p, lastSeen[p], lastBy[p])
 					}
 					c.violate(fmt.Sprintf("G3: partition %d unowned for %v (limit %v)%s", p, gap.Round(time.Millisecond), c.gapLimit, why))
-					lastSeen[p] = now // report each gap once
+					lastSeen[p], lastBy[p] = now, "" // report each gap once
 				}
 			}
 		} else {
 			for p := range lastSeen {
-				lastSeen[p] = now
+				lastSeen[p], lastBy[p] = now, ""
 			}
 		}
 		c.rounds.Add(1)

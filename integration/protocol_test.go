@@ -1,0 +1,333 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+)
+
+// These tests drive the SQL functions directly, as nodes that exist only as
+// rows, to pin down protocol steps the chaos test covers only by chance.
+// The lease is a minute long so that nothing lapses unless a test says so.
+
+const sqlTTLms = 60000
+
+// sqlNodes is a schema migrated by a real client, then driven by hand.
+type sqlNodes struct {
+	t       *testing.T
+	e       *env
+	version map[string]int64 // ring version each node last saw
+}
+
+func newSQLNodes(t *testing.T) *sqlNodes {
+	t.Helper()
+	e := newEnv(t, 2*time.Second, 200*time.Millisecond)
+	// The only use of a client here: install the schema.
+	n := e.startNode("installer", "installer", 1)
+	if err := n.client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return &sqlNodes{t: t, e: e, version: map[string]int64{}}
+}
+
+// heartbeat is one renew_and_read answer.
+type heartbeat struct {
+	leaseMS int64
+	status  string
+	changes []struct {
+		Ring    string `json:"ring"`
+		Version int64  `json:"version"`
+	}
+}
+
+// renew calls renew_and_read for node id on ring "r" (size 8), sent
+// sentAgo before now on the database's clock, releasing released. db is
+// where the call runs (nil: the admin pool).
+func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.Duration, released ...int) (heartbeat, error) {
+	if db == nil {
+		db = s.e.admin
+	}
+	rings, _ := json.Marshal([]map[string]any{{"ring": "r", "size": 8, "vnodes": 8, "version": s.version[id], "released": released}})
+	var h heartbeat
+	var changes sql.NullString
+	err := db.QueryRow(`SELECT lease_ms, node_status, changes::text FROM "`+s.e.schema+`".renew_and_read($1, $2, $3, '', $4::jsonb, $5, $6,
+			clock_timestamp() - $7 * interval '1 millisecond')`,
+		id, "inc-"+id, sqlTTLms, string(rings), claim, scan, sentAgo.Milliseconds()).Scan(&h.leaseMS, &h.status, &changes)
+	if err != nil {
+		return h, err
+	}
+	if changes.Valid {
+		if err := json.Unmarshal([]byte(changes.String), &h.changes); err != nil {
+			return h, err
+		}
+		for _, c := range h.changes {
+			s.version[id] = c.Version
+		}
+	}
+	return h, nil
+}
+
+func (s *sqlNodes) join(id string) {
+	s.t.Helper()
+	if _, err := s.renew(nil, id, true, false, 0); err != nil {
+		s.t.Fatalf("join %s: %v", id, err)
+	}
+}
+
+// partitionRow is one row of the partitions table.
+type partitionRow struct {
+	owner, next string
+	epoch       int64
+}
+
+// rows returns ring "r"'s partitions table.
+func (s *sqlNodes) rows() map[int]partitionRow {
+	s.t.Helper()
+	rows, err := s.e.admin.Query(`SELECT partition, coalesce(owner, ''), coalesce(next_owner, ''), epoch
+		FROM "` + s.e.schema + `".partitions WHERE ring = 'r'`)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[int]partitionRow{}
+	for rows.Next() {
+		var p int
+		var r partitionRow
+		if err := rows.Scan(&p, &r.owner, &r.next, &r.epoch); err != nil {
+			s.t.Fatal(err)
+		}
+		out[p] = r
+	}
+	if err := rows.Err(); err != nil {
+		s.t.Fatal(err)
+	}
+	return out
+}
+
+// handingOff lists the partitions node from must release to node to.
+func (s *sqlNodes) handingOff(from, to string) []int {
+	s.t.Helper()
+	var ps []int
+	rows, err := s.e.admin.Query(`SELECT partition FROM "`+s.e.schema+`".partitions
+		WHERE ring = 'r' AND owner = $1 AND next_owner = $2 ORDER BY partition`, from, to)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p int
+		if err := rows.Scan(&p); err != nil {
+			s.t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+func (s *sqlNodes) expiresAt(id string) time.Time {
+	s.t.Helper()
+	var at time.Time
+	if err := s.e.admin.QueryRow(`SELECT expires_at FROM "`+s.e.schema+`".nodes WHERE node_id = $1`, id).Scan(&at); err != nil {
+		s.t.Fatalf("lease of %s: %v", id, err)
+	}
+	return at
+}
+
+func (s *sqlNodes) expire(ids ...string) {
+	s.t.Helper()
+	for _, id := range ids {
+		if _, err := s.e.admin.Exec(`UPDATE "`+s.e.schema+`".nodes SET expires_at = now() - interval '1 second' WHERE node_id = $1`, id); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+func (s *sqlNodes) exists(id string) bool {
+	s.t.Helper()
+	var n int
+	if err := s.e.admin.QueryRow(`SELECT count(*) FROM "`+s.e.schema+`".nodes WHERE node_id = $1`, id).Scan(&n); err != nil {
+		s.t.Fatal(err)
+	}
+	return n == 1
+}
+
+// TestLateHeartbeatConfirmsReleases: a heartbeat that arrives late extends
+// nothing, but the releases it carries take effect at once (the node
+// stopped using those partitions before it sent them), so a node that
+// turned slow does not hold up a handoff for the rest of its lease. A late
+// heartbeat from a node whose lease has lapsed confirms nothing.
+func TestLateHeartbeatConfirmsReleases(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a")
+	s.join("b") // a must hand half of the ring to b
+	moving := s.handingOff("a", "b")
+	if len(moving) != 4 {
+		t.Fatalf("after b joined, a hands %v to b, want 4 partitions: %v", moving, s.rows())
+	}
+	before := s.rows()
+	leaseEnd := s.expiresAt("a")
+
+	// Late: sent a quarter of a lease and more ago.
+	h, err := s.renew(nil, "a", false, false, sqlTTLms/4*time.Millisecond+time.Second, moving[:2]...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.status != "ok" || len(h.changes) != 0 {
+		t.Errorf("late heartbeat answered status %q with %d ring changes, want ok and none", h.status, len(h.changes))
+	}
+	if got := s.expiresAt("a"); !got.Equal(leaseEnd) {
+		t.Errorf("late heartbeat moved a's lease end from %v to %v", leaseEnd, got)
+	}
+	after := s.rows()
+	for p, row := range before {
+		want := row
+		if p == moving[0] || p == moving[1] {
+			want = partitionRow{owner: "b", epoch: row.epoch + 1}
+		}
+		if after[p] != want {
+			t.Errorf("partition %d after a's late release: %+v, want %+v (before: %+v)", p, after[p], want, row)
+		}
+	}
+
+	// Lapsed: the same late heartbeat releases nothing (the node's rows are
+	// left for whoever evicts it).
+	s.expire("a")
+	h, err = s.renew(nil, "a", false, false, sqlTTLms/4*time.Millisecond+time.Second, moving[2:]...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.status != "lapsed" {
+		t.Errorf("late heartbeat of a lapsed node answered %q, want lapsed", h.status)
+	}
+	for _, p := range moving[2:] {
+		if got := s.rows()[p]; got != before[p] {
+			t.Errorf("partition %d after a lapsed node's late release: %+v, want it unchanged (%+v)", p, got, before[p])
+		}
+	}
+}
+
+// TestEvictorThatEvictedSomethingDoesNotWait: two nodes lapsed, and another
+// transaction (an evictor in the middle of its work) holds one of them. A
+// heartbeat that scans evicts the other and goes on without waiting: it
+// holds ring locks now, and the other evictor may be waiting for them.
+// Had it waited, its lock timeout would have undone its own eviction.
+func TestEvictorThatEvictedSomethingDoesNotWait(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	for _, id := range []string{"a", "d1", "d2"} {
+		s.join(id)
+	}
+	s.expire("d1", "d2")
+	other := holdNode(t, s, "d2")
+	defer other.Rollback()
+
+	if _, err := s.renew(nil, "a", false, true, 0); err != nil {
+		t.Fatalf("heartbeat that scans: %v", err)
+	}
+	if s.exists("d1") {
+		t.Error("d1 lapsed and is not held by anyone, yet it was not evicted")
+	}
+	if !s.exists("d2") {
+		t.Error("d2 was evicted while another transaction held it")
+	}
+	for p, row := range s.rows() {
+		if row.owner == "d1" || row.next == "d1" {
+			t.Errorf("partition %d still names the evicted d1: %+v", p, row)
+		}
+	}
+}
+
+// TestEvictorWaitsForAnotherEvictor: the only lapsed node is held by another
+// transaction (an evictor at work). A heartbeat that scans and evicts
+// nothing waits for it, holding no ring lock, and then finishes the job:
+// here the other one gives up (rolls back), so this heartbeat evicts the
+// node itself and its node hears of the new assignment in the same answer.
+func TestEvictorWaitsForAnotherEvictor(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	for _, id := range []string{"a", "d"} {
+		s.join(id)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a sees the ring as it is now
+		t.Fatal(err)
+	}
+	s.expire("d")
+	other := holdNode(t, s, "d")
+	defer other.Rollback()
+
+	// The heartbeat runs on its own connection, which we can find waiting.
+	conn, err := sql.Open("postgres", s.e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetMaxOpenConns(1)
+	var pid int
+	if err := conn.QueryRow(`SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		h   heartbeat
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		h, err := s.renew(conn, "a", false, true, 0)
+		done <- answer{h, err}
+	}()
+	waiting := waitFor(5*time.Second, func() bool {
+		var w bool
+		_ = s.e.admin.QueryRow(`SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&w)
+		return w
+	})
+	if !waiting {
+		t.Fatal("the heartbeat did not wait for the other evictor's lock")
+	}
+	if err := other.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	var got answer
+	select {
+	case got = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the heartbeat did not return after the other evictor gave up")
+	}
+	if got.err != nil {
+		t.Fatalf("heartbeat: %v", got.err)
+	}
+	if s.exists("d") {
+		t.Fatal("the other evictor gave up and the waiting heartbeat did not evict d")
+	}
+	if len(got.h.changes) != 1 {
+		t.Fatalf("the heartbeat's answer carries %d ring changes, want the ring after d's eviction", len(got.h.changes))
+	}
+	var others []string
+	for p, row := range s.rows() {
+		if row.owner != "a" || row.next != "" {
+			others = append(others, fmt.Sprintf("%d:%+v", p, row))
+		}
+	}
+	sort.Strings(others)
+	if len(others) > 0 {
+		t.Errorf("after d's eviction a should own every partition alone, but: %v", others)
+	}
+}
+
+// holdNode locks node id's row in a transaction of its own, as an evictor
+// that has claimed it and not finished.
+func holdNode(t *testing.T, s *sqlNodes, id string) *sql.Tx {
+	t.Helper()
+	tx, err := s.e.admin.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`SELECT 1 FROM "`+s.e.schema+`".nodes WHERE node_id = $1 FOR UPDATE`, id); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
