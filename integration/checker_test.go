@@ -111,15 +111,15 @@ func (c *checker) run() {
 		if healthy {
 			for p, t := range lastSeen {
 				gap := now.Sub(t)
-				c.mu.Lock()
-				c.maxGap = max(c.maxGap, gap)
-				c.mu.Unlock()
 				if gap > c.gapLimit && c.excuse != nil {
 					if f := c.excuse(p, t); f.After(t) {
 						c.excused.Add(1)
 						lastSeen[p], lastBy[p], gap = f, "(a failure)", now.Sub(f)
 					}
 				}
+				c.mu.Lock()
+				c.maxGap = max(c.maxGap, gap)
+				c.mu.Unlock()
 				if gap > c.gapLimit {
 					why := ""
 					if c.explain != nil {
@@ -161,7 +161,7 @@ func (c *checker) finish() {
 	<-c.done
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.e.t.Logf("checker: %d rounds, %d reads of Values(), longest time a partition went unowned %v (%d gaps counted from a later failure of their owner)",
+	c.e.t.Logf("checker: %d rounds, %d reads of Values(), longest time a partition went unowned %v (G3's measure: %d gaps counted from a later failure of their owner)",
 		c.rounds.Load(), c.reads.Load(), c.maxGap.Round(time.Millisecond), c.excused.Load())
 	for _, v := range c.violations {
 		c.e.t.Error(v)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"sort"
 	"testing"
 	"time"
@@ -20,7 +21,8 @@ const sqlTTLms = 60000
 type sqlNodes struct {
 	t       *testing.T
 	e       *env
-	version map[string]int64 // ring version each node last saw
+	version map[string]int64  // ring version each node last saw
+	inc     map[string]string // incarnation of each node id, "inc-<id>" unless set
 }
 
 func newSQLNodes(t *testing.T) *sqlNodes {
@@ -31,7 +33,7 @@ func newSQLNodes(t *testing.T) *sqlNodes {
 	if err := n.client.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return &sqlNodes{t: t, e: e, version: map[string]int64{}}
+	return &sqlNodes{t: t, e: e, version: map[string]int64{}, inc: map[string]string{}}
 }
 
 // heartbeat is one renew_and_read answer.
@@ -51,12 +53,16 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	if db == nil {
 		db = s.e.admin
 	}
+	inc := s.inc[id]
+	if inc == "" {
+		inc = "inc-" + id
+	}
 	rings, _ := json.Marshal([]map[string]any{{"ring": "r", "size": 8, "vnodes": 8, "version": s.version[id], "released": released}})
 	var h heartbeat
 	var changes sql.NullString
 	err := db.QueryRow(`SELECT lease_ms, node_status, changes::text FROM "`+s.e.schema+`".renew_and_read($1, $2, $3, '', $4::jsonb, $5, $6,
 			clock_timestamp() - $7 * interval '1 millisecond')`,
-		id, "inc-"+id, sqlTTLms, string(rings), claim, scan, sentAgo.Milliseconds()).Scan(&h.leaseMS, &h.status, &changes)
+		id, inc, sqlTTLms, string(rings), claim, scan, sentAgo.Milliseconds()).Scan(&h.leaseMS, &h.status, &changes)
 	if err != nil {
 		return h, err
 	}
@@ -208,6 +214,79 @@ func TestLateHeartbeatConfirmsReleases(t *testing.T) {
 		if got := s.rows()[p]; got != before[p] {
 			t.Errorf("partition %d after a lapsed node's late release: %+v, want it unchanged (%+v)", p, got, before[p])
 		}
+	}
+}
+
+// TestNoReleaseDuringHold: a new process that takes over a node id holds
+// (reports nothing) until the old one's lease would have ended, because the
+// old one may still be using the node's partitions. Its releases of them
+// wait as long: confirmed earlier, a partition would go to its next owner
+// while the old process still reports it.
+func TestNoReleaseDuringHold(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a")
+	s.join("b")
+	moving := s.handingOff("a", "b")
+	if len(moving) == 0 {
+		t.Fatalf("after b joined, a hands nothing to b: %v", s.rows())
+	}
+	s.inc["a"], s.version["a"] = "inc-a-restarted", 0
+	if _, err := s.renew(nil, "a", true, false, 0); err != nil { // takes the id over
+		t.Fatal(err)
+	}
+	before := s.rows()
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range moving {
+		if got := s.rows()[p]; got != before[p] {
+			t.Errorf("partition %d released during the hold: %+v, was %+v", p, got, before[p])
+		}
+	}
+	// Nor does a leave during the hold hand them on: the lease ends when
+	// the hold does, and the eviction after that hands them on.
+	if _, err := s.e.admin.Exec(`SELECT "` + s.e.schema + `".leave('a', 'inc-a-restarted', 'r')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range moving {
+		if got := s.rows()[p]; got != before[p] {
+			t.Errorf("partition %d handed on by a leave of the ring during the hold: %+v, was %+v", p, got, before[p])
+		}
+	}
+
+	// The hold over, the same release goes through.
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET report_from = now() WHERE node_id = 'a'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range moving {
+		if got, want := s.rows()[p], (partitionRow{owner: "b", epoch: before[p].epoch + 1}); got != want {
+			t.Errorf("partition %d after the hold: %+v, want %+v", p, got, want)
+		}
+	}
+
+	// A leave of every ring during a hold ends the lease when the hold
+	// would have, and hands nothing on.
+	s.inc["a"], s.version["a"] = "inc-a-third", 0
+	if _, err := s.renew(nil, "a", true, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	var holdEnd time.Time
+	if err := s.e.admin.QueryRow(`SELECT report_from FROM "` + s.e.schema + `".nodes WHERE node_id = 'a'`).Scan(&holdEnd); err != nil {
+		t.Fatal(err)
+	}
+	before = s.rows()
+	if _, err := s.e.admin.Exec(`SELECT "` + s.e.schema + `".leave('a', 'inc-a-third')`); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.expiresAt("a"); !got.Equal(holdEnd) {
+		t.Errorf("after a leave during the hold the lease ends at %v, want the hold's end %v", got, holdEnd)
+	}
+	if after := s.rows(); !reflect.DeepEqual(after, before) {
+		t.Errorf("a leave during the hold changed the partitions:\n%v\nwas\n%v", after, before)
 	}
 }
 

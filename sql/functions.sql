@@ -1,4 +1,4 @@
--- leasering: the whole protocol, schema version 2.
+-- leasering: the whole protocol, schema version 3.
 --
 -- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
 -- Every object is qualified with the schema and every function pins its
@@ -18,8 +18,8 @@ CREATE TABLE IF NOT EXISTS leasering.schema_version (
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 2 THEN
-        RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (2)',
+    IF (SELECT version FROM leasering.schema_version) > 3 THEN
+        RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (3)',
             (SELECT version FROM leasering.schema_version);
     END IF;
 END $$;
@@ -366,15 +366,20 @@ $$;
 -- confirm_releases: node p_node has stopped using p_released of ring
 -- p_ring, which it was told to give up: their pending owners take over,
 -- epoch + 1. A pending owner that died is left for its eviction to
--- retarget. The released partitions have no owner until this is done, so it
--- waits longer for the ring's lock than other ring work (up to TTL/4 and
--- 100 ms).
+-- retarget. Nothing is confirmed while the node holds (report_from is
+-- ahead): the process speaks only for itself, and an older incarnation of
+-- the node id may still be using the partitions until then. The released
+-- partitions have no owner until this is done, so it waits longer for the
+-- ring's lock than other ring work (up to TTL/4 and 100 ms).
 CREATE OR REPLACE FUNCTION leasering.confirm_releases(p_node text, p_ring text, p_released integer[], p_ttl_ms integer)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND report_from > now()) THEN
+        RETURN;
+    END IF;
     PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 100) || 'ms', true);
     PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE;
     PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
@@ -614,7 +619,10 @@ $$;
 
 -- leave: graceful exit. Without p_ring the node leaves every ring and its
 -- lease row goes; with p_ring it leaves that ring only. Its partitions go to
--- their new owners at once (it has stopped using them before calling).
+-- their new owners at once (it has stopped using them before calling),
+-- except while the node holds: an older incarnation of the id may use them
+-- until report_from, so the lease then ends at report_from instead, and the
+-- eviction that follows hands them on (a ring is left as it is).
 CREATE OR REPLACE FUNCTION leasering.leave(p_node text, p_incarnation text, p_ring text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
@@ -627,6 +635,12 @@ BEGIN
     PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;  -- already gone, or the id belongs to a newer incarnation
+    END IF;
+    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND report_from > now()) THEN
+        IF p_ring IS NULL THEN
+            UPDATE nodes SET expires_at = report_from WHERE node_id = p_node;
+        END IF;
+        RETURN;
     END IF;
     SELECT coalesce(array_agg(ring ORDER BY ring), '{}') INTO rs
       FROM members WHERE node_id = p_node AND (p_ring IS NULL OR ring = p_ring);
@@ -678,6 +692,6 @@ SELECT m.ring,
   JOIN leasering.rings r ON r.name = m.ring
   JOIN leasering.nodes n ON n.node_id = m.node_id;
 
-INSERT INTO leasering.schema_version (version) VALUES (2)
+INSERT INTO leasering.schema_version (version) VALUES (3)
 ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
  WHERE leasering.schema_version.version < excluded.version;
