@@ -290,6 +290,66 @@ func TestNoReleaseDuringHold(t *testing.T) {
 	}
 }
 
+// TestUntoldOwnerLosesPartitionsAtOnce: a partition given to a node that
+// has not yet been told (no view since) moves straight to a newcomer, epoch
+// + 1, instead of waiting for a release the node would only send after its
+// next heartbeat; once the node has been told, moving it takes a handoff
+// again. Joins right after a takeover no longer chain handoffs.
+func TestUntoldOwnerLosesPartitionsAtOnce(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a")
+	s.join("b")
+	moving := s.handingOff("a", "b")
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil { // b now owns them, untold
+		t.Fatal(err)
+	}
+	before := s.rows()
+	s.join("c")
+	after := s.rows()
+	direct, handoffs := 0, 0
+	for p, was := range before {
+		now := after[p]
+		switch {
+		case was.owner == "b" && now.next == "c":
+			t.Errorf("partition %d, given to b and never shown to it, waits for b's release: %+v", p, now)
+		case was.owner == "b" && now.owner == "c":
+			direct++
+			if now.epoch != was.epoch+1 {
+				t.Errorf("partition %d moved from b to c with epoch %d, want %d", p, now.epoch, was.epoch+1)
+			}
+		case was.owner == "a" && now.next == "c":
+			handoffs++
+		case was.owner == "a" && now.owner == "c":
+			t.Errorf("partition %d taken from a, which was told it has it, without a handoff: %+v", p, now)
+		}
+	}
+	if direct == 0 || handoffs == 0 {
+		t.Fatalf("c's join moved %d of b's untold partitions and handed %d over from a: the setup must exercise both (%v -> %v)",
+			direct, handoffs, before, after)
+	}
+
+	// b is told, and then a newcomer must wait for its release.
+	if _, err := s.renew(nil, "b", false, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	before = s.rows()
+	s.join("d")
+	fromB := 0
+	for p, now := range s.rows() {
+		was := before[p]
+		if was.owner == "b" && now.owner != "b" {
+			t.Errorf("partition %d taken from b, which was told it has it, without a handoff: %+v -> %+v", p, was, now)
+		}
+		if was.owner == "b" && now.next == "d" {
+			fromB++
+		}
+	}
+	if fromB == 0 {
+		t.Fatalf("d's join asked nothing of b: the setup must exercise it (%v -> %v)", before, s.rows())
+	}
+}
+
 // TestEvictorThatEvictedSomethingDoesNotWait: two nodes lapsed, and another
 // transaction (an evictor in the middle of its work) holds one of them. A
 // heartbeat that scans evicts the other and goes on without waiting: it

@@ -50,9 +50,11 @@ CREATE TABLE IF NOT EXISTS leasering.members (
     vnodes    integer NOT NULL CHECK (vnodes BETWEEN 1 AND 256),  -- also the member's weight
     positions bigint[] NOT NULL,                                  -- its vnodes on the 32-bit circle, sorted
     changed   bigint NOT NULL DEFAULT 0,                          -- ring version that last changed the row
+    seen      bigint NOT NULL DEFAULT 0,                          -- ring version of the last view the node was given
     PRIMARY KEY (ring, node_id)
 );
 ALTER TABLE leasering.members ADD COLUMN IF NOT EXISTS changed bigint NOT NULL DEFAULT 0;  -- from version 1
+ALTER TABLE leasering.members ADD COLUMN IF NOT EXISTS seen bigint NOT NULL DEFAULT 0;     -- from version 2
 CREATE INDEX IF NOT EXISTS members_node_id ON leasering.members (node_id);
 
 -- owner is the only node that may act on a partition, and only while its
@@ -65,8 +67,10 @@ CREATE TABLE IF NOT EXISTS leasering.partitions (
     epoch      bigint NOT NULL DEFAULT 0,  -- fencing token: +1 on every change of owner
     next_owner text,
     changed    bigint NOT NULL DEFAULT 0,  -- ring version of the last change of owner or next_owner
+    granted    bigint NOT NULL DEFAULT 0,  -- ring version at which owner got it
     PRIMARY KEY (ring, partition)
 );
+ALTER TABLE leasering.partitions ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0;  -- from version 2
 CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
 CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
 
@@ -144,8 +148,14 @@ $$;
 --    its excess, a member under quota takes only what it lacks, and a
 --    candidate whose first choice is full walks on to the next.
 -- 5. Apply: a partition whose owner is gone goes straight to its holder with
---    epoch + 1; one whose live owner must give it up gets next_owner and is
---    handed over when the owner confirms (see renew_and_read).
+--    epoch + 1, and so does one whose owner has not been told it has it
+--    (granted after the last view the owner was given: it cannot be using
+--    it); one whose live owner must give it up gets next_owner and is
+--    handed over when the owner confirms (see renew_and_read). A heartbeat
+--    locks its node's member row before it reads a view and records the
+--    view's version there (seen), and rebalance share-locks the members
+--    before it reads seen, so a partition is never moved this way from an
+--    owner whose view, read concurrently, gives it to them.
 CREATE OR REPLACE FUNCTION leasering.rebalance(p_ring text)
 RETURNS integer
 LANGUAGE plpgsql
@@ -169,6 +179,7 @@ DECLARE
     stamp      bigint;     -- the version the caller's bump_version will set
 BEGIN
     SELECT size, version + 1 INTO q, stamp FROM rings WHERE name = p_ring;
+    PERFORM 1 FROM members WHERE ring = p_ring FOR SHARE;  -- views being read finish first (step 5)
 
     SELECT coalesce(array_agg(m.node_id ORDER BY m.node_id), '{}'),
            coalesce(array_agg(m.vnodes ORDER BY m.node_id), '{}')
@@ -246,12 +257,15 @@ BEGIN
        SET owner = t.new_owner,
            next_owner = t.new_next,
            changed = stamp,
+           granted = CASE WHEN t.new_owner IS DISTINCT FROM p.owner THEN stamp ELSE p.granted END,
            epoch = CASE WHEN t.new_owner IS DISTINCT FROM p.owner AND t.new_owner IS NOT NULL
                         THEN p.epoch + 1 ELSE p.epoch END
       FROM (SELECT (x.ord - 1)::integer AS part,
-                   CASE WHEN x.live THEN x.owner ELSE ids[x.h] END AS new_owner,
-                   CASE WHEN x.live AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
-              FROM (SELECT u.h, u.live, u.ord, pp.owner
+                   CASE WHEN x.keep THEN x.owner ELSE ids[x.h] END AS new_owner,
+                   CASE WHEN x.keep AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
+              FROM (SELECT u.h, u.ord, pp.owner,
+                           u.live AND pp.granted <= (SELECT m.seen FROM members m
+                                                      WHERE m.ring = p_ring AND m.node_id = pp.owner) AS keep
                       FROM unnest(holder, owner_live) WITH ORDINALITY AS u (h, live, ord)
                       JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1) AS x) AS t
      WHERE p.ring = p_ring AND p.partition = t.part
@@ -385,7 +399,8 @@ BEGIN
     PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
     UPDATE partitions p
        SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1,
-           changed = (SELECT version + 1 FROM rings WHERE name = p_ring)
+           changed = (SELECT version + 1 FROM rings WHERE name = p_ring),
+           granted = (SELECT version + 1 FROM rings WHERE name = p_ring)
      WHERE p.ring = p_ring AND p.partition = ANY (p_released)
        AND p.owner = p_node AND p.next_owner IS NOT NULL
        AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
@@ -448,6 +463,7 @@ DECLARE
     cur_version bigint;
     cur_size    integer;
     claim_st    text;
+    view        jsonb;
     out         jsonb := '[]';
 BEGIN
     -- Never wait long on a lock: a heartbeat that cannot finish in time is
@@ -600,7 +616,13 @@ BEGIN
                     CONTINUE;
                 END IF;
             END IF;
-            out := out || ring_view(r.ring, p_node, r.known);
+            -- Lock the member row before reading the view and record the
+            -- view's version in it: a rebalance meanwhile waits, so it never
+            -- takes a partition straight from us that this view gives us.
+            PERFORM 1 FROM members WHERE ring = r.ring AND node_id = p_node FOR NO KEY UPDATE;
+            view := ring_view(r.ring, p_node, r.known);
+            UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = r.ring AND node_id = p_node;
+            out := out || view;
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;
         END;
