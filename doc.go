@@ -37,9 +37,11 @@
 // A partition moving from a live node A to B is handed over release before
 // acquire: the database marks it, A stops reporting it as soon as its
 // heartbeat hears so, A confirms the release after a drain period, and only
-// then does B own it, with its epoch (fencing token) one higher (A skips
-// the drain for a partition it never reported). A dead node's partitions
-// go to their new owners once its lease has lapsed in database time.
+// then does B own it, with its epoch (fencing token) one higher. A
+// partition A has not been told of yet moves to B at once: the database
+// records the version of the last view each node was given. A dead node's
+// partitions go to their new owners once its lease has lapsed in database
+// time.
 //
 // The node that changed a ring then announces it with pg_notify; the optional
 // package pqnotify listens and wakes the heartbeat at once, so changes

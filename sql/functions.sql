@@ -68,9 +68,12 @@ CREATE TABLE IF NOT EXISTS leasering.partitions (
     next_owner text,
     changed    bigint NOT NULL DEFAULT 0,  -- ring version of the last change of owner or next_owner
     granted    bigint NOT NULL DEFAULT 0,  -- ring version at which owner got it
+    released   boolean NOT NULL DEFAULT false,  -- owner released it while holding: next_owner's at the hold's end
     PRIMARY KEY (ring, partition)
 );
-ALTER TABLE leasering.partitions ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0;  -- from version 2
+ALTER TABLE leasering.partitions ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0;      -- from version 2
+ALTER TABLE leasering.partitions ADD COLUMN IF NOT EXISTS released boolean NOT NULL DEFAULT false;  -- from version 2
+CREATE INDEX IF NOT EXISTS partitions_released ON leasering.partitions (ring) WHERE released;
 CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
 CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
 
@@ -258,6 +261,7 @@ BEGIN
            next_owner = t.new_next,
            changed = stamp,
            granted = CASE WHEN t.new_owner IS DISTINCT FROM p.owner THEN stamp ELSE p.granted END,
+           released = p.released AND t.new_owner IS NOT DISTINCT FROM p.owner AND t.new_next IS NOT NULL,
            epoch = CASE WHEN t.new_owner IS DISTINCT FROM p.owner AND t.new_owner IS NOT NULL
                         THEN p.epoch + 1 ELSE p.epoch END
       FROM (SELECT (x.ord - 1)::integer AS part,
@@ -380,9 +384,10 @@ $$;
 -- confirm_releases: node p_node has stopped using p_released of ring
 -- p_ring, which it was told to give up: their pending owners take over,
 -- epoch + 1. A pending owner that died is left for its eviction to
--- retarget. Nothing is confirmed while the node holds (report_from is
--- ahead): the process speaks only for itself, and an older incarnation of
--- the node id may still be using the partitions until then. The released
+-- retarget. While the node holds (report_from is ahead) the process speaks
+-- only for itself, and an older incarnation of the node id may still be
+-- using the partitions: they are only marked released, and whoever renews
+-- first after the hold hands them on (hand_on_released). The released
 -- partitions have no owner until this is done, so it waits longer for the
 -- ring's lock than other ring work (up to TTL/4 and 100 ms).
 CREATE OR REPLACE FUNCTION leasering.confirm_releases(p_node text, p_ring text, p_released integer[], p_ttl_ms integer)
@@ -391,18 +396,45 @@ LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND report_from > now()) THEN
-        RETURN;
-    END IF;
     PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 100) || 'ms', true);
     PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE;
     PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
+    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND report_from > now()) THEN
+        UPDATE partitions SET released = true
+         WHERE ring = p_ring AND partition = ANY (p_released)
+           AND owner = p_node AND next_owner IS NOT NULL AND NOT released;
+        RETURN;
+    END IF;
     UPDATE partitions p
        SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1,
            changed = (SELECT version + 1 FROM rings WHERE name = p_ring),
            granted = (SELECT version + 1 FROM rings WHERE name = p_ring)
      WHERE p.ring = p_ring AND p.partition = ANY (p_released)
        AND p.owner = p_node AND p.next_owner IS NOT NULL
+       AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
+                    WHERE m.ring = p_ring AND m.node_id = p.next_owner AND n.expires_at > now());
+    IF FOUND THEN
+        PERFORM bump_version(p_ring);
+    END IF;
+END
+$$;
+
+-- hand_on_released: partitions of ring p_ring that their owner released
+-- while it held go to their pending owners once the hold is over (the
+-- older incarnation's lease has ended then), epoch + 1. The caller holds
+-- the ring's row lock.
+CREATE OR REPLACE FUNCTION leasering.hand_on_released(p_ring text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    UPDATE partitions p
+       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false,
+           changed = (SELECT version + 1 FROM rings WHERE name = p_ring),
+           granted = (SELECT version + 1 FROM rings WHERE name = p_ring)
+     WHERE p.ring = p_ring AND p.released
+       AND EXISTS (SELECT 1 FROM nodes o WHERE o.node_id = p.owner AND o.report_from <= now())
        AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
                     WHERE m.ring = p_ring AND m.node_id = p.next_owner AND n.expires_at > now());
     IF FOUND THEN
@@ -419,10 +451,10 @@ $$;
 --
 -- Steady state: one HOT update of the node's row and one ring version read
 -- per ring; changes is NULL. With p_scan the call also scans the nodes for
--- the earliest other lease end (next_expiry_ms; NULL without p_scan): the
--- client asks for it only once the last one it was told of has passed, that
--- is about once per lease rather than every heartbeat, because the scan is
--- the one cost that grows with the number of nodes.
+-- the earliest other lease end or hold end (next_expiry_ms; NULL without
+-- p_scan): the client asks for it only once the last one it was told of has
+-- passed, that is about once per lease rather than every heartbeat, because
+-- the scan is the one cost that grows with the number of nodes.
 --
 -- A heartbeat that extends nothing only says how long the lease has left
 -- ('ok', or 'lapsed' when there is none): a node that cannot hear its
@@ -454,7 +486,9 @@ AS $$
 DECLARE
     ttl         interval := p_ttl_ms * interval '1 millisecond';
     me          nodes;
-    next_expiry timestamptz;
+    next_expiry timestamptz;  -- the earliest other lease end
+    next_event  timestamptz;  -- that, or the end of another node's hold, if earlier
+    hold_over   boolean := false;  -- partitions released during a hold that is over await handing on
     dead_ring   text;
     dead_rings  text[];
     alive       boolean;
@@ -549,11 +583,17 @@ BEGIN
     -- take over a crashed node's partitions at once rather than a heartbeat
     -- later. Leases only move later while their nodes live, so a client
     -- that skips the scan until then misses no lapse: every client's last
-    -- answer is at or before the true earliest end.
+    -- answer is at or before the true earliest end. Hold ends count too
+    -- (they never move): whoever scans first after one hands on what the
+    -- holder released meanwhile.
     IF p_scan THEN
-        SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
+        SELECT min(expires_at), min(least(expires_at, CASE WHEN report_from > now() THEN report_from END))
+          INTO next_expiry, next_event
+          FROM nodes WHERE node_id <> p_node;
+        hold_over := EXISTS (SELECT 1 FROM partitions p JOIN nodes o ON o.node_id = p.owner
+                              WHERE p.released AND o.report_from <= now());
     END IF;
-    IF next_expiry <= now() THEN
+    IF next_expiry <= now() OR hold_over THEN
         -- A takeover is worth waiting for (the dead node's partitions have
         -- no owner until it is done), and it is rare: wait up to TTL/4 here.
         PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 1000) || 'ms', true);
@@ -570,16 +610,29 @@ BEGIN
                 PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR UPDATE;
                 dead_rings := evict_expired(p_node);
             END IF;
-            FOREACH dead_ring IN ARRAY dead_rings LOOP
+            -- The dead's rings and those with partitions released during a
+            -- hold that is now over, in ring-lock order.
+            FOR dead_ring IN
+                SELECT x FROM unnest(dead_rings) AS x
+                UNION
+                SELECT p.ring FROM partitions p JOIN nodes o ON o.node_id = p.owner
+                 WHERE p.released AND o.report_from <= now()
+                ORDER BY 1
+            LOOP
                 PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
-                PERFORM rebalance(dead_ring);
-                PERFORM bump_version(dead_ring, true);
+                IF dead_ring = ANY (dead_rings) THEN
+                    PERFORM rebalance(dead_ring);
+                    PERFORM bump_version(dead_ring, true);
+                END IF;
+                PERFORM hand_on_released(dead_ring);
             END LOOP;
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
         END;
         PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
-        SELECT min(expires_at) INTO next_expiry FROM nodes WHERE node_id <> p_node;
+        SELECT min(least(expires_at, CASE WHEN report_from > now() THEN report_from END))
+          INTO next_event
+          FROM nodes WHERE node_id <> p_node;
     END IF;
 
     -- The node's rings, in name order. A ring that needs work gets it in a
@@ -631,7 +684,7 @@ BEGIN
     RETURN QUERY SELECT
         floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint,
         greatest(ceil(extract(epoch FROM me.report_from - clock_timestamp()) * 1000), 0)::bigint,
-        greatest(ceil(extract(epoch FROM next_expiry - clock_timestamp()) * 1000), 0)::bigint,
+        greatest(ceil(extract(epoch FROM next_event - clock_timestamp()) * 1000), 0)::bigint,
         st,
         CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END,
         nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb,
