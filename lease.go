@@ -61,9 +61,9 @@ type Lease struct {
 	// Owned by the heartbeat loop.
 	version   int64             // ring version of view, 0 before the first
 	current   *snapshot         // what the view allows, published while the lease is live
-	revokedAt map[int]time.Time // partitions to give up, and when we first heard (zero: never used)
-	// releaseNow is set when a view revokes a partition this node never
-	// reported: nothing can be using it, so the next heartbeat goes at once
+	revokedAt map[int]time.Time // partitions to give up, and when we first heard (zero: not reported, no drain)
+	// releaseNow is set when a view revokes a partition this node is not
+	// reporting: nothing can be using it, so the next heartbeat goes at once
 	// and carries its release without a drain.
 	releaseNow bool
 }
@@ -206,12 +206,13 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 	for _, p := range v.Revoking {
 		revoking[p] = true
 		if _, ok := l.revokedAt[p]; !ok {
-			if l.current.has(p) {
+			if l.snap.Load().has(p) {
 				l.revokedAt[p] = now
 			} else {
-				// Handed on before this node ever reported it (it was given
-				// the partition and, before it heard, a newcomer's join
-				// retargeted it): nothing to drain.
+				// Not in Values: never reported (given and retargeted before
+				// this node heard, or given during a hold), or not since the
+				// lease was lost, when users had to stop at once. Nothing to
+				// drain.
 				l.revokedAt[p] = time.Time{}
 				l.releaseNow = true
 			}

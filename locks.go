@@ -94,7 +94,7 @@ func (l *Lease) lockHeld(p int) bool {
 // confirmed released at now: after the drain, once no lock on its keys is
 // held or maxDrain has passed.
 func (l *Lease) releasable(p int, at, now time.Time, drain, maxDrain time.Duration) bool {
-	if at.IsZero() { // never reported
+	if at.IsZero() { // not reported when revoked
 		return true
 	}
 	return now.Sub(at) >= drain && (now.Sub(at) >= maxDrain || !l.lockHeld(p))
