@@ -472,6 +472,44 @@ func TestHoldDelaysReporting(t *testing.T) {
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }
 
+// TestRevokedDuringHoldReleasedAtOnce: partitions a node holds (a new
+// process on a taken-over id) are not in Values, so one revoked during the
+// hold is released at once, without a drain; the database hands it on when
+// the hold ends.
+func TestRevokedDuringHoldReleasedAtOnce(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(300*time.Millisecond), WithDrain(2*time.Second))
+	l, _ := c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 5000, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{1, 2}, Epochs: []int64{9, 9}}), nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 4500, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{1, 2}, Epochs: []int64{9, 9}, Revoking: []int{2}}), nil))
+	var revoked time.Time
+	mock.ExpectQuery(`renew_and_read`).
+		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2, Released: []int{2}}}, false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(10000, 4000, nil, "ok", nil, nil))
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 2*time.Second, "the revoke", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if l.version == 2 && revoked.IsZero() {
+			revoked = time.Now()
+		}
+		return l.version == 2
+	})
+	waitUntil(t, 2*time.Second, "the release", func() bool { return met(db, mock) })
+	if took := time.Since(revoked); took > 250*time.Millisecond {
+		t.Errorf("release sent %v after the revoke; want at once, not after the 2s drain or the next heartbeat", took)
+	}
+	if len(l.Values()) != 0 {
+		t.Error("reported during the hold")
+	}
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
+
 func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(time.Second))
