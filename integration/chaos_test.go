@@ -63,7 +63,7 @@ type chaosRun struct {
 	lastPG  time.Time
 
 	mu       sync.Mutex           // guards what the checker reads
-	failed   map[string]time.Time // node id -> when the chaos last made it fail
+	failed   map[string]time.Time // node id -> when the chaos last made it fail or leave
 	assigned map[int][]assignedAt // partition -> who the database gave it to, and since when
 	leases   map[string][]leaseAt // node id -> its lease ends as the database had them
 }
@@ -216,6 +216,7 @@ func (r *chaosRun) join(s *chaosSlot) {
 func (r *chaosRun) leave(s *chaosSlot) {
 	n := s.n
 	n.down.Store(true)
+	r.fail(n.id) // G3 counts from a leave too: its partitions move then
 	if err := n.client.Close(); err != nil {
 		r.t.Errorf("close %s: %v", n.id, err)
 	}
@@ -449,9 +450,11 @@ func (r *chaosRun) watchLeases() {
 	}
 }
 
-// excuse returns the latest failure, after since, of a node the database
-// gave partition p to (as owner or pending owner) at any time from since
-// on: G3 allows TTL + heartbeat from any failure.
+// excuse returns the latest failure or leave, after since, of a node the
+// database gave partition p to (as owner or pending owner) at any time from
+// since on: G3 allows TTL + heartbeat from any failure, and a leave moves
+// partitions as a failure does (within a heartbeat, which
+// TestCloseHandsOverWithinOneHeartbeat checks).
 func (r *chaosRun) excuse(p int, since time.Time) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()

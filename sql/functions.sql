@@ -182,7 +182,11 @@ DECLARE
     stamp      bigint;     -- the version the caller's bump_version will set
 BEGIN
     SELECT size, version + 1 INTO q, stamp FROM rings WHERE name = p_ring;
-    PERFORM 1 FROM members WHERE ring = p_ring FOR SHARE;  -- views being read finish first (step 5)
+    -- Views being read finish first (step 5). Only live members': a dead
+    -- one's row may be held by its evictor, who waits for this ring.
+    PERFORM 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
+     WHERE m.ring = p_ring AND n.expires_at > now()
+       FOR SHARE OF m;
 
     SELECT coalesce(array_agg(m.node_id ORDER BY m.node_id), '{}'),
            coalesce(array_agg(m.vnodes ORDER BY m.node_id), '{}')
