@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
 	"time"
 
@@ -187,6 +188,12 @@ func convergeOnce(ctx context.Context, dsn string, ttl, hb time.Duration, notify
 	if _, err := c.waitConverged(30 * time.Second); err != nil {
 		return 0, err
 	}
+	// Let the event fall at a random phase of the heartbeats, as a real one
+	// does. Convergence is seen just after the heartbeat that completed it,
+	// and with notifications every node has just renewed then: a crash at
+	// once would find its lease a whole TTL from its end, a crash at a
+	// random moment finds it half a heartbeat younger on average.
+	time.Sleep(rand.N(hb))
 	start := time.Now()
 	switch event {
 	case "join":
