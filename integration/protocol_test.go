@@ -478,3 +478,123 @@ func holdNode(t *testing.T, s *sqlNodes, id string) *sql.Tx {
 	}
 	return tx
 }
+
+// TestConfirmAfterHoldClearsReleased: a partition its owner released during
+// a hold, and then confirmed itself once the hold was over, is no longer
+// marked released. A flag left behind let a later scan hand the partition
+// on from its next owner, who had never released it (two reporters).
+func TestConfirmAfterHoldClearsReleased(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a")
+	s.join("b")
+	s.join("c")
+	moving := s.handingOff("a", "b")
+	if len(moving) == 0 {
+		t.Fatalf("a hands nothing to b: %v", s.rows())
+	}
+	s.inc["a"], s.version["a"] = "inc-a-restarted", 0
+	if _, err := s.renew(nil, "a", true, false, 0); err != nil { // takes the id over: a holds
+		t.Fatal(err)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil { // released during the hold
+		t.Fatal(err)
+	}
+	if n := s.releasedCount(); n != len(moving) {
+		t.Fatalf("%d partitions marked released during the hold, want %d", n, len(moving))
+	}
+	// The hold ends, and a's own heartbeat, before any scan, confirms again.
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET report_from = now() WHERE node_id = 'a'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	rows := s.rows()
+	for _, p := range moving {
+		if rows[p].owner != "b" || rows[p].next != "" {
+			t.Fatalf("partition %d after a's confirmation: %+v, want b's", p, rows[p])
+		}
+	}
+	if n := s.releasedCount(); n != 0 {
+		t.Errorf("%d partitions still marked released after their owner changed", n)
+	}
+	// b must now hand one of them on (as a rebalance would mark it): a scan
+	// must leave it with b until b confirms.
+	p := moving[0]
+	if _, err := s.e.admin.Exec(`UPDATE "`+s.e.schema+`".partitions SET next_owner = 'c' WHERE ring = 'r' AND partition = $1`, p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.renew(nil, "c", false, true, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.rows()[p]; got.owner != "b" || got.next != "c" {
+		t.Errorf("partition %d after c's scan: %+v, want still b's, pending c", p, got)
+	}
+}
+
+func (s *sqlNodes) releasedCount() int {
+	s.t.Helper()
+	var n int
+	if err := s.e.admin.QueryRow(`SELECT count(*) FROM "` + s.e.schema + `".partitions WHERE ring = 'r' AND released`).Scan(&n); err != nil {
+		s.t.Fatal(err)
+	}
+	return n
+}
+
+// TestLeaveDuringRebalance: a leave deletes its node's rows and then waits
+// for each of its rings; a rebalance of that ring meanwhile must not wait
+// for the leaver's member row. It did, and the database broke the deadlock
+// after a second by failing one of them (an eviction's rebalance waits the
+// same way for a node another evictor has deleted).
+func TestLeaveDuringRebalance(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a")
+	s.join("b")
+	s.join("c")
+	tx, err := s.e.admin.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	// Hold the ring, as every caller of rebalance does.
+	if _, err := tx.Exec(`SELECT 1 FROM "` + s.e.schema + `".rings WHERE name = 'r' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	left := make(chan error, 1)
+	go func() {
+		_, err := s.e.admin.Exec(`SELECT "` + s.e.schema + `".leave('c', 'inc-c')`)
+		left <- err
+	}()
+	if !waitFor(10*time.Second, func() bool {
+		var waiting bool
+		err := s.e.admin.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND position($1 in query) > 0)`, `"`+s.e.schema+`".leave(`).Scan(&waiting)
+		return err == nil && waiting
+	}) {
+		t.Fatal("the leave never waited for the ring")
+	}
+	if _, err := tx.Exec(`SELECT "` + s.e.schema + `".rebalance('r')`); err != nil {
+		t.Fatalf("rebalance while a leave waits for the ring: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-left:
+		if err != nil {
+			t.Fatalf("leave: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leave did not finish once the ring was free")
+	}
+	if s.exists("c") {
+		t.Error("c's lease is still there after its leave")
+	}
+	for p, r := range s.rows() {
+		if r.owner == "c" || r.owner == "" || r.next == "c" {
+			t.Errorf("partition %d after c left: %+v, want a's or b's", p, r)
+		}
+	}
+}

@@ -1,4 +1,4 @@
--- leasering: the whole protocol, schema version 3.
+-- leasering: the whole protocol, schema version 4.
 --
 -- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
 -- Every object is qualified with the schema and every function pins its
@@ -18,8 +18,8 @@ CREATE TABLE IF NOT EXISTS leasering.schema_version (
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 3 THEN
-        RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (3)',
+    IF (SELECT version FROM leasering.schema_version) > 4 THEN
+        RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (4)',
             (SELECT version FROM leasering.schema_version);
     END IF;
 END $$;
@@ -74,6 +74,10 @@ CREATE TABLE IF NOT EXISTS leasering.partitions (
 ALTER TABLE leasering.partitions ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0;      -- from version 2
 ALTER TABLE leasering.partitions ADD COLUMN IF NOT EXISTS released boolean NOT NULL DEFAULT false;  -- from version 2
 CREATE INDEX IF NOT EXISTS partitions_released ON leasering.partitions (ring) WHERE released;
+-- Version 3 left released set on a partition handed on by its owner's own
+-- confirmation after a hold; only a partition with a pending owner can be
+-- released.
+UPDATE leasering.partitions SET released = false WHERE released AND next_owner IS NULL;
 CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
 CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
 
@@ -158,7 +162,9 @@ $$;
 --    locks its node's member row before it reads a view and records the
 --    view's version there (seen), and rebalance share-locks the members
 --    before it reads seen, so a partition is never moved this way from an
---    owner whose view, read concurrently, gives it to them.
+--    owner whose view, read concurrently, gives it to them. Rebalance never
+--    waits for a member's row (its leave or eviction may be waiting for
+--    this ring): a member whose row is busy counts as told.
 CREATE OR REPLACE FUNCTION leasering.rebalance(p_ring text)
 RETURNS integer
 LANGUAGE plpgsql
@@ -180,13 +186,20 @@ DECLARE
     vi         integer;
     changed    integer;
     stamp      bigint;     -- the version the caller's bump_version will set
+    steady     text[];     -- members whose row we share-locked: their seen is final
 BEGIN
     SELECT size, version + 1 INTO q, stamp FROM rings WHERE name = p_ring;
-    -- Views being read finish first (step 5). Only live members': a dead
-    -- one's row may be held by its evictor, who waits for this ring.
-    PERFORM 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
-     WHERE m.ring = p_ring AND n.expires_at > now()
-       FOR SHARE OF m;
+    -- Step 5 reads each member's seen, so share-lock the members' rows: a
+    -- view being read finishes first. Never wait for one, though: a row may
+    -- be locked by a leave or an eviction that deleted it and now waits for
+    -- this ring (a deadlock), or by a heartbeat reading its view. A member
+    -- whose row is busy counts as told, which only means a handoff.
+    -- Only live members' rows: step 5 needs no other, and a lock on a dead
+    -- one's would make its evictor wait for us.
+    SELECT coalesce(array_agg(s.node_id), '{}') INTO steady
+      FROM (SELECT m.node_id FROM members m JOIN nodes n ON n.node_id = m.node_id
+             WHERE m.ring = p_ring AND n.expires_at > now()
+               FOR SHARE OF m SKIP LOCKED) AS s;
 
     SELECT coalesce(array_agg(m.node_id ORDER BY m.node_id), '{}'),
            coalesce(array_agg(m.vnodes ORDER BY m.node_id), '{}')
@@ -272,8 +285,9 @@ BEGIN
                    CASE WHEN x.keep THEN x.owner ELSE ids[x.h] END AS new_owner,
                    CASE WHEN x.keep AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
               FROM (SELECT u.h, u.ord, pp.owner,
-                           u.live AND pp.granted <= (SELECT m.seen FROM members m
-                                                      WHERE m.ring = p_ring AND m.node_id = pp.owner) AS keep
+                           u.live AND (pp.owner <> ALL (steady)
+                                       OR pp.granted <= (SELECT m.seen FROM members m
+                                                          WHERE m.ring = p_ring AND m.node_id = pp.owner)) AS keep
                       FROM unnest(holder, owner_live) WITH ORDINALITY AS u (h, live, ord)
                       JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1) AS x) AS t
      WHERE p.ring = p_ring AND p.partition = t.part
@@ -410,7 +424,7 @@ BEGIN
         RETURN;
     END IF;
     UPDATE partitions p
-       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1,
+       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false,
            changed = (SELECT version + 1 FROM rings WHERE name = p_ring),
            granted = (SELECT version + 1 FROM rings WHERE name = p_ring)
      WHERE p.ring = p_ring AND p.partition = ANY (p_released)
@@ -595,7 +609,7 @@ BEGIN
           INTO next_expiry, next_event
           FROM nodes WHERE node_id <> p_node;
         hold_over := EXISTS (SELECT 1 FROM partitions p JOIN nodes o ON o.node_id = p.owner
-                              WHERE p.released AND o.report_from <= now());
+                              WHERE p.released AND p.next_owner IS NOT NULL AND o.report_from <= now());
     END IF;
     IF next_expiry <= now() OR hold_over THEN
         -- A takeover is worth waiting for (the dead node's partitions have
@@ -620,7 +634,7 @@ BEGIN
                 SELECT x FROM unnest(dead_rings) AS x
                 UNION
                 SELECT p.ring FROM partitions p JOIN nodes o ON o.node_id = p.owner
-                 WHERE p.released AND o.report_from <= now()
+                 WHERE p.released AND p.next_owner IS NOT NULL AND o.report_from <= now()
                 ORDER BY 1
             LOOP
                 PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
@@ -771,6 +785,6 @@ SELECT m.ring,
   JOIN leasering.rings r ON r.name = m.ring
   JOIN leasering.nodes n ON n.node_id = m.node_id;
 
-INSERT INTO leasering.schema_version (version) VALUES (3)
+INSERT INTO leasering.schema_version (version) VALUES (4)
 ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
  WHERE leasering.schema_version.version < excluded.version;
