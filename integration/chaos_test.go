@@ -66,6 +66,19 @@ type chaosRun struct {
 	failed   map[string]time.Time // node id -> when the chaos last made it fail or leave
 	assigned map[int][]assignedAt // partition -> who the database gave it to, and since when
 	leases   map[string][]leaseAt // node id -> its lease ends as the database had them
+	waits    map[lockWaitKey]*lockWait
+}
+
+// lockWait is a heartbeat (or leave) of this schema seen waiting for a
+// lock, for explain: G3 gaps have come from evictions that waited.
+type lockWaitKey struct {
+	pid   int
+	start time.Time // the statement's start, on the database's clock
+}
+
+type lockWait struct {
+	first, last time.Time // seen waiting, on the local clock
+	what, by    string    // the waiting call and who blocked it
 }
 
 // leaseAt is a node's lease end (zero: no row) as seen from a time on, both
@@ -101,7 +114,7 @@ func TestChaos(t *testing.T) {
 		}
 	})
 	e := newEnv(t, chaosTTL, chaosHeartbeat)
-	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, assigned: map[int][]assignedAt{}, leases: map[string][]leaseAt{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
+	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, assigned: map[int][]assignedAt{}, leases: map[string][]leaseAt{}, waits: map[lockWaitKey]*lockWait{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
 	if os.Getenv("LEASERING_TEST_PG_RESTART") == "1" {
 		versions, _ := filepath.Glob("/etc/postgresql/*")
 		if len(versions) == 1 {
@@ -361,6 +374,16 @@ func (r *chaosRun) explain(p int, since time.Time, lastBy string) string {
 			}
 		}
 	}
+	var waits []string
+	for k, w := range r.waits {
+		if w.last.After(since) {
+			waits = append(waits, fmt.Sprintf("%s-%s pid %d %s blocked by [%s]", r.at(w.first), r.at(w.last), k.pid, w.what, w.by))
+		}
+	}
+	sort.Strings(waits)
+	if len(waits) > 0 {
+		fmt.Fprintf(&b, "; lock waits since: %s", strings.Join(waits, " | "))
+	}
 	return b.String()
 }
 
@@ -410,9 +433,40 @@ func (r *chaosRun) watchAssignments() (stop func()) {
 			}
 			rows.Close()
 			r.watchLeases()
+			r.watchLockWaits()
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// watchLockWaits records the calls of this schema waiting for a lock and
+// what blocks them, for explain.
+func (r *chaosRun) watchLockWaits() {
+	rows, err := r.e.admin.Query(`SELECT a.pid, a.query_start, left(a.query, 60),
+			coalesce((SELECT string_agg(b.pid || ' ' || b.state || ' ' || left(b.query, 60), '; ')
+			            FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid))), '')
+		  FROM pg_stat_activity a
+		 WHERE a.wait_event_type = 'Lock' AND position($1 in a.query) > 0`, `"`+r.e.schema+`".`)
+	if err != nil {
+		return
+	}
+	defer rows.Close()
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for rows.Next() {
+		var k lockWaitKey
+		var what, by string
+		if rows.Scan(&k.pid, &k.start, &what, &by) != nil {
+			return
+		}
+		w := r.waits[k]
+		if w == nil {
+			w = &lockWait{first: now, what: strings.ReplaceAll(what, `"`+r.e.schema+`".`, ""), by: strings.ReplaceAll(by, `"`+r.e.schema+`".`, "")}
+			r.waits[k] = w
+		}
+		w.last = now
+	}
 }
 
 // watchLeases records every node's lease end, for explain.
