@@ -53,7 +53,14 @@ type Lease struct {
 	changesOnce sync.Once
 	changes     chan Change
 
-	pubMu       sync.Mutex  // orders publish against resign
+	pubMu sync.Mutex // orders publish against resign; guards hidden
+	// hidden is what was reported until the lease was lost, and when: a
+	// partition revoked meanwhile still drains from then, and waits for
+	// its locks (their contexts ended, but the holders may still work).
+	hidden struct {
+		snap *snapshot
+		at   time.Time
+	}
 	paused      atomic.Bool // resigning: report nothing until a fresh view comes
 	rejoin      atomic.Bool // the next heartbeat asks for the whole view
 	awaitRejoin bool        // owned by the loop: that request is in flight
@@ -171,8 +178,15 @@ func (l *Lease) publish(s *snapshot, cause error) {
 	if l.paused.Load() {
 		s, cause = emptySnapshot, ErrRevoked
 	}
-	if l.snap.Load() == s {
+	old := l.snap.Load()
+	if old == s {
 		return
+	}
+	switch {
+	case cause == ErrLeaseLost && old != emptySnapshot:
+		l.hidden.snap, l.hidden.at = old, time.Now()
+	case s != emptySnapshot:
+		l.hidden.snap = nil
 	}
 	l.snap.Store(s)
 	l.cancelLocks(s, cause)
@@ -206,16 +220,14 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 	for _, p := range v.Revoking {
 		revoking[p] = true
 		if _, ok := l.revokedAt[p]; !ok {
-			if l.snap.Load().has(p) {
-				l.revokedAt[p] = now
-			} else {
-				// Not in Values: never reported (given and retargeted before
-				// this node heard, or given during a hold), or not since the
-				// lease was lost, when users had to stop at once. Nothing to
-				// drain.
-				l.revokedAt[p] = time.Time{}
-				l.releaseNow = true
+			at := l.reportedUntil(p, now)
+			if at.IsZero() && l.lockHeld(p) {
+				at = now // a lock taken before: its holder may still work
 			}
+			// Zero: never reported (given and retargeted before this node
+			// heard, or given during a hold). Nothing to drain.
+			l.revokedAt[p] = at
+			l.releaseNow = l.releaseNow || at.IsZero()
 		}
 	}
 	for p := range l.revokedAt {
@@ -244,12 +256,29 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 	}
 }
 
+// reportedUntil is when the node stopped reporting partition p: now if it
+// still does, when the lease was lost if it did until then, zero if never.
+func (l *Lease) reportedUntil(p int, now time.Time) time.Time {
+	if l.snap.Load().has(p) {
+		return now
+	}
+	l.pubMu.Lock()
+	defer l.pubMu.Unlock()
+	if l.hidden.snap != nil && l.hidden.snap.has(p) {
+		return l.hidden.at
+	}
+	return time.Time{}
+}
+
 // forget drops the lease's view after its node's lease lapsed: it reports
 // nothing, and the next heartbeat asks for the whole view.
 func (l *Lease) forget() {
 	l.version = 0
 	l.current = emptySnapshot
 	clear(l.revokedAt)
+	l.pubMu.Lock()
+	l.hidden.snap = nil
+	l.pubMu.Unlock()
 }
 
 // resign stops reporting at once, leaves the ring so that the others take

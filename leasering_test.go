@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"reflect"
@@ -373,6 +374,64 @@ func TestSelfFencing(t *testing.T) {
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }
 
+// TestRevokedAfterLeaseLossWaitsForLock: a partition revoked after the
+// lease was lost and regained is not in Values, but it was reported until
+// the loss: a Lock taken on one of its keys before then still holds its
+// release back until Unlock (the lock's context ended, its holder may not
+// have stopped yet).
+func TestRevokedAfterLeaseLossWaitsForLock(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(400*time.Millisecond), WithHeartbeat(50*time.Millisecond),
+		WithDrain(50*time.Millisecond), WithMaxDrain(time.Minute))
+	l, _ := c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(400, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
+	for i := 0; i < 3; i++ {
+		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection reset"))
+	}
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("key-%d", i); PartitionOf(k, 4) == 1 {
+			key = k
+		}
+	}
+	lockCtx, err := l.Lock(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 2*time.Second, "the lease to be lost", func() bool { return len(l.Values()) == 0 })
+	if !errors.Is(context.Cause(lockCtx), ErrLeaseLost) {
+		t.Errorf("lock context cause %v, want ErrLeaseLost", context.Cause(lockCtx))
+	}
+	waitUntil(t, 2*time.Second, "the failing renewals", func() bool { return met(db, mock) })
+	db.expect(func() {
+		mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(400, 0, nil, "ok",
+			changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}, Revoking: []int{1}}), nil))
+		for i := 0; i < 3; i++ { // the lock is held: no release
+			mock.ExpectQuery(`renew_and_read`).
+				WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3}}, false, true, sqlmock.AnyArg()).
+				WillReturnRows(renewRow(400, 0, nil, "ok", nil, nil))
+		}
+	})
+	waitUntil(t, 2*time.Second, "the regained lease's heartbeats", func() bool { return met(db, mock) })
+	if got := l.Values(); !reflect.DeepEqual(got, []int{0}) {
+		t.Errorf("Values() = %v after the revoke, want [0]", got)
+	}
+	db.expect(func() {
+		mock.ExpectQuery(`renew_and_read`).
+			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3, Released: []int{1}}}, false, true, sqlmock.AnyArg()).
+			WillReturnRows(renewRow(400, 0, nil, "ok",
+				changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
+	})
+	l.Unlock(key)
+	waitUntil(t, 2*time.Second, "the release after Unlock", func() bool { return met(db, mock) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
+
 // TestHandoffReleaseAfterDrain: a revoked partition leaves Values at once
 // and is reported released only after the drain time.
 func TestHandoffReleaseAfterDrain(t *testing.T) {
@@ -392,7 +451,11 @@ func TestHandoffReleaseAfterDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, 2*time.Second, "the revoke", func() bool { return reflect.DeepEqual(l.Values(), []int{0}) })
-	revoked := time.Now()
+	// The drain counts from when the client heard of the revoke, which this
+	// goroutine may see later under load.
+	c.mu.Lock()
+	revoked := l.revokedAt[3]
+	c.mu.Unlock()
 	waitUntil(t, 2*time.Second, "the release", func() bool { return met(db, mock) })
 	if took := time.Since(revoked); took < 150*time.Millisecond || took > 450*time.Millisecond {
 		t.Errorf("release sent %v after the revoke; want after the 150ms drain and before the next heartbeat", took)
