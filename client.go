@@ -563,6 +563,16 @@ func (c *Client) apply(res renewResult) {
 			l.releaseNow = false
 			c.hb.nextRenew = now
 		}
+		if len(l.revokedAt) > 0 && c.hb.holdUntil.After(now) && c.hb.holdUntil.Before(c.hb.nextRenew) {
+			// Releases sent during a hold only mark the partitions; one
+			// sent once it is over hands them on. Scans hand them on too,
+			// but may miss a mark still being written as the hold ends.
+			c.hb.nextRenew = c.hb.holdUntil.Add(time.Millisecond)
+		}
+	}
+	if c.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.log.Debug("leasering: heartbeat", "status", res.status, "round_trip", res.recv.Sub(res.sent),
+			"lease", res.lease, "scanned", res.scanned, "next_event_in", res.nextExpiry, "next_renew_in", c.hb.nextRenew.Sub(now))
 	}
 }
 

@@ -573,6 +573,40 @@ func TestRevokedDuringHoldReleasedAtOnce(t *testing.T) {
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }
 
+// TestReleaseResentWhenHoldEnds: a release sent during a hold only marks
+// the partition; the client sends it again as soon as the hold is over,
+// when it hands the partition on, rather than a heartbeat later.
+func TestReleaseResentWhenHoldEnds(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(2*time.Second))
+	l, _ := c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 400, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{1, 2}, Epochs: []int64{9, 9}, Revoking: []int{2}}), nil))
+	release := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 1, Released: []int{2}}}
+	mock.ExpectQuery(`renew_and_read`). // at once, during the hold: marks it
+						WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg()).
+						WillReturnRows(renewRow(10000, 400, nil, "ok", nil, nil))
+	// The wake the new lease left brings one more forward (a twentieth of
+	// a heartbeat after the last), still during the hold.
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(10000, 300, nil, "ok", nil, nil))
+	mock.ExpectQuery(`renew_and_read`). // when the hold is over: hands it on
+						WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg()).
+						WillReturnRows(renewRow(10000, 0, nil, "ok",
+			changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{1}, Epochs: []int64{9}}), nil))
+	start := time.Now()
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 3*time.Second, "the release after the hold", func() bool { return met(db, mock) })
+	if took := time.Since(start); took < 350*time.Millisecond || took > 1500*time.Millisecond {
+		t.Errorf("release resent %v after Start; want when the 400ms hold ends, well before the 2s heartbeat", took)
+	}
+	waitUntil(t, 2*time.Second, "partition 1 to be reported", func() bool { return reflect.DeepEqual(l.Values(), []int{1}) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
+
 func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(time.Second))

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasering/leasering"
 	"github.com/leasering/leasering/internal/faultproxy"
 )
 
@@ -67,6 +69,40 @@ type chaosRun struct {
 	assigned map[int][]assignedAt // partition -> who the database gave it to, and since when
 	leases   map[string][]leaseAt // node id -> its lease ends as the database had them
 	waits    map[lockWaitKey]*lockWait
+	logs     map[string]*nodeLog // node id -> its client's recent log lines
+	dumped   bool                // the first G3 report has shown the logs
+}
+
+// nodeLog is a slog handler that keeps a client's last log lines (every
+// heartbeat, at debug level), for the first G3 report.
+type nodeLog struct {
+	mu      sync.Mutex
+	entries []logEntry
+}
+
+type logEntry struct {
+	at   time.Time
+	line string
+}
+
+func (l *nodeLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *nodeLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *nodeLog) WithGroup(string) slog.Handler            { return l }
+
+func (l *nodeLog) Handle(_ context.Context, rec slog.Record) error {
+	var b strings.Builder
+	b.WriteString(strings.TrimPrefix(rec.Message, "leasering: "))
+	rec.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	})
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.entries) >= 200 {
+		l.entries = append(l.entries[:0], l.entries[100:]...)
+	}
+	l.entries = append(l.entries, logEntry{at: time.Now(), line: b.String()})
+	return nil
 }
 
 // lockWait is a heartbeat (or leave) of this schema seen waiting for a
@@ -114,7 +150,7 @@ func TestChaos(t *testing.T) {
 		}
 	})
 	e := newEnv(t, chaosTTL, chaosHeartbeat)
-	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, assigned: map[int][]assignedAt{}, leases: map[string][]leaseAt{}, waits: map[lockWaitKey]*lockWait{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
+	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, assigned: map[int][]assignedAt{}, leases: map[string][]leaseAt{}, waits: map[lockWaitKey]*lockWait{}, logs: map[string]*nodeLog{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
 	if os.Getenv("LEASERING_TEST_PG_RESTART") == "1" {
 		versions, _ := filepath.Glob("/etc/postgresql/*")
 		if len(versions) == 1 {
@@ -209,7 +245,14 @@ func (r *chaosRun) join(s *chaosSlot) {
 		}
 		r.counts["join (new id)"]++
 	}
-	n := r.e.newNode(id)
+	r.mu.Lock()
+	logs := r.logs[id]
+	if logs == nil {
+		logs = &nodeLog{}
+		r.logs[id] = logs
+	}
+	r.mu.Unlock()
+	n := r.e.newNode(id, leasering.WithLogger(slog.New(logs)))
 	l, err := n.client.Lease(chaosRing, chaosSize)
 	if err != nil {
 		r.t.Fatal(err)
@@ -383,6 +426,25 @@ func (r *chaosRun) explain(p int, since time.Time, lastBy string) string {
 	sort.Strings(waits)
 	if len(waits) > 0 {
 		fmt.Fprintf(&b, "; lock waits since: %s", strings.Join(waits, " | "))
+	}
+	if !r.dumped {
+		// Once per run: every client's log since shortly before the gap.
+		r.dumped = true
+		var lines []logEntry
+		for id, l := range r.logs {
+			l.mu.Lock()
+			for _, e := range l.entries {
+				if e.at.After(since.Add(-300 * time.Millisecond)) {
+					lines = append(lines, logEntry{e.at, id + " " + e.line})
+				}
+			}
+			l.mu.Unlock()
+		}
+		sort.Slice(lines, func(i, j int) bool { return lines[i].at.Before(lines[j].at) })
+		b.WriteString("; client logs since:")
+		for _, e := range lines {
+			fmt.Fprintf(&b, "\n        %s %s", r.at(e.at), e.line)
+		}
 	}
 	return b.String()
 }
