@@ -169,6 +169,7 @@ func TestChaos(t *testing.T) {
 	r.chk = e.startChecker(chaosRing, chaosSize, chaosTTL+chaosHeartbeat)
 	r.chk.explain = r.explain
 	r.chk.excuse = r.excuse
+	r.chk.deliver, r.chk.hardLimit = r.deliver, chaosTTL+2*chaosHeartbeat+chaosTTL/2 // and a heartbeat's longest round trip
 	stopWatch := r.watchAssignments()
 	defer stopWatch()
 	r.lastPG = time.Now()
@@ -473,12 +474,14 @@ func (r *chaosRun) watchAssignments() (stop func()) {
 				return
 			case <-time.After(10 * time.Millisecond):
 			}
+			// The state read is the database's at some moment after now:
+			// an assignment seen first here was made before that moment.
+			now := time.Now()
 			rows, err := r.e.admin.Query(`SELECT partition, coalesce(owner, ''), coalesce(next_owner, '')
 				FROM "`+r.e.schema+`".partitions WHERE ring = $1`, chaosRing)
 			if err != nil {
 				continue // PostgreSQL restarting
 			}
-			now := time.Now()
 			for rows.Next() {
 				var p int
 				var a assignedAt
@@ -564,6 +567,37 @@ func (r *chaosRun) watchLeases() {
 			r.leases[id] = append(h, leaseAt{at: now})
 		}
 	}
+}
+
+// deliver is the checker's rule for partition p's gap that began at since
+// and ran past TTL + heartbeat until node n reported it. G3 holds if the
+// database gave p to n within TTL + heartbeat (read every 10 ms, at the
+// start of the read that first saw it). n hears of it on its next
+// heartbeat: the report is due within a heartbeat of the limit or of the
+// assignment, whichever is later, plus that heartbeat's round trip.
+func (r *chaosRun) deliver(p int, since time.Time, n *node) (time.Time, bool, error) {
+	limit := since.Add(chaosTTL + chaosHeartbeat)
+	r.mu.Lock()
+	h := r.assigned[p]
+	var given time.Time
+	for i := len(h) - 1; i >= 0 && h[i].owner == n.id; i-- {
+		given = h[i].at // n's ownership as the watcher saw it began here
+	}
+	r.mu.Unlock()
+	if given.IsZero() {
+		return time.Time{}, true, nil // the watcher has not seen it yet
+	}
+	if given.After(limit) {
+		return time.Time{}, false, fmt.Errorf("the database gave it to %s only at %s, past the limit at %s", n.id, r.at(given), r.at(limit))
+	}
+	return maxTime(limit, given.Add(chaosHeartbeat)).Add(n.client.Stats().LastRenewLatency), false, nil
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // excuse returns the latest failure or leave, after since, of a node the

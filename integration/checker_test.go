@@ -33,10 +33,21 @@ type checker struct {
 	// excuse, if set, returns when the latest failure of a node the
 	// database gave partition p to since the given time happened (zero:
 	// none). G3 counts from any failure, so the gap is measured from then.
-	excuse     func(p int, since time.Time) time.Time
+	excuse func(p int, since time.Time) time.Time
+	// deliver, if set, defers the verdict on a gap that ran past gapLimit
+	// to the partition's next report, by node n, and gives the latest that
+	// report may come (G3 is about the database: it must have given p an
+	// owner within gapLimit; the owner hears on a heartbeat of its own), or
+	// an error if the database did not decide in time. retry asks to be
+	// called again while the facts it needs are not in yet. No report by
+	// hardLimit is a violation.
+	deliver    func(p int, since time.Time, n *node) (by time.Time, retry bool, err error)
+	hardLimit  time.Duration
+	delivered  atomic.Int64 // gaps past gapLimit whose partition the database had given in time
 	mu         sync.Mutex
 	violations []string
 	maxGap     time.Duration
+	maxOver    time.Duration // the most a delivered gap came past gapLimit
 	stop       chan struct{}
 	done       chan struct{}
 }
@@ -53,6 +64,12 @@ func (c *checker) run() {
 	defer close(c.done)
 	lastSeen := make([]time.Time, c.size)
 	lastBy := make([]string, c.size)
+	overSince := map[int]time.Time{} // partition -> start of its gap, past gapLimit, unreported
+	type report struct {
+		since, at time.Time
+		n         *node
+	}
+	reported := map[int]report{} // gaps past gapLimit now ended: awaiting deliver's verdict
 	start := time.Now()
 	for i := range lastSeen {
 		lastSeen[i] = start
@@ -105,7 +122,33 @@ func (c *checker) run() {
 		}
 		for i := range nodes {
 			for _, p := range second[i] {
+				if since, ok := overSince[p]; ok {
+					delete(overSince, p)
+					reported[p] = report{since: since, at: now, n: nodes[i]}
+				}
 				lastSeen[p], lastBy[p] = now, nodes[i].id
+			}
+		}
+		for p, r := range reported {
+			by, retry, err := c.deliver(p, r.since, r.n)
+			if retry && now.Sub(r.at) < time.Second {
+				continue
+			}
+			delete(reported, p)
+			over := r.at.Sub(r.since) - c.gapLimit
+			switch {
+			case err != nil:
+				c.violate(fmt.Sprintf("G3: partition %d reported by %s %v after the gap began (limit %v): %v", p, r.n.id, r.at.Sub(r.since).Round(time.Millisecond), c.gapLimit, err))
+			case retry:
+				c.violate(fmt.Sprintf("G3: partition %d reported by %s %v after the gap began (limit %v), and the database was never seen giving it to %s", p, r.n.id, r.at.Sub(r.since).Round(time.Millisecond), c.gapLimit, r.n.id))
+			case r.at.After(by):
+				c.violate(fmt.Sprintf("G3: partition %d reported by %s %v after the gap began (limit %v), %v after the owner should have heard%s",
+					p, r.n.id, r.at.Sub(r.since).Round(time.Millisecond), c.gapLimit, r.at.Sub(by).Round(time.Millisecond), c.why(p, r.since, "")))
+			default:
+				c.delivered.Add(1)
+				c.mu.Lock()
+				c.maxOver = max(c.maxOver, over)
+				c.mu.Unlock()
 			}
 		}
 		if healthy {
@@ -120,19 +163,26 @@ func (c *checker) run() {
 				c.mu.Lock()
 				c.maxGap = max(c.maxGap, gap)
 				c.mu.Unlock()
-				if gap > c.gapLimit {
-					why := ""
-					if c.explain != nil {
-						why = ": " + c.explain(p, lastSeen[p], lastBy[p])
+				if gap <= c.gapLimit {
+					delete(overSince, p)
+				} else if c.deliver != nil && gap <= c.hardLimit {
+					if _, ok := overSince[p]; !ok {
+						overSince[p] = t
 					}
-					c.violate(fmt.Sprintf("G3: partition %d unowned for %v (limit %v)%s", p, gap.Round(time.Millisecond), c.gapLimit, why))
+					continue
+				}
+				if gap > c.gapLimit {
+					c.violate(fmt.Sprintf("G3: partition %d unowned for %v (limit %v)%s", p, gap.Round(time.Millisecond), c.gapLimit, c.why(p, lastSeen[p], lastBy[p])))
 					lastSeen[p], lastBy[p] = now, "" // report each gap once
+					delete(overSince, p)
 				}
 			}
 		} else {
 			for p := range lastSeen {
 				lastSeen[p], lastBy[p] = now, ""
 			}
+			clear(overSince)
+			clear(reported)
 		}
 		c.rounds.Add(1)
 		c.reads.Add(2 * int64(len(nodes)))
@@ -140,6 +190,14 @@ func (c *checker) run() {
 		// ~100µs is thousands per second, far finer than any handoff.
 		time.Sleep(100 * time.Microsecond)
 	}
+}
+
+// why is explain's account of partition p's gap, if there is one.
+func (c *checker) why(p int, since time.Time, lastBy string) string {
+	if c.explain == nil {
+		return ""
+	}
+	return ": " + c.explain(p, since, lastBy)
 }
 
 func (c *checker) violate(s string) {
@@ -163,6 +221,10 @@ func (c *checker) finish() {
 	defer c.mu.Unlock()
 	c.e.t.Logf("checker: %d rounds, %d reads of Values(), longest time a partition went unowned %v (G3's measure: %d gaps counted from a later failure of their owner)",
 		c.rounds.Load(), c.reads.Load(), c.maxGap.Round(time.Millisecond), c.excused.Load())
+	if c.deliver != nil {
+		c.e.t.Logf("checker: %d gaps ran past %v until a report, each of a partition the database had given in time, reported by the owner's next heartbeat; the most past: %v",
+			c.delivered.Load(), c.gapLimit, c.maxOver.Round(time.Millisecond))
+	}
 	for _, v := range c.violations {
 		c.e.t.Error(v)
 	}
