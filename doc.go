@@ -84,6 +84,17 @@
 // without a rebalance; their epochs rise, and the old process, if it still
 // runs, gets ErrFenced on its next heartbeat and stops for good. The new one
 // reports nothing until the old one's lease would have ended, so the two
-// never report a partition at the same time. Two replicas must never be
-// given the same id on purpose.
+// never report a partition at the same time. Partitions it must hand on
+// meanwhile are only marked released; it sends the release again as that
+// hold ends, and the database hands them on then. Two replicas must never
+// be given the same id on purpose.
+//
+// # Timing
+//
+// G3 is a promise about the database: within TTL + heartbeat of a failure
+// every partition has a live owner there. A node learns of a partition it
+// was given on its next heartbeat; the survivors renew just after a lease
+// ends, so after a crash the new owners usually hear at once, and pqnotify
+// wakes them for every other change. With a Debug logger the client logs
+// every heartbeat (round trip, lease left, scan, next event).
 package leasering
