@@ -77,10 +77,36 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	return h, nil
 }
 
-func (s *sqlNodes) join(id string) {
+func (s *sqlNodes) join(ids ...string) {
 	s.t.Helper()
+	for _, id := range ids {
+		if _, err := s.renew(nil, id, true, false, 0); err != nil {
+			s.t.Fatalf("join %s: %v", id, err)
+		}
+	}
+}
+
+// newHoldingHandoff joins nodes a, b and c, then starts a new incarnation
+// of a, which holds while a hands moving to b.
+func newHoldingHandoff(t *testing.T) (*sqlNodes, []int) {
+	t.Helper()
+	s := newSQLNodes(t)
+	s.join("a", "b", "c")
+	moving := s.handingOff("a", "b")
+	if len(moving) == 0 {
+		t.Fatalf("a hands nothing to b: %v", s.rows())
+	}
+	s.takeOver("a", "inc-a-restarted")
+	return s, moving
+}
+
+// takeOver starts incarnation inc of node id, which takes the id over and
+// holds until the old incarnation's lease would have ended.
+func (s *sqlNodes) takeOver(id, inc string) {
+	s.t.Helper()
+	s.inc[id], s.version[id] = inc, 0
 	if _, err := s.renew(nil, id, true, false, 0); err != nil {
-		s.t.Fatalf("join %s: %v", id, err)
+		s.t.Fatalf("%s takes %s over: %v", inc, id, err)
 	}
 }
 
@@ -226,18 +252,7 @@ func TestLateHeartbeatConfirmsReleases(t *testing.T) {
 // and a leave during the hold hands nothing on.
 func TestNoReleaseDuringHold(t *testing.T) {
 	t.Parallel()
-	s := newSQLNodes(t)
-	s.join("a")
-	s.join("b")
-	s.join("c")
-	moving := s.handingOff("a", "b")
-	if len(moving) == 0 {
-		t.Fatalf("a hands nothing to b: %v", s.rows())
-	}
-	s.inc["a"], s.version["a"] = "inc-a-restarted", 0
-	if _, err := s.renew(nil, "a", true, false, 0); err != nil { // takes the id over
-		t.Fatal(err)
-	}
+	s, moving := newHoldingHandoff(t)
 	var holdEnd time.Time
 	if err := s.e.admin.QueryRow(`SELECT report_from FROM "` + s.e.schema + `".nodes WHERE node_id = 'a'`).Scan(&holdEnd); err != nil {
 		t.Fatal(err)
@@ -279,10 +294,7 @@ func TestNoReleaseDuringHold(t *testing.T) {
 
 	// A leave of every ring during a hold ends the lease when the hold
 	// would have, and hands nothing on.
-	s.inc["a"], s.version["a"] = "inc-a-third", 0
-	if _, err := s.renew(nil, "a", true, false, 0); err != nil {
-		t.Fatal(err)
-	}
+	s.takeOver("a", "inc-a-third")
 	if err := s.e.admin.QueryRow(`SELECT report_from FROM "` + s.e.schema + `".nodes WHERE node_id = 'a'`).Scan(&holdEnd); err != nil {
 		t.Fatal(err)
 	}
@@ -485,18 +497,7 @@ func holdNode(t *testing.T, s *sqlNodes, id string) *sql.Tx {
 // on from its next owner, who had never released it (two reporters).
 func TestConfirmAfterHoldClearsReleased(t *testing.T) {
 	t.Parallel()
-	s := newSQLNodes(t)
-	s.join("a")
-	s.join("b")
-	s.join("c")
-	moving := s.handingOff("a", "b")
-	if len(moving) == 0 {
-		t.Fatalf("a hands nothing to b: %v", s.rows())
-	}
-	s.inc["a"], s.version["a"] = "inc-a-restarted", 0
-	if _, err := s.renew(nil, "a", true, false, 0); err != nil { // takes the id over: a holds
-		t.Fatal(err)
-	}
+	s, moving := newHoldingHandoff(t)
 	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil { // released during the hold
 		t.Fatal(err)
 	}
@@ -550,9 +551,7 @@ func (s *sqlNodes) releasedCount() int {
 func TestLeaveDuringRebalance(t *testing.T) {
 	t.Parallel()
 	s := newSQLNodes(t)
-	s.join("a")
-	s.join("b")
-	s.join("c")
+	s.join("a", "b", "c")
 	tx, err := s.e.admin.Begin()
 	if err != nil {
 		t.Fatal(err)
