@@ -518,7 +518,7 @@ func (c *Client) apply(res renewResult) {
 		before := len(l.current.values)
 		l.applyView(ch, now)
 		c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,
-			"owned_before", before, "owned", len(l.current.values), "revoking_partitions", ch.Revoking)
+			"owned_before", before, "owned", len(l.current.values), "revoking_partitions", ch.Revoking, "partitions", l.current.values)
 	}
 	if res.status == statusRejoined {
 		// What a node held before its lease lapsed may have gone to others:

@@ -126,7 +126,8 @@ type leaseAt struct {
 // assignedAt is a partition's owner and pending owner as the database had
 // them from a time on.
 type assignedAt struct {
-	at          time.Time
+	at          time.Time // the start of the read that first saw it
+	after       time.Time // the start of the read before: it happened after this
 	owner, next string
 }
 
@@ -168,6 +169,7 @@ func TestChaos(t *testing.T) {
 	r.settle("start")
 	r.chk = e.startChecker(chaosRing, chaosSize, chaosTTL+chaosHeartbeat)
 	r.chk.explain = r.explain
+	r.chk.explainG2 = r.explainG2
 	r.chk.excuse = r.excuse
 	r.chk.deliver, r.chk.hardLimit = r.deliver, chaosTTL+2*chaosHeartbeat+chaosTTL/2 // and a heartbeat's longest round trip
 	stopWatch := r.watchAssignments()
@@ -450,6 +452,36 @@ func (r *chaosRun) explain(p int, since time.Time, lastBy string) string {
 	return b.String()
 }
 
+// explainG2 says, for a partition reported by nodes a and b at once, who
+// the database gave it to lately and what both clients logged.
+func (r *chaosRun) explainG2(p int, a, b string) string {
+	since := time.Now().Add(-3 * time.Second)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var s strings.Builder
+	fmt.Fprintf(&s, "at %s; assignments:", r.elapsed())
+	for _, x := range r.assigned[p] {
+		if x.at.After(since) {
+			fmt.Fprintf(&s, " %s %s>%s", r.at(x.at), x.owner, x.next)
+		}
+	}
+	for _, id := range []string{a, b} {
+		if f, ok := r.failed[id]; ok {
+			fmt.Fprintf(&s, "; %s failed %s", id, r.at(f))
+		}
+		if l := r.logs[id]; l != nil {
+			l.mu.Lock()
+			for _, e := range l.entries {
+				if e.at.After(since) {
+					fmt.Fprintf(&s, "\n        %s %s %s", r.at(e.at), id, e.line)
+				}
+			}
+			l.mu.Unlock()
+		}
+	}
+	return s.String()
+}
+
 func (r *chaosRun) at(t time.Time) string {
 	return fmt.Sprintf("+%.3fs", t.Sub(r.begin).Seconds())
 }
@@ -468,6 +500,7 @@ func (r *chaosRun) watchAssignments() (stop func()) {
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
+		var prev time.Time
 		for {
 			select {
 			case <-done:
@@ -477,6 +510,11 @@ func (r *chaosRun) watchAssignments() (stop func()) {
 			// The state read is the database's at some moment after now:
 			// an assignment seen first here was made before that moment.
 			now := time.Now()
+			after := prev
+			if after.IsZero() {
+				after = now
+			}
+			prev = now
 			rows, err := r.e.admin.Query(`SELECT partition, coalesce(owner, ''), coalesce(next_owner, '')
 				FROM "`+r.e.schema+`".partitions WHERE ring = $1`, chaosRing)
 			if err != nil {
@@ -488,7 +526,7 @@ func (r *chaosRun) watchAssignments() (stop func()) {
 				if rows.Scan(&p, &a.owner, &a.next) != nil {
 					break
 				}
-				a.at = now
+				a.at, a.after = now, after
 				r.mu.Lock()
 				h := r.assigned[p]
 				if len(h) == 0 || h[len(h)-1].owner != a.owner || h[len(h)-1].next != a.next {
@@ -571,24 +609,25 @@ func (r *chaosRun) watchLeases() {
 
 // deliver is the checker's rule for partition p's gap that began at since
 // and ran past TTL + heartbeat until node n reported it. G3 holds if the
-// database gave p to n within TTL + heartbeat (read every 10 ms, at the
-// start of the read that first saw it). n hears of it on its next
-// heartbeat: the report is due within a heartbeat of the limit or of the
-// assignment, whichever is later, plus that heartbeat's round trip.
+// database gave p to n within TTL + heartbeat: no later than the start of
+// the watcher's read before the one that first saw it (its resolution is a
+// read every 10 ms). n hears of it on its next heartbeat: the report is due
+// a heartbeat after the limit or the assignment, whichever is later, plus
+// that heartbeat's round trip.
 func (r *chaosRun) deliver(p int, since time.Time, n *node) (time.Time, bool, error) {
 	limit := since.Add(chaosTTL + chaosHeartbeat)
 	r.mu.Lock()
 	h := r.assigned[p]
-	var given time.Time
+	var given, after time.Time
 	for i := len(h) - 1; i >= 0 && h[i].owner == n.id; i-- {
-		given = h[i].at // n's ownership as the watcher saw it began here
+		given, after = h[i].at, h[i].after // n's ownership as the watcher saw it began here
 	}
 	r.mu.Unlock()
 	if given.IsZero() {
 		return time.Time{}, true, nil // the watcher has not seen it yet
 	}
-	if given.After(limit) {
-		return time.Time{}, false, fmt.Errorf("the database gave it to %s only at %s, past the limit at %s", n.id, r.at(given), r.at(limit))
+	if after.After(limit) {
+		return time.Time{}, false, fmt.Errorf("the database gave it to %s only between %s and %s, past the limit at %s", n.id, r.at(after), r.at(given), r.at(limit))
 	}
 	return maxTime(limit, given.Add(chaosHeartbeat)).Add(n.client.Stats().LastRenewLatency), false, nil
 }

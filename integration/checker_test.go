@@ -30,6 +30,10 @@ type checker struct {
 	// report: the gap began at since, when node lastBy last reported it
 	// ("" for the checker's start or a pause).
 	explain func(p int, since time.Time, lastBy string) string
+	// explainG2, if set, adds what is known of partition p and of nodes a
+	// and b to a G2 report.
+	explainG2   func(p int, a, b string) string
+	g2Explained atomic.Int32
 	// excuse, if set, returns when the latest failure of a node the
 	// database gave partition p to since the given time happened (zero:
 	// none). G3 counts from any failure, so the gap is measured from then.
@@ -107,7 +111,11 @@ func (c *checker) run() {
 					between = second[b] // read before a's second read
 				}
 				for _, p := range intersect(both, between) {
-					c.violate(fmt.Sprintf("G2: partition %d reported by %s and %s at once", p, nodes[a].id, nodes[b].id))
+					why := ""
+					if c.explainG2 != nil && c.g2Explained.Add(1) <= 2 {
+						why = ": " + c.explainG2(p, nodes[a].id, nodes[b].id)
+					}
+					c.violate(fmt.Sprintf("G2: partition %d reported by %s and %s at once%s", p, nodes[a].id, nodes[b].id, why))
 				}
 			}
 		}
@@ -138,7 +146,7 @@ func (c *checker) run() {
 			over := r.at.Sub(r.since) - c.gapLimit
 			switch {
 			case err != nil:
-				c.violate(fmt.Sprintf("G3: partition %d reported by %s %v after the gap began (limit %v): %v", p, r.n.id, r.at.Sub(r.since).Round(time.Millisecond), c.gapLimit, err))
+				c.violate(fmt.Sprintf("G3: partition %d reported by %s %v after the gap began (limit %v): %v%s", p, r.n.id, r.at.Sub(r.since).Round(time.Millisecond), c.gapLimit, err, c.why(p, r.since, "")))
 			case retry:
 				c.violate(fmt.Sprintf("G3: partition %d reported by %s %v after the gap began (limit %v), and the database was never seen giving it to %s", p, r.n.id, r.at.Sub(r.since).Round(time.Millisecond), c.gapLimit, r.n.id))
 			case r.at.After(by):
