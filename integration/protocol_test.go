@@ -534,6 +534,17 @@ func TestConfirmAfterHoldClearsReleased(t *testing.T) {
 	}
 }
 
+// owned lists the partitions id owns in rows.
+func (s *sqlNodes) owned(rows map[int]partitionRow, id string) []int {
+	var ps []int
+	for p, r := range rows {
+		if r.owner == id {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
 func (s *sqlNodes) releasedCount() int {
 	s.t.Helper()
 	var n int
@@ -595,5 +606,50 @@ func TestLeaveDuringRebalance(t *testing.T) {
 		if r.owner == "c" || r.owner == "" || r.next == "c" {
 			t.Errorf("partition %d after c left: %+v, want a's or b's", p, r)
 		}
+	}
+}
+
+// TestRenewalAtLeaseEndKeepsPartitions: a node whose renewal is in flight
+// as its lease ends holds its row; an evictor that evicts another node
+// meanwhile must not take it for dead and give its partitions away. It did
+// (its rebalance read the old lease end), and the renewal, whose view was
+// read before the evictor committed, kept reporting them: two reporters.
+func TestRenewalAtLeaseEndKeepsPartitions(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a", "b", "c", "d")
+	var moving []int
+	for _, to := range []string{"b", "c", "d"} {
+		moving = append(moving, s.handingOff("a", to)...)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil { // a hands them over
+		t.Fatal(err)
+	}
+	before := s.rows()
+	if len(s.owned(before, "c")) == 0 {
+		t.Fatalf("c owns nothing: %v", before)
+	}
+	s.expire("c", "d")
+	renewal, err := s.e.admin.Begin() // c's renewal, not yet committed
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer renewal.Rollback()
+	if _, err := renewal.Exec(`UPDATE "` + s.e.schema + `".nodes SET expires_at = now() + interval '1 minute' WHERE node_id = 'c'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.renew(nil, "a", false, true, 0); err != nil { // a scans: evicts d
+		t.Fatal(err)
+	}
+	if s.exists("d") != false {
+		t.Fatal("a's scan did not evict d")
+	}
+	for p, r := range s.rows() {
+		if before[p].owner == "c" && r.owner != "c" {
+			t.Errorf("partition %d moved from c, whose renewal was in flight, to %q", p, r.owner)
+		}
+	}
+	if err := renewal.Commit(); err != nil {
+		t.Fatal(err)
 	}
 }

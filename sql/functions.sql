@@ -143,7 +143,8 @@ $$;
 -- caller holds the ring's row lock. Returns the number of partitions whose
 -- owner or pending owner changed.
 --
--- 1. Live members are the ring's members whose node lease has not expired.
+-- 1. Live members are the ring's members whose node lease has not expired,
+--    or whose node's row another transaction holds (it may be renewing).
 -- 2. Each partition's holder is its pending owner if live, else its owner if
 --    live, else nobody (free).
 -- 3. Quotas: size split in proportion to vnodes, floor for all; the remainder
@@ -187,8 +188,15 @@ DECLARE
     changed    integer;
     stamp      bigint;     -- the version the caller's bump_version will set
     steady     text[];     -- members whose row we share-locked: their seen is final
+    dead       text[];     -- nodes whose lease has lapsed, their rows locked by us
 BEGIN
     SELECT size, version + 1 INTO q, stamp FROM rings WHERE name = p_ring;
+    -- A node whose lease has lapsed is dead only if we can lock its row. One
+    -- locked by another transaction may be renewing it this instant (and
+    -- reading a view that still gives it its partitions), or be evicted by
+    -- someone who rebalances after us: it counts as live.
+    SELECT coalesce(array_agg(d.node_id), '{}') INTO dead
+      FROM (SELECT node_id FROM nodes WHERE expires_at <= now() FOR SHARE SKIP LOCKED) AS d;
     -- Step 5 reads each member's seen, so share-lock the members' rows: a
     -- view being read finishes first. Never wait for one, though: a row may
     -- be locked by a leave or an eviction that deleted it and now waits for
@@ -198,7 +206,7 @@ BEGIN
     -- one's would make its evictor wait for us.
     SELECT coalesce(array_agg(s.node_id), '{}') INTO steady
       FROM (SELECT m.node_id FROM members m JOIN nodes n ON n.node_id = m.node_id
-             WHERE m.ring = p_ring AND n.expires_at > now()
+             WHERE m.ring = p_ring AND n.node_id <> ALL (dead)
                FOR SHARE OF m SKIP LOCKED) AS s;
 
     SELECT coalesce(array_agg(m.node_id ORDER BY m.node_id), '{}'),
@@ -206,7 +214,7 @@ BEGIN
       INTO ids, weights
       FROM members m
       JOIN nodes n ON n.node_id = m.node_id
-     WHERE m.ring = p_ring AND n.expires_at > now();
+     WHERE m.ring = p_ring AND n.node_id <> ALL (dead);
 
     SELECT array_agg(coalesce(nx.ord, ow.ord, 0)::integer ORDER BY p.partition),
            array_agg(ow.ord IS NOT NULL ORDER BY p.partition)
