@@ -42,7 +42,8 @@ func explain(ctx context.Context, q querier, query string, args ...any) (time.Du
 }
 
 // buildRing makes ring "r" of size q with n members (m0000, m0001, ...)
-// whose leases last an hour, balanced and with every handoff done. The
+// whose leases last an hour, balanced, with every handoff done and every
+// node told of its partitions (so a join moves them by handoff). The
 // first member joins through renew_and_read; the others are inserted in
 // bulk and placed by one rebalance, which is quicker than n joins and gives
 // the same shape.
@@ -64,6 +65,7 @@ func buildRing(ctx context.Context, s *scratch, q, n int) error {
 		UPDATE `+s.quoted+`.partitions SET owner = next_owner, next_owner = NULL, epoch = epoch + 1
 		 WHERE ring = 'r' AND next_owner IS NOT NULL;
 		SELECT `+s.quoted+`.bump_version('r', true);
+		UPDATE `+s.quoted+`.members m SET seen = r.version FROM `+s.quoted+`.rings r WHERE r.name = m.ring; -- every node has read its view
 		ANALYZE `+s.quoted+`.nodes; ANALYZE `+s.quoted+`.members; ANALYZE `+s.quoted+`.partitions; ANALYZE `+s.quoted+`.rings`)
 	return err
 }
@@ -122,7 +124,7 @@ func rebalanceTime(ctx context.Context, s *scratch, tries int) (stats, int, erro
 		}
 		d, err := explain(ctx, tx, `SELECT `+s.quoted+`.rebalance('r')`)
 		if err == nil {
-			err = tx.QueryRowContext(ctx, `SELECT count(*) FROM `+s.quoted+`.partitions WHERE ring = 'r' AND next_owner = 'joiner'`).Scan(&moved)
+			err = tx.QueryRowContext(ctx, `SELECT count(*) FROM `+s.quoted+`.partitions WHERE ring = 'r' AND 'joiner' IN (owner, next_owner)`).Scan(&moved)
 		}
 		_ = tx.Rollback()
 		if err != nil {

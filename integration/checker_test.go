@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -275,5 +276,53 @@ func TestCheckerCatchesDoubleOwnership(t *testing.T) {
 	<-c.done
 	if len(c.violations) == 0 {
 		t.Fatal("checker saw no violation with two owners of every partition")
+	}
+}
+
+// TestCheckerDeliverRule proves the deferred G3 verdict can fail: a gap
+// past the limit passes only when deliver says the database decided in
+// time and the report came by the deadline it gives.
+func TestCheckerDeliverRule(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Second, 100*time.Millisecond)
+	x := e.startNode("x", "r", 8)
+	y := e.startNode("y", "q", 8) // healthy, and reports nothing of ring r
+	for _, tc := range []struct {
+		name    string
+		deliver func(p int, since time.Time, n *node) (time.Time, bool, error)
+		fail    bool
+	}{
+		{"reported in time", func(int, time.Time, *node) (time.Time, bool, error) { return time.Now().Add(time.Hour), false, nil }, false},
+		{"reported late", func(_ int, since time.Time, _ *node) (time.Time, bool, error) { return since, false, nil }, true},
+		{"database late", func(int, time.Time, *node) (time.Time, bool, error) {
+			return time.Time{}, false, errors.New("given too late")
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			view := &env{t: t, nodes: []*node{y}}
+			c := &checker{e: view, ring: "r", size: 8, gapLimit: 200 * time.Millisecond, hardLimit: time.Minute,
+				deliver: tc.deliver, stop: make(chan struct{}), done: make(chan struct{})}
+			go c.run()
+			if !waitFor(5*time.Second, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.maxGap > c.gapLimit }) {
+				t.Fatal("no gap went past the limit")
+			}
+			view.mu.Lock()
+			view.nodes = append(view.nodes, x) // x reports all of ring r from now on
+			view.mu.Unlock()
+			decided := func() bool {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				return c.delivered.Load() == 8 || len(c.violations) == 8
+			}
+			ok := waitFor(5*time.Second, decided)
+			close(c.stop)
+			<-c.done
+			if !ok {
+				t.Fatalf("no verdict on the 8 late partitions: %d delivered, violations %v", c.delivered.Load(), c.violations)
+			}
+			if got := len(c.violations) > 0; got != tc.fail {
+				t.Errorf("violations %v, want a failure: %v", c.violations, tc.fail)
+			}
+		})
 	}
 }

@@ -188,6 +188,7 @@ DECLARE
     changed    integer;
     stamp      bigint;     -- the version the caller's bump_version will set
     steady     text[];     -- members whose row we share-locked: their seen is final
+    steady_seen bigint[];  -- and that seen
     dead       text[];     -- nodes whose lease has lapsed, their rows locked by us
 BEGIN
     SELECT size, version + 1 INTO q, stamp FROM rings WHERE name = p_ring;
@@ -204,8 +205,8 @@ BEGIN
     -- whose row is busy counts as told, which only means a handoff.
     -- Only live members' rows: step 5 needs no other, and a lock on a dead
     -- one's would make its evictor wait for us.
-    SELECT coalesce(array_agg(s.node_id), '{}') INTO steady
-      FROM (SELECT m.node_id FROM members m JOIN nodes n ON n.node_id = m.node_id
+    SELECT coalesce(array_agg(s.node_id), '{}'), coalesce(array_agg(s.seen), '{}') INTO steady, steady_seen
+      FROM (SELECT m.node_id, m.seen FROM members m JOIN nodes n ON n.node_id = m.node_id
              WHERE m.ring = p_ring AND n.node_id <> ALL (dead)
                FOR SHARE OF m SKIP LOCKED) AS s;
 
@@ -293,11 +294,10 @@ BEGIN
                    CASE WHEN x.keep THEN x.owner ELSE ids[x.h] END AS new_owner,
                    CASE WHEN x.keep AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
               FROM (SELECT u.h, u.ord, pp.owner,
-                           u.live AND (pp.owner <> ALL (steady)
-                                       OR pp.granted <= (SELECT m.seen FROM members m
-                                                          WHERE m.ring = p_ring AND m.node_id = pp.owner)) AS keep
+                           u.live AND (st.id IS NULL OR pp.granted <= st.seen) AS keep  -- busy counts as told
                       FROM unnest(holder, owner_live) WITH ORDINALITY AS u (h, live, ord)
-                      JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1) AS x) AS t
+                      JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1
+                      LEFT JOIN unnest(steady, steady_seen) AS st (id, seen) ON st.id = pp.owner) AS x) AS t
      WHERE p.ring = p_ring AND p.partition = t.part
        AND (p.owner, p.next_owner) IS DISTINCT FROM (t.new_owner, t.new_next);
     GET DIAGNOSTICS changed = ROW_COUNT;
