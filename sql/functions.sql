@@ -198,13 +198,10 @@ BEGIN
     -- someone who rebalances after us: it counts as live.
     SELECT coalesce(array_agg(d.node_id), '{}') INTO dead
       FROM (SELECT node_id FROM nodes WHERE expires_at <= now() FOR SHARE SKIP LOCKED) AS d;
-    -- Step 5 reads each member's seen, so share-lock the members' rows: a
-    -- view being read finishes first. Never wait for one, though: a row may
-    -- be locked by a leave or an eviction that deleted it and now waits for
-    -- this ring (a deadlock), or by a heartbeat reading its view. A member
-    -- whose row is busy counts as told, which only means a handoff.
-    -- Only live members' rows: step 5 needs no other, and a lock on a dead
-    -- one's would make its evictor wait for us.
+    -- Step 5 reads each live member's seen, so share-lock those rows (a view
+    -- being read finishes first) and read seen with the lock. Never wait for
+    -- one: a leave or an eviction that deleted it waits for this ring, and a
+    -- busy member simply counts as told, which only means a handoff.
     SELECT coalesce(array_agg(s.node_id), '{}'), coalesce(array_agg(s.seen), '{}') INTO steady, steady_seen
       FROM (SELECT m.node_id, m.seen FROM members m JOIN nodes n ON n.node_id = m.node_id
              WHERE m.ring = p_ring AND n.node_id <> ALL (dead)
