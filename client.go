@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,7 @@ type Client struct {
 	attempts     context.Context // parent of every heartbeat call; cancelled by Close
 	stopAttempts context.CancelFunc
 	lost         atomic.Bool // the lease deadline passed without a renewal
+	explicitTx   atomic.Bool // the database's default isolation is not READ COMMITTED: see inTx
 	dbClock      atomic.Pointer[dbClock]
 
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
@@ -72,8 +74,8 @@ type heartbeat struct {
 
 // NewClient makes a client on db. It checks every option and does no I/O.
 func NewClient(db DB, opts ...Option) (*Client, error) {
-	if db == nil {
-		return nil, fmt.Errorf("%w: db is nil", ErrInvalidArgument)
+	if err := checkDB(db); err != nil {
+		return nil, err
 	}
 	cfg := defaultConfig()
 	for _, opt := range opts {
@@ -203,52 +205,92 @@ func (c *Client) Start(ctx context.Context) error {
 	return nil
 }
 
-// join migrates and makes the first heartbeat. Errors that another try
-// may not meet (a deadlock, a lock timeout, a dropped connection while many
-// nodes start at once) are retried with backoff until ctx ends; the errors
-// no retry can cure are returned at once.
+// join migrates and makes the first heartbeat. Errors a retry can cure
+// (see transient: a deadlock, a lock timeout, a dropped connection while
+// many nodes start at once) are retried with backoff until ctx ends; the
+// others are returned at once.
+//
+// A heartbeat that was sent may have committed even if its answer never
+// came, and then the database has given this node partitions that nobody
+// would report until the lease ran out. So the heartbeat runs to its own
+// timeout even when ctx ends meanwhile, and a join that fails after one was
+// sent leaves before it returns.
 func (c *Client) join(ctx context.Context) (renewResult, error) {
 	backoff := 20 * time.Millisecond
+	sent := false
+	var last error // the last error a retry could have cured
 	for {
-		res, err := c.joinOnce(ctx)
-		if err == nil || permanent(err) {
-			return res, err
+		res, heartbeat, err := c.joinOnce(ctx)
+		sent = sent || heartbeat
+		if err == nil && ctx.Err() != nil {
+			err = ctx.Err() // the first heartbeat committed after ctx ended
 		}
-		c.log.Warn("leasering: start failed; retrying", "err", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
-			return res, fmt.Errorf("leasering: start: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		if err == nil {
+			return res, nil
 		}
-		backoff = min(2*backoff, time.Second)
+		if ctx.Err() == nil && transient(err) && !errors.Is(err, ErrFenced) {
+			last = err
+			c.log.Warn("leasering: start failed; retrying", "err", err, "backoff", backoff)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		if sent {
+			c.leaveAfterFailedStart()
+		}
+		if ctx.Err() != nil {
+			if last == nil && !errors.Is(err, ctx.Err()) {
+				last = err
+			}
+			if last != nil {
+				return res, fmt.Errorf("leasering: start: %w (last error: %w)", ctx.Err(), last)
+			}
+			return res, fmt.Errorf("leasering: start: %w", ctx.Err())
+		}
+		return res, startError(err)
 	}
 }
 
-func (c *Client) joinOnce(ctx context.Context) (renewResult, error) {
-	if err := c.ensureSchema(ctx); err != nil {
-		return renewResult{}, err
+// startError prefixes err once: errors that already say they are
+// leasering's keep their text.
+func startError(err error) error {
+	if strings.HasPrefix(err.Error(), "leasering: ") {
+		return err
 	}
-	res := c.renew(ctx, c.ringRequests(time.Now()), true, true, false)
+	return fmt.Errorf("leasering: start: %w", err)
+}
+
+// joinOnce migrates and sends the first heartbeat; heartbeat reports
+// whether it was sent.
+func (c *Client) joinOnce(ctx context.Context) (res renewResult, heartbeat bool, err error) {
+	if err := c.ensureSchema(ctx); err != nil {
+		return renewResult{}, false, err
+	}
+	hbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.renewTimeout)
+	defer cancel()
+	res = c.renew(hbCtx, c.ringRequests(time.Now()), true, true, false)
 	if res.err != nil {
 		if errors.Is(res.err, ErrRingSizeMismatch) {
-			return res, fmt.Errorf("leasering: start: %w", res.err)
+			return res, true, res.err
 		}
-		return res, fmt.Errorf("leasering: start: first heartbeat: %w", res.err)
+		return res, true, fmt.Errorf("first heartbeat: %w", res.err)
 	}
 	if res.status == statusFenced { // only if a newer incarnation raced us
-		return res, fmt.Errorf("leasering: start: %w", ErrFenced)
+		return res, true, ErrFenced
 	}
-	return res, nil
+	return res, true, nil
 }
 
-// permanent reports whether err is one that retrying cannot cure.
-func permanent(err error) bool {
-	for _, target := range []error{ErrRingSizeMismatch, ErrSchemaVersion, ErrSchemaMissing, ErrFenced, ErrInvalidArgument, context.Canceled, context.DeadlineExceeded} {
-		if errors.Is(err, target) {
-			return true
-		}
+// leaveAfterFailedStart undoes a first heartbeat that may have committed.
+func (c *Client) leaveAfterFailedStart() {
+	ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.ttl, 5*time.Second))
+	defer cancel()
+	if err := c.leave(ctx); err != nil {
+		c.log.Warn("leasering: leaving after a failed start failed; the lease will lapse", "err", err)
 	}
-	return false
 }
 
 // Close stops reporting partitions at once, then leaves every ring so the
@@ -306,8 +348,10 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) leave(ctx context.Context) error {
-	_, err := c.db.ExecContext(ctx, c.q.leave, c.cfg.nodeID, c.incarnation)
-	return err
+	return c.inTx(ctx, c.db, func(q DB) error {
+		_, err := q.ExecContext(ctx, c.q.leave, c.cfg.nodeID, c.incarnation)
+		return err
+	})
 }
 
 // leaseList returns the open leases in name order. Caller holds c.mu.

@@ -1,12 +1,17 @@
 package leasering
 
-import "errors"
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+)
 
 // Sentinel errors. Every error the package returns that matches one of these
 // wraps it, so callers test with errors.Is.
-// errUnlocked is the cause of a Lock's context after Unlock.
-var errUnlocked = errors.New("leasering: unlocked")
-
 var (
 	// ErrInvalidArgument marks bad input: an option, a name, a size. The
 	// message names the value and what is allowed. Nothing was written.
@@ -45,4 +50,121 @@ var (
 	// ErrSchemaMissing means migration is turned off and the schema is not
 	// in the database.
 	ErrSchemaMissing = errors.New("leasering: schema not found in the database")
+
+	// ErrUnsupported means the database cannot run leasering as it is set
+	// up: its encoding is neither UTF8 nor SQL_ASCII, or a pooler runs each
+	// statement on another connection (PgBouncer's statement mode).
+	ErrUnsupported = errors.New("leasering: database setup not supported")
+
+	// ErrPermanent marks a database error that no retry can cure: a bad
+	// password, a missing database or role, a missing privilege, a DSN
+	// the driver cannot parse, any SQL error that is not on the list of
+	// transient ones (see transient). Start returns it at once. The
+	// driver's own error is wrapped too: errors.As finds *pq.Error or
+	// *pgconn.PgError with its SQLSTATE.
+	ErrPermanent = errors.New("leasering: database error")
 )
+
+// errUnlocked is the cause of a Lock's context after Unlock.
+var errUnlocked = errors.New("leasering: unlocked")
+
+// The SQLSTATEs the SQL functions raise on purpose (class LR; see the head
+// of sql/functions.sql).
+const (
+	stateRingSize        = "LR001"
+	stateSchemaNewer     = "LR002"
+	stateSchemaCurrent   = "LR003"
+	stateConcurrentStart = "LR004"
+	stateNotReadCommit   = "LR005"
+	stateEncoding        = "LR006"
+)
+
+// sqlState is the SQLSTATE of a database error, "" for any other error.
+// Both lib/pq's *pq.Error and pgx's *pgconn.PgError have this method, so
+// the library needs neither driver.
+func sqlState(err error) string {
+	var e interface{ SQLState() string }
+	if errors.As(err, &e) {
+		return e.SQLState()
+	}
+	return ""
+}
+
+// transientStates are the SQLSTATEs a retry can cure: the server is
+// starting, stopping or full, or the transaction lost a race.
+var transientStates = map[string]bool{
+	"40001":              true, // serialization_failure
+	"40P01":              true, // deadlock_detected
+	"55P03":              true, // lock_not_available (lock_timeout)
+	"57014":              true, // query_canceled (statement_timeout; a cancel of ours)
+	"57P01":              true, // admin_shutdown
+	"57P02":              true, // crash_shutdown
+	"57P03":              true, // cannot_connect_now (starting up, in recovery)
+	"53300":              true, // too_many_connections
+	"53400":              true, // configuration_limit_exceeded
+	stateConcurrentStart: true, // two processes started one node id at once
+	stateNotReadCommit:   true, // the client retries in a READ COMMITTED transaction
+}
+
+// transient reports whether another try may succeed where err failed: a
+// transient SQLSTATE, any of class 08 (connection exception), or a network
+// error: refused, reset, closed, timed out. Everything else, a bad
+// password (28P01), a missing database (3D000) or role (28000), a missing
+// privilege (42501), a reserved schema name (42939), a DSN that does not
+// parse, is permanent.
+func transient(err error) bool {
+	if state := sqlState(err); state != "" {
+		return transientStates[state] || strings.HasPrefix(state, "08")
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return dns.IsTimeout || dns.IsTemporary // not a name that does not exist
+	}
+	var netErr net.Error
+	switch {
+	case errors.Is(err, driver.ErrBadConn), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, net.ErrClosed), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.ECONNABORTED), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ETIMEDOUT),
+		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
+		errors.Is(err, context.DeadlineExceeded):
+		return true
+	case errors.As(err, &netErr):
+		return true // a dial or a read that failed on the way
+	}
+	return false
+}
+
+// dbError is a database error with the sentinel it means. Its text is the
+// driver's (which carries the server's message) so that it reads once;
+// errors.Is finds the sentinel and errors.As the driver's error.
+type dbError struct {
+	sentinel error
+	err      error
+}
+
+func (e *dbError) Error() string   { return e.err.Error() }
+func (e *dbError) Unwrap() []error { return []error{e.sentinel, e.err} }
+
+// classifyDBError wraps a database error in the sentinel its SQLSTATE
+// means: one of the library's own (class LR), or ErrPermanent for what no
+// retry cures. Transient errors come back as they are.
+func classifyDBError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var sentinel error
+	switch sqlState(err) {
+	case stateRingSize:
+		sentinel = ErrRingSizeMismatch
+	case stateSchemaNewer:
+		sentinel = ErrSchemaVersion
+	case stateEncoding:
+		sentinel = ErrUnsupported
+	default:
+		if transient(err) || errors.Is(err, context.Canceled) {
+			return err
+		}
+		sentinel = ErrPermanent
+	}
+	return &dbError{sentinel: sentinel, err: err}
+}

@@ -291,7 +291,10 @@ func (l *Lease) resign(ctx context.Context) error {
 	l.paused.Store(true)
 	l.pubMu.Unlock()
 	l.publish(emptySnapshot, ErrRevoked)
-	if _, err := l.c.db.ExecContext(ctx, l.c.q.leaveRing, l.c.cfg.nodeID, l.c.incarnation, l.name); err != nil {
+	if err := l.c.inTx(ctx, l.c.db, func(q DB) error {
+		_, err := q.ExecContext(ctx, l.c.q.leaveRing, l.c.cfg.nodeID, l.c.incarnation, l.name)
+		return err
+	}); err != nil {
 		l.rejoin.Store(true) // the lease stays paused until a view after this point
 		l.c.wakeUp()
 		return fmt.Errorf("leasering: resign %q: %w", l.name, err)

@@ -9,14 +9,29 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/DATA-DOG/go-sqlmock"
 )
+
+// pgError is a database error as the drivers give it: a message and a
+// SQLSTATE, read through the SQLState method both drivers have.
+type pgError struct{ code, msg string }
+
+func (e *pgError) Error() string    { return "pq: " + e.msg }
+func (e *pgError) SQLState() string { return e.code }
+
+// refused is the error of a dial to a port nobody listens on.
+func refused() error {
+	return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+}
 
 var renewColumns = []string{"lease_ms", "hold_ms", "next_expiry_ms", "node_status", "changes", "changed_rings", "db_time"}
 
@@ -137,7 +152,7 @@ func changesJSON(t *testing.T, cs ...ringChange) string {
 
 // expectSchemaCurrent expects the start-up schema check to find this version.
 func expectSchemaCurrent(mock sqlmock.Sqlmock) {
-	mock.ExpectQuery(`SELECT to_regclass`).WithArgs(`"leasering".schema_version`).
+	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WithArgs(`"leasering".schema_version`).
 		WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
 	mock.ExpectQuery(`SELECT version FROM "leasering".schema_version`).
 		WillReturnRows(sqlmock.NewRows([]string{"version"}).AddRow(SchemaVersion))
@@ -249,7 +264,7 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text, db_time FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::jsonb, \$6, \$7, \$8\)`).
+	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::pg_catalog.jsonb, \$6, \$7, \$8\)`).
 		WithArgs("a", sqlmock.AnyArg(), int64(10000), "10.0.0.1:80",
 			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(9990, 0, nil, "ok",
@@ -297,9 +312,9 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 func TestStartMigratesWithLockInOneStatement(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithSchema("my_app"))
-	mock.ExpectQuery(`SELECT to_regclass`).WithArgs(`"my_app".schema_version`).
+	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WithArgs(`"my_app".schema_version`).
 		WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
-	mock.ExpectExec(`^SELECT pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";.*CREATE TABLE IF NOT EXISTS "my_app".nodes.*SET search_path = "my_app", pg_temp.*CREATE OR REPLACE FUNCTION "my_app".renew_and_read`).
+	mock.ExpectExec(`^SET TRANSACTION ISOLATION LEVEL READ COMMITTED;\s*SELECT pg_catalog.set_config\('search_path', 'pg_catalog, pg_temp', true\);\s*SELECT pg_catalog.pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";.*CREATE TABLE IF NOT EXISTS "my_app".nodes.*SET search_path = "my_app", pg_temp.*CREATE OR REPLACE FUNCTION "my_app".renew_and_read`).
 		WillReturnResult(sqlmock.NewResult(0, 0))
 	mock.ExpectQuery(`FROM "my_app".renew_and_read`).
 		WillReturnRows(renewRow(9990, 0, nil, "ok", nil, nil))
@@ -314,7 +329,7 @@ func TestStartMigratesWithLockInOneStatement(t *testing.T) {
 func TestStartRefusesNewerSchema(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db)
-	mock.ExpectQuery(`SELECT to_regclass`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
+	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
 	mock.ExpectQuery(`SELECT version`).WillReturnRows(sqlmock.NewRows([]string{"version"}).AddRow(SchemaVersion + 1))
 	err := c.Start(context.Background())
 	if !errors.Is(err, ErrSchemaVersion) {
@@ -332,7 +347,7 @@ func TestStartReportsRingSizeMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("pq: leasering: ring orders has size 16, not 8"))
+	mock.ExpectQuery(`renew_and_read`).WillReturnError(&pgError{stateRingSize, "ring orders has size 16, not 8"})
 	err := c.Start(context.Background())
 	if !errors.Is(err, ErrRingSizeMismatch) || !strings.Contains(err.Error(), "orders has size 16, not 8") {
 		t.Fatalf("Start: %v, want ErrRingSizeMismatch naming the ring", err)
@@ -675,7 +690,7 @@ func TestStartRetriesTransientErrors(t *testing.T) {
 	c := newTestClient(t, db)
 	l, _ := c.Lease("orders", 2)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("pq: deadlock detected (40P01)"))
+	mock.ExpectQuery(`renew_and_read`).WillReturnError(&pgError{"40P01", "deadlock detected"})
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
@@ -693,7 +708,7 @@ func TestStartRetriesTransientErrors(t *testing.T) {
 	db2, mock2 := newMock(t)
 	c2 := newTestClient(t, db2)
 	for i := 0; i < 50; i++ {
-		mock2.ExpectQuery(`SELECT to_regclass`).WillReturnError(errors.New("connection refused"))
+		mock2.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnError(refused())
 	}
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel2()

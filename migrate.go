@@ -13,14 +13,16 @@ var functionsSQL string
 
 // SchemaVersion is the version of sql/functions.sql this library speaks.
 // Bump it with every change to that file.
-const SchemaVersion = 4
+const SchemaVersion = 5
 
 // functions.sql names its schema "leasering" in these forms only: as the
-// qualifier of every object and in every function's search_path.
+// qualifier of every object, in every function's search_path and in the
+// statement that takes EXECUTE away from PUBLIC.
 const (
 	sqlSchemaQualifier = "leasering."
 	sqlSchemaCreate    = "CREATE SCHEMA IF NOT EXISTS leasering;"
 	sqlSchemaPath      = "search_path = leasering, pg_temp"
+	sqlSchemaRevoke    = "IN SCHEMA leasering FROM PUBLIC"
 )
 
 // FunctionsSQL returns sql/functions.sql as shipped, for users who apply it
@@ -38,17 +40,22 @@ func quoteIdent(name string) string {
 // string with no parameters, which PostgreSQL runs as one implicit
 // transaction on one connection, so the lock is never left behind on a
 // pooled connection and concurrent starts apply it one after the other.
+// The transaction is READ COMMITTED whatever the database's default (a
+// migration that waited for the lock must see what the one before it
+// wrote), and its search_path is pg_catalog alone from the first
+// statement on.
 func migrationScript(schema string) string {
 	q := quoteIdent(schema)
 	src := strings.ReplaceAll(FunctionsSQL(), sqlSchemaCreate, "CREATE SCHEMA IF NOT EXISTS "+q+";")
 	src = strings.ReplaceAll(src, sqlSchemaPath, "search_path = "+q+", pg_temp")
+	src = strings.ReplaceAll(src, sqlSchemaRevoke, "IN SCHEMA "+q+" FROM PUBLIC")
 	src = strings.ReplaceAll(src, sqlSchemaQualifier, q+".")
-	return fmt.Sprintf("SELECT pg_advisory_xact_lock(%d);\n%s\n%s", migrationLockKey(schema), migrationGuard(schema), src)
+	return fmt.Sprintf(`SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+SELECT pg_catalog.pg_advisory_xact_lock(%d);
+%s
+%s`, migrationLockKey(schema), migrationGuard(schema), src)
 }
-
-// errSchemaCurrent is the text of the error the migration guard raises when
-// another node applied this version while we waited for the lock.
-const errSchemaCurrent = "leasering: schema is already at version"
 
 // migrationGuard stops the script, under the lock, when the schema is
 // already at this version or newer: re-running the DDL would take table
@@ -58,15 +65,16 @@ func migrationGuard(schema string) string {
 	return fmt.Sprintf(`DO $guard$
 DECLARE v integer;
 BEGIN
-    IF to_regclass('%[1]s') IS NOT NULL THEN
+    IF pg_catalog.to_regclass('%[1]s') IS NOT NULL THEN
         EXECUTE 'SELECT version FROM %[1]s' INTO v;
         IF v > %[2]d THEN
-            RAISE EXCEPTION 'leasering: schema version %% in the database is newer than this library (%[2]d)', v;
+            RAISE EXCEPTION 'schema version %% in the database is newer than this library (%[2]d)', v
+                  USING ERRCODE = '%[3]s';
         ELSIF v = %[2]d THEN
-            RAISE EXCEPTION '%[3]s %%', v;
+            RAISE EXCEPTION 'schema is already at version %%', v USING ERRCODE = '%[4]s';
         END IF;
     END IF;
-END $guard$;`, table, SchemaVersion, errSchemaCurrent)
+END $guard$;`, table, SchemaVersion, stateSchemaNewer, stateSchemaCurrent)
 }
 
 // migrationLockKey is the advisory lock key for a schema's migration.
@@ -89,12 +97,12 @@ type queries struct {
 func newQueries(schema string) queries {
 	s := quoteIdent(schema)
 	return queries{
-		schemaExists: `SELECT to_regclass($1) IS NOT NULL`,
+		schemaExists: `SELECT pg_catalog.to_regclass($1) IS NOT NULL`,
 		version:      `SELECT version FROM ` + s + `.schema_version`,
-		renew:        `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::text, changed_rings::text, db_time FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::jsonb, $6, $7, $8)`,
+		renew:        `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::pg_catalog.jsonb, $6, $7, $8)`,
 		leave:        `SELECT ` + s + `.leave($1, $2)`,
 		leaveRing:    `SELECT ` + s + `.leave($1, $2, $3)`,
-		announce:     `SELECT pg_notify($1, r) FROM jsonb_array_elements_text($2::jsonb) AS r`,
+		announce:     `SELECT pg_catalog.pg_notify($1, r) FROM pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS r`,
 	}
 }
 
@@ -103,12 +111,12 @@ func newQueries(schema string) queries {
 func (c *Client) ensureSchema(ctx context.Context) error {
 	var exists bool
 	if err := c.db.QueryRowContext(ctx, c.q.schemaExists, quoteIdent(c.cfg.schema)+".schema_version").Scan(&exists); err != nil {
-		return fmt.Errorf("leasering: checking schema %q: %w", c.cfg.schema, err)
+		return fmt.Errorf("leasering: checking schema %q: %w", c.cfg.schema, classifyDBError(err))
 	}
 	version := 0
 	if exists {
 		if err := c.db.QueryRowContext(ctx, c.q.version).Scan(&version); err != nil {
-			return fmt.Errorf("leasering: reading schema version: %w", err)
+			return fmt.Errorf("leasering: reading the version of schema %q: %w", c.cfg.schema, classifyDBError(err))
 		}
 	}
 	switch {
@@ -122,13 +130,10 @@ func (c *Client) ensureSchema(ctx context.Context) error {
 		return fmt.Errorf("%w: schema %q is at version %d, this library needs %d and migration is off", ErrSchemaMissing, c.cfg.schema, version, SchemaVersion)
 	}
 	if _, err := c.db.ExecContext(ctx, migrationScript(c.cfg.schema)); err != nil {
-		if strings.Contains(err.Error(), errSchemaCurrent) {
+		if sqlState(err) == stateSchemaCurrent {
 			return nil // another node migrated while we waited
 		}
-		if strings.Contains(err.Error(), "is newer than this library") {
-			return fmt.Errorf("%w: %v", ErrSchemaVersion, err)
-		}
-		return fmt.Errorf("leasering: migrating schema %q: %w", c.cfg.schema, err)
+		return fmt.Errorf("leasering: migrating schema %q: %w", c.cfg.schema, classifyDBError(err))
 	}
 	c.log.Info("leasering: schema ready", "schema", c.cfg.schema, "from_version", version, "to_version", SchemaVersion)
 	return nil

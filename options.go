@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -23,7 +24,9 @@ const (
 	maxMetadataSize = 4096
 )
 
-var schemaPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+// A schema name is at most 53 bytes so that its notify channel,
+// "leasering:" and the name, fits PostgreSQL's 63-byte identifiers.
+var schemaPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,52}$`)
 
 // Option configures a Client. Each one checks its value; NewClient returns
 // the first error.
@@ -115,11 +118,16 @@ func WithMaxDrain(d time.Duration) Option {
 
 // WithSchema sets the PostgreSQL schema that holds leasering's tables and
 // functions (default "leasering"). Lower-case letters, digits and '_', not
-// starting with a digit, at most 63 characters.
+// starting with a digit, at most 53 characters (the notify channel,
+// "leasering:" and the name, must fit PostgreSQL's 63), and not one of
+// PostgreSQL's own: pg_catalog, any other pg_ name, information_schema.
 func WithSchema(name string) Option {
 	return func(c *config) error {
-		if !schemaPattern.MatchString(name) {
-			return fmt.Errorf("%w: schema name %q: want lower-case letters, digits and '_', not starting with a digit, 1 to 63 characters", ErrInvalidArgument, name)
+		switch {
+		case !schemaPattern.MatchString(name):
+			return fmt.Errorf("%w: schema name %q: want lower-case letters, digits and '_', not starting with a digit, 1 to 53 characters", ErrInvalidArgument, name)
+		case strings.HasPrefix(name, "pg_"), name == "information_schema":
+			return fmt.Errorf("%w: schema name %q is reserved for PostgreSQL's own catalogs: choose another (not pg_..., not information_schema)", ErrInvalidArgument, name)
 		}
 		c.schema = name
 		return nil

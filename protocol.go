@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -114,9 +113,11 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan, pr
 	var nextExpiryMS sql.NullInt64
 	var changes, announce sql.NullString
 	var dbTime sql.NullTime
-	err = q.QueryRowContext(ctx, c.q.renew,
-		c.cfg.nodeID, c.incarnation, ttl, c.cfg.metadata, string(arg), claim, scan && !probe, sentAt,
-	).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce, &dbTime)
+	err = c.inTx(ctx, q, func(q DB) error {
+		return q.QueryRowContext(ctx, c.q.renew,
+			c.cfg.nodeID, c.incarnation, ttl, c.cfg.metadata, string(arg), claim, scan && !probe, sentAt,
+		).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce, &dbTime)
+	})
 	res.recv = time.Now()
 	if err == nil && dbTime.Valid {
 		c.dbClock.Store(&dbClock{db: dbTime.Time, local: res.recv})
@@ -167,16 +168,39 @@ func decodeChanges(status string, changes sql.NullString, res *renewResult) erro
 	}
 }
 
-// classifyDBError wraps the errors the SQL functions raise on purpose in the
-// matching sentinel. Drivers differ in their error types, so this reads the
-// message, which the functions write with a "leasering:" prefix.
-func classifyDBError(err error) error {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "leasering: ring ") && strings.Contains(msg, " has size "):
-		return fmt.Errorf("%w: %v", ErrRingSizeMismatch, err)
-	case strings.Contains(msg, "is newer than this library"):
-		return fmt.Errorf("%w: %v", ErrSchemaVersion, err)
+// inTx runs fn, one of the library's statements, in a transaction of its
+// own: the statement's implicit one, one round trip. The protocol needs
+// READ COMMITTED; where the database or role sets another default
+// isolation, the entry points refuse to start (SQLSTATE LR005), and from
+// then on this client runs each call in an explicit READ COMMITTED
+// transaction, at the cost of two more round trips (BEGIN and COMMIT).
+func (c *Client) inTx(ctx context.Context, q DB, fn func(DB) error) error {
+	if !c.explicitTx.Load() {
+		err := fn(q)
+		if sqlState(err) != stateNotReadCommit {
+			return err
+		}
+		if c.explicitTx.CompareAndSwap(false, true) {
+			c.log.Info("leasering: the database's default transaction isolation is not READ COMMITTED; " +
+				"each call now runs in an explicit READ COMMITTED transaction")
+		}
 	}
-	return err
+	b, ok := q.(txBeginner)
+	if !ok {
+		return fmt.Errorf("%w: the database's default transaction isolation is not READ COMMITTED and the DB handle (%T) cannot begin transactions", ErrUnsupported, q)
+	}
+	tx, err := b.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// txBeginner is what *sql.DB and *sql.Conn have and DB does not need.
+type txBeginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
 }

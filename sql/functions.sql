@@ -1,26 +1,61 @@
--- leasering: the whole protocol, schema version 4.
+-- leasering: the whole protocol, schema version 5.
 --
 -- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
 -- Every object is qualified with the schema and every function pins its
 -- search_path to it, so the caller's search_path never matters; the Go
 -- client writes its own schema name, quoted, in place of the default one.
+-- While this file runs the path is pg_catalog alone (the first statement
+-- below), so nothing it creates (a column default, the view, a function's
+-- types) binds to an object in a schema another role can write to.
 -- Every time is the database's: now() (the start of the transaction,
 -- conservative for expiry) or clock_timestamp() where a duration is handed
 -- back to a client.
+--
+-- Privileges: the role that applies this file owns the schema. Application
+-- roles need USAGE on the schema and EXECUTE on its functions, nothing on
+-- its tables: the entry points (renew_and_read, leave, holds) are SECURITY
+-- DEFINER with a pinned search_path, so they act as the owner. The other
+-- functions are the owner's alone, except partition_of.
+--
+-- Errors raised on purpose carry SQLSTATEs of class LR, which the Go
+-- client maps to its sentinel errors:
+--   LR001 the ring exists with another size
+--   LR002 the schema in the database is newer than this file
+--   LR003 the schema is already at this version (the Go migration guard)
+--   LR004 the node id is being started by two processes at once
+--   LR005 the transaction is not READ COMMITTED
+--   LR006 the server encoding is neither UTF8 nor SQL_ASCII
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+-- partition_of hashes a key's bytes in the server encoding, Go its UTF-8
+-- bytes: they agree only where the two are the same.
+DO $$
+BEGIN
+    IF pg_catalog.current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+        RAISE EXCEPTION 'database encoding is %; leasering needs UTF8 (or SQL_ASCII)',
+                        pg_catalog.current_setting('server_encoding')
+              USING ERRCODE = 'LR006',
+                    HINT = 'partition_of must hash the same bytes as Go''s PartitionOf: use a database created with ENCODING ''UTF8''.';
+    END IF;
+END $$;
+
 CREATE SCHEMA IF NOT EXISTS leasering;
 
--- The version record. A database newer than the library refuses it.
+-- The version record. A database newer than the library refuses it. Every
+-- role may read it: the client checks it before anything else.
 CREATE TABLE IF NOT EXISTS leasering.schema_version (
     id         boolean PRIMARY KEY DEFAULT true CHECK (id),
     version    integer NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+GRANT SELECT ON leasering.schema_version TO PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 4 THEN
-        RAISE EXCEPTION 'leasering: schema version % in the database is newer than this library (4)',
-            (SELECT version FROM leasering.schema_version);
+    IF (SELECT version FROM leasering.schema_version) > 5 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this library (5)',
+                        (SELECT version FROM leasering.schema_version)
+              USING ERRCODE = 'LR002';
     END IF;
 END $$;
 
@@ -81,6 +116,18 @@ UPDATE leasering.partitions SET released = false WHERE released AND next_owner I
 CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
 CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
 
+-- Before version 5 this file ran under the caller's search_path, which could
+-- bind a default's now() or a check's operators to another schema's: bind
+-- them again, to pg_catalog's.
+ALTER TABLE leasering.schema_version ALTER COLUMN applied_at SET DEFAULT now();
+ALTER TABLE leasering.nodes ALTER COLUMN joined_at SET DEFAULT now(),
+    DROP CONSTRAINT IF EXISTS nodes_node_id_check, ADD CONSTRAINT nodes_node_id_check CHECK (node_id <> '');
+ALTER TABLE leasering.rings ALTER COLUMN created_at SET DEFAULT now(),
+    DROP CONSTRAINT IF EXISTS rings_name_check, ADD CONSTRAINT rings_name_check CHECK (name <> ''),
+    DROP CONSTRAINT IF EXISTS rings_size_check, ADD CONSTRAINT rings_size_check CHECK (size BETWEEN 1 AND 65536);
+ALTER TABLE leasering.members
+    DROP CONSTRAINT IF EXISTS members_vnodes_check, ADD CONSTRAINT members_vnodes_check CHECK (vnodes BETWEEN 1 AND 256);
+
 -- Ring geometry. The circle is [0, 2^32). Partition p of Q starts at
 -- p * 2^32 / Q; a member's vnode i sits at the first 32 bits of
 -- md5(ring, node, i). Equal positions are ordered by member, which resolves
@@ -127,16 +174,44 @@ $$;
 -- partition_of: the partition of a ring of p_size partitions that p_key
 -- falls in, bit for bit the same as Go's PartitionOf: the high 32 bits of
 -- PostgreSQL's own 64-bit text hash (over the key's bytes, hence "C"),
--- scaled to the size. IMMUTABLE and inlinable (no SET clause; everything is
--- qualified), so it can index a column or filter a table:
+-- scaled to the size. IMMUTABLE and inlinable, so it can index a column or
+-- filter a table:
 --   WHERE leasering.partition_of(id::text, 1024) = ANY($1)
+-- Inlining needs a body without a SET clause, so the body is parsed with the
+-- caller's search_path: every operator, function and collation in it is
+-- written with its schema, so none resolves to another schema's.
 -- p_size must be 1..65536. The value is part of the on-disk contract and
 -- will never change.
 CREATE OR REPLACE FUNCTION leasering.partition_of(p_key text, p_size integer)
 RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT ((((pg_catalog.hashtextextended(p_key COLLATE "C", 0) >> 32) & 4294967295) * p_size) >> 32)::integer
+    SELECT pg_catalog.int4(
+        ((pg_catalog.hashtextextended(p_key COLLATE pg_catalog."C", 0)
+            OPERATOR(pg_catalog.>>) 32
+            OPERATOR(pg_catalog.&) 4294967295)
+         OPERATOR(pg_catalog.*) p_size)
+        OPERATOR(pg_catalog.>>) 32)
+$$;
+
+-- require_read_committed: every function that writes assumes READ
+-- COMMITTED: each statement sees what committed before it began, and a row
+-- lock waited for gives the row as it is now. Under REPEATABLE READ or
+-- SERIALIZABLE (a database's or role's default_transaction_isolation) the
+-- same steps fail with serialization errors, so an entry point refuses to
+-- start; the Go client then runs its calls in explicit READ COMMITTED
+-- transactions.
+CREATE OR REPLACE FUNCTION leasering.require_read_committed()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
+              USING ERRCODE = 'LR005';
+    END IF;
+END
 $$;
 
 -- rebalance: sticky, bounded-load consistent hashing for one ring. The
@@ -503,7 +578,7 @@ CREATE OR REPLACE FUNCTION leasering.renew_and_read(
     p_scan boolean, p_sent_at timestamptz)
 RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb,
                changed_rings jsonb, db_time timestamptz)
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
@@ -527,6 +602,7 @@ BEGIN
     -- worth less than one that skips a ring's change (the next heartbeat
     -- does it). The cap matters with many nodes on one pool: heartbeats
     -- queued behind a ring's lock would hold every connection.
+    PERFORM require_read_committed();
     PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
 
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
@@ -568,7 +644,8 @@ BEGIN
             ON CONFLICT (node_id) DO NOTHING
             RETURNING * INTO me;
             IF NOT FOUND THEN  -- a racing start of the same id won; settle it on the next call
-                RAISE EXCEPTION 'leasering: node % is being started concurrently', p_node;
+                RAISE EXCEPTION 'node % is being started by two processes at once', p_node
+                      USING ERRCODE = 'LR004';
             END IF;
             st := CASE WHEN p_claim THEN 'ok' ELSE 'rejoined' END;
         ELSIF me.incarnation <> p_incarnation AND NOT p_claim THEN
@@ -670,7 +747,8 @@ BEGIN
         SELECT version, size INTO cur_version, cur_size FROM rings WHERE name = r.ring;
         IF FOUND AND cur_size <> r.size THEN
             IF p_claim THEN  -- a starting process: refuse the whole call, write nothing
-                RAISE EXCEPTION 'leasering: ring % has size %, not %', r.ring, cur_size, r.size;
+                RAISE EXCEPTION 'ring % has size %, not %', r.ring, cur_size, r.size
+                      USING ERRCODE = 'LR001';
             END IF;
             out := out || jsonb_build_object('ring', r.ring, 'status', 'size_mismatch', 'size', cur_size);
             CONTINUE;
@@ -723,13 +801,14 @@ $$;
 -- eviction that follows hands them on (a ring is left as it is).
 CREATE OR REPLACE FUNCTION leasering.leave(p_node text, p_incarnation text, p_ring text DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
     rs text[];
     r  text;
 BEGIN
+    PERFORM require_read_committed();
     PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;  -- already gone, or the id belongs to a newer incarnation
@@ -763,7 +842,7 @@ $$;
 -- never made after the partition is lost.
 CREATE OR REPLACE FUNCTION leasering.holds(p_ring text, p_partition integer, p_epoch bigint)
 RETURNS boolean
-LANGUAGE sql VOLATILE
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = leasering, pg_temp
 AS $$
     SELECT coalesce((SELECT true
@@ -790,6 +869,12 @@ SELECT m.ring,
   JOIN leasering.rings r ON r.name = m.ring
   JOIN leasering.nodes n ON n.node_id = m.node_id;
 
-INSERT INTO leasering.schema_version (version) VALUES (4)
+-- Only the owner runs the helpers; application roles get EXECUTE on the
+-- entry points from the owner (see the README's GRANT statements).
+-- partition_of touches no table and stays open to every role.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA leasering FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION leasering.partition_of(text, integer) TO PUBLIC;
+
+INSERT INTO leasering.schema_version (version) VALUES (5)
 ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
  WHERE leasering.schema_version.version < excluded.version;
