@@ -114,12 +114,21 @@ var transientStates = map[string]bool{
 // parse, is permanent.
 func transient(err error) bool {
 	if state := sqlState(err); state != "" {
-		return transientStates[state] || strings.HasPrefix(state, "08")
+		// Class 08 is the connection's: refused, broken, failed; but a
+		// protocol violation (08P01) is a client that sends what the server
+		// cannot read, such as a malformed DSN option.
+		return transientStates[state] || (strings.HasPrefix(state, "08") && state != "08P01")
 	}
 	var dns *net.DNSError
 	if errors.As(err, &dns) {
 		return dns.IsTimeout || dns.IsTemporary // not a name that does not exist
 	}
+	var addr *net.AddrError
+	var parse *net.ParseError
+	if errors.As(err, &addr) || errors.As(err, &parse) {
+		return false // a host or port that does not parse
+	}
+	var op *net.OpError
 	var netErr net.Error
 	switch {
 	case errors.Is(err, driver.ErrBadConn), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
@@ -128,8 +137,10 @@ func transient(err error) bool {
 		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
 		errors.Is(err, context.DeadlineExceeded):
 		return true
-	case errors.As(err, &netErr):
-		return true // a dial or a read that failed on the way
+	case errors.As(err, &op):
+		return true // a dial, a read or a write that failed on the way
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return true
 	}
 	return false
 }

@@ -104,6 +104,16 @@ func (s *serialDB) QueryRowContext(ctx context.Context, q string, args ...any) *
 	return s.db.QueryRowContext(ctx, q, args...)
 }
 
+// BeginTx takes its turn only to begin: the transaction's own statements
+// run on it directly (tests that use it make one call at a time).
+func (s *serialDB) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
+	if err := s.take(ctx); err != nil {
+		return nil, err
+	}
+	defer func() { <-s.turn }()
+	return s.db.BeginTx(ctx, opts)
+}
+
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func newTestClient(t *testing.T, db DB, opts ...Option) *Client {

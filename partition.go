@@ -1,5 +1,10 @@
 package leasering
 
+import (
+	"strings"
+	"unicode/utf8"
+)
+
 // Keys map to partitions with the 64-bit hash PostgreSQL uses for hash
 // partitioning of text, hashtextextended(key, 0): Bob Jenkins' lookup3 over
 // the key's UTF-8 bytes read as little-endian words, returning b<<32 | c.
@@ -13,12 +18,23 @@ package leasering
 // PartitionOf returns the partition of a ring of size partitions that key
 // falls in: the high 32 bits of the key's hash scaled to size. It returns -1
 // when size is outside 1..65536. The SQL function partition_of(key, size)
-// returns the same value.
+// returns the same value for every key SQL text can hold (see
+// ValidSQLKey). PartitionOf hashes any bytes, so a key with a NUL byte or
+// invalid UTF-8 has a partition too, but only in Go.
 func PartitionOf(key string, size int) int {
 	if size < 1 || size > MaxRingSize {
 		return -1
 	}
 	return int((uint64(keyPosition(key)) * uint64(size)) >> 32)
+}
+
+// ValidSQLKey reports whether key can be passed to the SQL function
+// partition_of: valid UTF-8 without NUL bytes, which is what PostgreSQL
+// text holds (in a UTF8 database; leasering refuses databases whose
+// encoding would hash other bytes than Go). For any other key, Go's
+// PartitionOf is the only reading.
+func ValidSQLKey(key string) bool {
+	return utf8.ValidString(key) && strings.IndexByte(key, 0) < 0
 }
 
 // keyPosition is the key's point on the 32-bit ring circle.
