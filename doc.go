@@ -89,6 +89,33 @@
 // hold ends, and the database hands them on then. Two replicas must never
 // be given the same id on purpose.
 //
+// # Guarantees
+//
+// Each is tested; the README's Safety section names the tests and states
+// the limits.
+//
+//   - G1: at any database instant a partition has at most one owner.
+//   - G2: a node reports a partition (Values, Owns, a held Lock) only while
+//     the database says it owns it.
+//   - G3: while a node is healthy, every partition has an owner in the
+//     database within TTL + heartbeat of any failure.
+//   - G4: each node owns floor or ceil of its weighted share.
+//   - G5: a join or leave moves the fewest partitions that restore G4.
+//   - G6: every change of owner raises the partition's epoch, the fencing
+//     token that holds checks.
+//   - G7: no decision uses a node's wall clock.
+//   - G8: the database is the source of truth: a restart loses no lease,
+//     and a node that reconnects resumes or rejoins by itself.
+//
+// # Where it runs
+//
+// Nothing resolves through the caller's search_path; application roles
+// need only USAGE on the schema and EXECUTE on its functions; any default
+// isolation level works (the client falls back to explicit READ COMMITTED
+// transactions); the database must be UTF8 or SQL_ASCII. Start retries
+// only errors a retry can cure, judged by SQLSTATE, and returns the rest at
+// once wrapped in ErrPermanent with the driver's error.
+//
 // # Timing
 //
 // G3 is a promise about the database: within TTL + heartbeat of a failure

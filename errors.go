@@ -101,7 +101,6 @@ var transientStates = map[string]bool{
 	"57P02":              true, // crash_shutdown
 	"57P03":              true, // cannot_connect_now (starting up, in recovery)
 	"53300":              true, // too_many_connections
-	"53400":              true, // configuration_limit_exceeded
 	stateConcurrentStart: true, // two processes started one node id at once
 	stateNotReadCommit:   true, // the client retries in a READ COMMITTED transaction
 }

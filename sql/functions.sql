@@ -194,26 +194,6 @@ AS $$
         OPERATOR(pg_catalog.>>) 32)
 $$;
 
--- require_read_committed: every function that writes assumes READ
--- COMMITTED: each statement sees what committed before it began, and a row
--- lock waited for gives the row as it is now. Under REPEATABLE READ or
--- SERIALIZABLE (a database's or role's default_transaction_isolation) the
--- same steps fail with serialization errors, so an entry point refuses to
--- start; the Go client then runs its calls in explicit READ COMMITTED
--- transactions.
-CREATE OR REPLACE FUNCTION leasering.require_read_committed()
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = leasering, pg_temp
-AS $$
-BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
-              USING ERRCODE = 'LR005';
-    END IF;
-END
-$$;
-
 -- rebalance: sticky, bounded-load consistent hashing for one ring. The
 -- caller holds the ring's row lock. Returns the number of partitions whose
 -- owner or pending owner changed.
@@ -598,11 +578,20 @@ DECLARE
     view        jsonb;
     out         jsonb := '[]';
 BEGIN
+    -- The protocol assumes READ COMMITTED: each statement sees what
+    -- committed before it began, and a row lock waited for gives the row as
+    -- it is now. Under REPEATABLE READ or SERIALIZABLE (a database's or
+    -- role's default_transaction_isolation) the same steps would fail with
+    -- serialization errors: refuse, and the Go client runs its calls in
+    -- explicit READ COMMITTED transactions from then on.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
+              USING ERRCODE = 'LR005';
+    END IF;
     -- Never wait long on a lock: a heartbeat that cannot finish in time is
     -- worth less than one that skips a ring's change (the next heartbeat
     -- does it). The cap matters with many nodes on one pool: heartbeats
     -- queued behind a ring's lock would hold every connection.
-    PERFORM require_read_committed();
     PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
 
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
@@ -808,7 +797,10 @@ DECLARE
     rs text[];
     r  text;
 BEGIN
-    PERFORM require_read_committed();
+    IF current_setting('transaction_isolation') <> 'read committed' THEN  -- see renew_and_read
+        RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
+              USING ERRCODE = 'LR005';
+    END IF;
     PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;  -- already gone, or the id belongs to a newer incarnation
