@@ -274,7 +274,7 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time FROM "leasering".renew_and_read\(\$1, \$2, \$3, \$4, \$5::pg_catalog.jsonb, \$6, \$7, \$8\)`).
+	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time FROM "leasering".renew_and_read\(\$1::pg_catalog.text, \$2::pg_catalog.text, \$3::pg_catalog.int4, \$4::pg_catalog.text, \$5::pg_catalog.jsonb, \$6::pg_catalog.bool, \$7::pg_catalog.bool, \$8::pg_catalog.timestamptz\)`).
 		WithArgs("a", sqlmock.AnyArg(), int64(10000), "10.0.0.1:80",
 			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(9990, 0, nil, "ok",
@@ -299,7 +299,7 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 		t.Errorf("second Start: %v", err)
 	}
 	db.expect(func() {
-		mock.ExpectExec(`SELECT "leasering".leave\(\$1, \$2\)`).WithArgs("a", sqlmock.AnyArg()).
+		mock.ExpectExec(`SELECT "leasering".leave\(\$1::pg_catalog.text, \$2::pg_catalog.text\)`).WithArgs("a", sqlmock.AnyArg()).
 			WillReturnResult(sqlmock.NewResult(0, 1))
 	})
 	if err := c.Close(); err != nil {

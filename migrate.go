@@ -85,6 +85,9 @@ func migrationLockKey(schema string) int64 {
 }
 
 // queries are the statements the client sends, with the schema quoted in.
+// Every parameter is cast to its type, so that the statement means the
+// same whatever types a driver announces for its arguments (pgx's exec
+// and simple protocol modes announce them from the Go types, or none).
 type queries struct {
 	schemaExists string
 	version      string
@@ -97,12 +100,14 @@ type queries struct {
 func newQueries(schema string) queries {
 	s := quoteIdent(schema)
 	return queries{
-		schemaExists: `SELECT pg_catalog.to_regclass($1) IS NOT NULL`,
+		schemaExists: `SELECT pg_catalog.to_regclass($1::pg_catalog.text) IS NOT NULL`,
 		version:      `SELECT version FROM ` + s + `.schema_version`,
-		renew:        `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time FROM ` + s + `.renew_and_read($1, $2, $3, $4, $5::pg_catalog.jsonb, $6, $7, $8)`,
-		leave:        `SELECT ` + s + `.leave($1, $2)`,
-		leaveRing:    `SELECT ` + s + `.leave($1, $2, $3)`,
-		announce:     `SELECT pg_catalog.pg_notify($1, r) FROM pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS r`,
+		renew: `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time FROM ` + s +
+			`.renew_and_read($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.int4, $4::pg_catalog.text, $5::pg_catalog.jsonb,` +
+			` $6::pg_catalog.bool, $7::pg_catalog.bool, $8::pg_catalog.timestamptz)`,
+		leave:     `SELECT ` + s + `.leave($1::pg_catalog.text, $2::pg_catalog.text)`,
+		leaveRing: `SELECT ` + s + `.leave($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)`,
+		announce:  `SELECT pg_catalog.pg_notify($1::pg_catalog.text, r) FROM pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS r`,
 	}
 }
 

@@ -142,12 +142,14 @@ func TestRingSizeMismatchReadsOnce(t *testing.T) {
 // one in an explicit READ COMMITTED transaction.
 func TestExplicitReadCommittedAfterLR005(t *testing.T) {
 	db, mock := newMock(t)
-	c := newTestClient(t, db)
+	// A long TTL keeps the next heartbeat (a wake brings it to a twentieth
+	// of a heartbeat after Start) out of the test.
+	c := newTestClient(t, db, WithTTL(time.Hour))
 	l, _ := c.Lease("orders", 2)
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnError(&pq.Error{Code: stateNotReadCommit, Message: "leasering runs in READ COMMITTED transactions, not serializable"})
 	mock.ExpectBegin()
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(3600000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	mock.ExpectCommit()
 	if err := c.Start(context.Background()); err != nil {
