@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/leasering/leasering"
+	"github.com/leasering/leasering/internal/localpg"
 )
 
 // The tests of this file try the library as a hostile or careless user
@@ -581,4 +584,53 @@ func epochOf(l *leasering.Lease, p int) (int64, error) {
 		return 0, fmt.Errorf("partition %d is not owned", p)
 	}
 	return e, nil
+}
+
+// TestWrongPasswordFailsFast: a wrong password (28P01) is permanent. The
+// shared test server trusts every local connection, so this test starts a
+// private cluster of its own and turns on password authentication there.
+func TestWrongPasswordFailsFast(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cluster, err := localpg.Start(ctx)
+	if errors.Is(err, localpg.ErrNoPostgres) && os.Getenv("LEASERING_REQUIRE_DB") != "1" {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() })
+	admin := openDB(t, cluster.DSN)
+	execAll(t, admin, `CREATE ROLE lrt_pw LOGIN PASSWORD 'right'`)
+	hba := "host all lrt_pw 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\nlocal all all trust\n"
+	if err := os.WriteFile(filepath.Join(cluster.Dir, "data", "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	execAll(t, admin, `SELECT pg_catalog.pg_reload_conf()`)
+
+	u, _ := url.Parse(cluster.DSN)
+	u.User = url.UserPassword("lrt_pw", "wrong")
+	db := openDB(t, u.String())
+	// The postmaster reloads pg_hba.conf when it gets to the signal.
+	if !waitFor(10*time.Second, func() bool { return sqlStateOf(db.Ping()) == "28P01" }) {
+		t.Fatalf("password authentication not in force 10s after the reload: %v", db.Ping())
+	}
+	c, err := leasering.NewClient(db, leasering.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- c.Start(context.Background()) }()
+	select {
+	case err = <-errc:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start(context.Background()) still retrying a wrong password after 10s")
+	}
+	if !errors.Is(err, leasering.ErrPermanent) || sqlStateOf(err) != "28P01" {
+		t.Fatalf("Start with a wrong password: %v (SQLSTATE %q), want ErrPermanent and 28P01", err, sqlStateOf(err))
+	}
+	if strings.Contains(err.Error(), "wrong") {
+		t.Errorf("the error shows the password: %v", err)
+	}
 }
