@@ -161,7 +161,17 @@ func TestSlowNodeLosesItsPartitions(t *testing.T) {
 	a, chk := e.threeNodes(q)
 	slow := e.live()[0]
 	theirs := ownedBy(a, slow.id)
-	slow.proxy.SetLatency(150 * time.Millisecond) // lib/pq makes two round trips: 600ms
+	// Each call must take longer than half a lease (500ms). lib/pq makes
+	// two round trips per call (parse, then bind and execute): 150ms each
+	// way gives 600ms. pgx's stdlib makes one once its statement cache
+	// holds the call, and at 150ms each way its heartbeat would reach the
+	// database within a quarter lease and extend the lease once more: it
+	// needs 300ms each way.
+	latency := 150 * time.Millisecond
+	if testDriver == "pgx" {
+		latency = 300 * time.Millisecond
+	}
+	slow.proxy.SetLatency(latency)
 	slow.down.Store(true)
 	start := time.Now()
 	if !waitFor(5*time.Second, func() bool { return e.othersOwn("orders", q, theirs) }) {

@@ -4,6 +4,10 @@
 // dockertest when a Docker engine answers; otherwise every test skips, or
 // fails when LEASERING_REQUIRE_DB=1. Each test works in a schema of its own
 // and drops it at the end, so tests run in parallel and leave nothing behind.
+//
+// LEASERING_TEST_DRIVER picks the database/sql driver of every connection
+// the tests open: "pq" (lib/pq, the default) or "pgx" (pgx's stdlib).
+// pqnotify's listener uses lib/pq whatever the driver.
 package integration
 
 import (
@@ -23,15 +27,33 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 	"github.com/leasering/leasering"
 	"github.com/leasering/leasering/internal/faultproxy"
-	_ "github.com/lib/pq"
+	_ "github.com/lib/pq" // registers "postgres"
 	"github.com/ory/dockertest/v3"
 )
 
-var testDSN string // set by TestMain; empty: no database
+var (
+	testDSN    string // set by TestMain; empty: no database
+	testDriver string // set by TestMain: the database/sql driver name
+)
+
+// testDrivers maps LEASERING_TEST_DRIVER's values to driver names.
+var testDrivers = map[string]string{
+	"":    "postgres",
+	"pq":  "postgres",
+	"pgx": "pgx",
+}
 
 func TestMain(m *testing.M) {
+	v := os.Getenv("LEASERING_TEST_DRIVER")
+	driver, ok := testDrivers[v]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "LEASERING_TEST_DRIVER=%q: unknown driver; use \"pq\" (lib/pq, the default) or \"pgx\" (pgx's stdlib)\n", v)
+		os.Exit(2)
+	}
+	testDriver = driver
 	testDSN = os.Getenv("LEASERING_TEST_DSN")
 	var cleanup func()
 	if testDSN == "" {
@@ -57,7 +79,7 @@ func dockerPostgres() (string, func()) {
 	dsn := "postgres://postgres@" + res.GetHostPort("5432/tcp") + "/test?sslmode=disable"
 	pool.MaxWait = time.Minute
 	if err := pool.Retry(func() error {
-		db, err := sql.Open("postgres", dsn)
+		db, err := sqlOpen(dsn)
 		if err != nil {
 			return err
 		}
@@ -68,6 +90,21 @@ func dockerPostgres() (string, func()) {
 		return "", nil
 	}
 	return dsn, func() { _ = pool.Purge(res) }
+}
+
+// sqlOpen opens dsn with the test driver: the one sql.Open of the tests.
+func sqlOpen(dsn string) (*sql.DB, error) {
+	return sql.Open(testDriver, dsn)
+}
+
+// openDB opens dsn with the test driver or fails the test.
+func openDB(t testing.TB, dsn string) *sql.DB {
+	t.Helper()
+	db, err := sqlOpen(dsn)
+	if err != nil {
+		t.Fatalf("opening %s with driver %s: %v", dsn, testDriver, err)
+	}
+	return db
 }
 
 // needDB returns the test server's DSN or skips (fails under
@@ -116,10 +153,7 @@ type node struct {
 func newEnv(t testing.TB, ttl, heartbeat time.Duration) *env {
 	t.Helper()
 	dsn := needDB(t)
-	admin, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := openDB(t, dsn)
 	e := &env{t: t, dsn: dsn, schema: "lrt_" + randomSuffix(), admin: admin, ttl: ttl, heartbeat: heartbeat}
 	t.Cleanup(func() {
 		e.mu.Lock()
@@ -164,10 +198,7 @@ func (e *env) newNode(id string, opts ...leasering.Option) *node {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	db, err := sql.Open("postgres", proxiedDSN(e.t, e.dsn, p.Addr()))
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	db := openDB(e.t, proxiedDSN(e.t, e.dsn, p.Addr()))
 	all := append([]leasering.Option{
 		leasering.WithNodeID(id),
 		leasering.WithSchema(e.schema),

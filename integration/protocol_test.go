@@ -420,10 +420,7 @@ func TestEvictorWaitsForAnotherEvictor(t *testing.T) {
 	defer other.Rollback()
 
 	// The heartbeat runs on its own connection, which we can find waiting.
-	conn, err := sql.Open("postgres", s.e.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := openDB(t, s.e.dsn)
 	defer conn.Close()
 	conn.SetMaxOpenConns(1)
 	var pid int

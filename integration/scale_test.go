@@ -65,10 +65,7 @@ func readCounters(t *testing.T, db *sql.DB, schema string) dbCounters {
 func TestScale(t *testing.T) {
 	const q, ring, hb, ttl = 4096, "scale", time.Second, 10 * time.Second
 	e := newEnv(t, ttl, hb)
-	pool, err := sql.Open("postgres", withParam(e.dsn, "track_functions", "pl"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool := openDB(t, withParam(e.dsn, "track_functions", "pl"))
 	pool.SetMaxOpenConns(20)
 	pool.SetMaxIdleConns(20)
 	nodes := make([]*node, *scaleNodes)
@@ -146,19 +143,23 @@ func TestScale(t *testing.T) {
 	// The server's statistics lag by up to a second (each session flushes
 	// its own at most once a second): wait until the ring's row counts have
 	// not moved for two seconds, so that start-up is not counted as steady
-	// state.
+	// state. That includes members: the last nodes to learn the final
+	// version confirm it (members.seen) a heartbeat or more after the
+	// partitions stop moving.
 	flushStats(pool)
 	before := readCounters(t, e.admin, e.schema)
 	quietSince := time.Now()
 	if !waitFor(time.Minute, func() bool {
 		c := readCounters(t, e.admin, e.schema)
-		if c.upd["rings"] != before.upd["rings"] || c.upd["partitions"] != before.upd["partitions"] {
-			quietSince = time.Now()
+		for _, table := range []string{"rings", "partitions", "members"} {
+			if c.upd[table] != before.upd[table] {
+				quietSince = time.Now()
+			}
 		}
 		before = c
 		return time.Since(quietSince) > 2*time.Second
 	}) {
-		t.Fatal("the ring never went quiet: rings and partitions kept being written")
+		t.Fatal("the ring never went quiet: rings, partitions or members kept being written")
 	}
 	renewals := make([]int64, len(nodes))
 	losses := make([]int64, len(nodes))
@@ -265,8 +266,8 @@ func flushStats(pool *sql.DB) {
 	pool.SetMaxIdleConns(20)
 }
 
-// withParam adds a query parameter to a URL DSN; lib/pq sends unknown ones
-// to the server as session settings.
+// withParam adds a query parameter to a URL DSN; lib/pq and pgx send unknown
+// ones to the server as session settings.
 func withParam(dsn, key, value string) string {
 	sep := "?"
 	if strings.Contains(dsn, "?") {
