@@ -43,13 +43,11 @@ func dsnWith(t testing.TB, dsn string, user, database string, params ...string) 
 	return u.String()
 }
 
-// openDB opens a pool on dsn, closed at the end of the test.
-func openDB(t testing.TB, dsn string) *sql.DB {
+// openPool opens a pool on dsn with the test driver, closed at the end of
+// the test.
+func openPool(t testing.TB, dsn string) *sql.DB {
 	t.Helper()
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openDB(t, dsn)
 	t.Cleanup(func() { _ = db.Close() })
 	return db
 }
@@ -160,16 +158,16 @@ CREATE VIEW public.ring_members AS SELECT 'x'::text AS ring WHERE public.record(
 // planted code, and partition_of agrees with Go and stays inlined.
 func TestHostileSearchPath(t *testing.T) {
 	t.Parallel()
-	admin := openDB(t, needDB(t))
+	admin := openPool(t, needDB(t))
 	dbName := scratchDatabase(t, admin, "")
 	hostile := scratchRole(t, admin, "lrt_hostile_", "")
-	dbAdmin := openDB(t, dsnWith(t, testDSN, "", dbName))
+	dbAdmin := openPool(t, dsnWith(t, testDSN, "", dbName))
 	execAll(t, dbAdmin, `GRANT CREATE, USAGE ON SCHEMA public TO `+hostile)
-	execAll(t, openDB(t, dsnWith(t, testDSN, hostile, dbName)), plantedSQL)
+	execAll(t, openPool(t, dsnWith(t, testDSN, hostile, dbName)), plantedSQL)
 	t.Cleanup(func() { _, _ = dbAdmin.Exec(`DROP OWNED BY ` + hostile) })
 
 	hostileDSN := dsnWith(t, testDSN, "", dbName, "search_path", "public,pg_catalog")
-	user := openDB(t, hostileDSN)
+	user := openPool(t, hostileDSN)
 	var path string
 	if err := user.QueryRow(`SHOW search_path`).Scan(&path); err != nil || strings.ReplaceAll(path, " ", "") != "public,pg_catalog" {
 		t.Fatalf("search_path = %q (%v), want public, pg_catalog", path, err)
@@ -277,12 +275,12 @@ func assertInlined(t *testing.T, db *sql.DB, schema string) {
 // ring_members. It cannot read or write the tables.
 func TestLeastPrivilege(t *testing.T) {
 	t.Parallel()
-	admin := openDB(t, needDB(t))
+	admin := openPool(t, needDB(t))
 	owner := scratchRole(t, admin, "lrt_owner_", "")
 	dbName := scratchDatabase(t, admin, "OWNER "+owner)
 	app := scratchRole(t, admin, "lrt_app_", "")
 
-	ownerDB := openDB(t, dsnWith(t, testDSN, owner, dbName))
+	ownerDB := openPool(t, dsnWith(t, testDSN, owner, dbName))
 	tx, err := ownerDB.Begin()
 	if err != nil {
 		t.Fatal(err)
@@ -295,11 +293,11 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	execAll(t, ownerDB, readmeGrants(app)...)
 	t.Cleanup(func() {
-		_, _ = openDB(t, dsnWith(t, testDSN, "", dbName)).Exec(`DROP OWNED BY ` + app)
+		_, _ = openPool(t, dsnWith(t, testDSN, "", dbName)).Exec(`DROP OWNED BY ` + app)
 	})
 
 	appDSN := dsnWith(t, testDSN, app, dbName)
-	appDB := openDB(t, appDSN)
+	appDB := openPool(t, appDSN)
 	if _, err := appDB.Exec(`SELECT count(*) FROM leasering.nodes`); sqlStateOf(err) != "42501" {
 		t.Fatalf("the application role reads the nodes table: %v, want permission denied (42501)", err)
 	}
@@ -364,7 +362,7 @@ func sqlStateOf(err error) string {
 // retry cures; nothing is retried forever.
 func TestPermanentErrorsFailFast(t *testing.T) {
 	t.Parallel()
-	admin := openDB(t, needDB(t))
+	admin := openPool(t, needDB(t))
 	nologin := scratchRole(t, admin, "lrt_nologin_", "")
 	execAll(t, admin, `ALTER ROLE `+nologin+` NOLOGIN`)
 	noCreate := scratchRole(t, admin, "lrt_nocreate_", "")
@@ -398,7 +396,7 @@ func TestPermanentErrorsFailFast(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			db := openDB(t, tc.dsn)
+			db := openPool(t, tc.dsn)
 			opts := append([]leasering.Option{leasering.WithLogger(quietLogger())}, tc.opts...)
 			c, err := leasering.NewClient(db, opts...)
 			if err != nil {
@@ -452,7 +450,7 @@ func TestAnyDefaultIsolation(t *testing.T) {
 			nodes[0] = e.startNode("n0", ring, size) // takeover of the id
 			e.waitConverged(ring, size, nil, 15*time.Second)
 
-			db := openDB(t, e.dsn)
+			db := openPool(t, e.dsn)
 			var got string
 			if err := db.QueryRow(`SHOW transaction_isolation`).Scan(&got); err != nil || got != level {
 				t.Fatalf("transaction_isolation = %q (%v), want %q", got, err, level)
@@ -539,11 +537,11 @@ func TestStartLeavesWhenContextEndsAfterCommit(t *testing.T) {
 // bytes as they are, and partition_of agrees with Go.
 func TestEncodings(t *testing.T) {
 	t.Parallel()
-	admin := openDB(t, needDB(t))
+	admin := openPool(t, needDB(t))
 	latin1 := scratchDatabase(t, admin, `ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`)
 	ascii := scratchDatabase(t, admin, `ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`)
 
-	db := openDB(t, dsnWith(t, testDSN, "", latin1))
+	db := openPool(t, dsnWith(t, testDSN, "", latin1))
 	c, err := leasering.NewClient(db, leasering.WithLogger(quietLogger()))
 	if err != nil {
 		t.Fatal(err)
@@ -557,7 +555,7 @@ func TestEncodings(t *testing.T) {
 		t.Errorf("the refused migration left schema %v (%v)", schema, err)
 	}
 
-	db = openDB(t, dsnWith(t, testDSN, "", ascii))
+	db = openPool(t, dsnWith(t, testDSN, "", ascii))
 	c, err = leasering.NewClient(db, leasering.WithLogger(quietLogger()))
 	if err != nil {
 		t.Fatal(err)
@@ -601,7 +599,7 @@ func TestWrongPasswordFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cluster.Stop() })
-	admin := openDB(t, cluster.DSN)
+	admin := openPool(t, cluster.DSN)
 	execAll(t, admin, `CREATE ROLE lrt_pw LOGIN PASSWORD 'right'`)
 	hba := "host all lrt_pw 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\nlocal all all trust\n"
 	if err := os.WriteFile(filepath.Join(cluster.Dir, "data", "pg_hba.conf"), []byte(hba), 0o600); err != nil {
@@ -611,7 +609,7 @@ func TestWrongPasswordFailsFast(t *testing.T) {
 
 	u, _ := url.Parse(cluster.DSN)
 	u.User = url.UserPassword("lrt_pw", "wrong")
-	db := openDB(t, u.String())
+	db := openPool(t, u.String())
 	// The postmaster reloads pg_hba.conf when it gets to the signal.
 	if !waitFor(10*time.Second, func() bool { return sqlStateOf(db.Ping()) == "28P01" }) {
 		t.Fatalf("password authentication not in force 10s after the reload: %v", db.Ping())
