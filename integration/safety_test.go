@@ -39,7 +39,8 @@ func dsnWith(t testing.TB, dsn string, user, database string, params ...string) 
 	for i := 0; i+1 < len(params); i += 2 {
 		q.Set(params[i], params[i+1])
 	}
-	u.RawQuery = q.Encode()
+	// Spaces as %20, not +: pgx reads a + in a parameter as itself.
+	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
 	return u.String()
 }
 
