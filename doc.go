@@ -11,8 +11,18 @@
 //	lease, err := c.Lease("orders", 1024)
 //	err = c.Start(ctx)
 //	defer c.Close()
+//	changes := lease.Changes() // closed when the lease ends
 //	for {
 //		for _, p := range lease.Values() { work(p) }
+//		select { // wait for a change, the next pass, or the end
+//		case <-ctx.Done():
+//			return ctx.Err()
+//		case _, ok := <-changes:
+//			if !ok {
+//				return lease.Err()
+//			}
+//		case <-time.After(time.Second):
+//		}
 //	}
 //
 // # Protocol

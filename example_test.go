@@ -3,10 +3,13 @@ package leasering_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/signal"
 	"time"
 
 	"github.com/leasering/leasering"
@@ -22,8 +25,82 @@ func ExamplePartitionOf() {
 	// 4
 }
 
-// Work only on the partitions this node owns, in a busy loop.
+// Bad options are refused by NewClient, before any I/O, with an error that
+// names the value and what is allowed.
+func ExampleNewClient() {
+	db, err := sql.Open("postgres", os.Getenv("DATABASE_URL")) // connects on first use only
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = leasering.NewClient(db, leasering.WithTTL(50*time.Millisecond))
+	fmt.Println(errors.Is(err, leasering.ErrInvalidArgument))
+	fmt.Println(err)
+	_, err = leasering.NewClient(db, leasering.WithSchema("Orders"))
+	fmt.Println(err)
+	// Output:
+	// true
+	// leasering: invalid argument: TTL 50ms is below the minimum 100ms
+	// leasering: invalid argument: schema name "Orders": want lower-case letters, digits and '_', not starting with a digit, 1 to 53 characters
+}
+
+// A Lease maps keys to partitions at once; it reports partitions only once
+// the client has started and the database has given it some.
+func ExampleLease_PartitionOf() {
+	db, err := sql.Open("postgres", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := leasering.NewClient(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	orders, err := c.Lease("orders", 1024) // no I/O
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(orders.PartitionOf("order-42"), orders.OwnsKey("order-42"), len(orders.Values()))
+	// Output:
+	// 175 false 0
+}
+
+// Keys SQL text cannot hold have a partition in Go only.
+func ExampleValidSQLKey() {
+	fmt.Println(leasering.ValidSQLKey("order-42"))
+	fmt.Println(leasering.ValidSQLKey("order\x0042"))
+	fmt.Println(leasering.ValidSQLKey("\xff"))
+	// Output:
+	// true
+	// false
+	// false
+}
+
+// A probe endpoint: 503 with the reason until the client holds a lease.
+func ExampleHealthHandler() {
+	db, err := sql.Open("postgres", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := leasering.NewClient(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux() // your server's
+	mux.Handle("/healthz", leasering.HealthHandler(c))
+
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	fmt.Print(rec.Code, " ", rec.Body.String())
+	// Output:
+	// 503 leasering: client not started
+}
+
+// Work only on the partitions this node owns: a pass over them, then a
+// wait for a change of assignment, the next pass or the end, so the loop
+// costs nothing while Values is empty. This one runs for a minute; a
+// service would take its context from signal.NotifyContext.
 func ExampleLease_Values() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	db, err := sql.Open("postgres", os.Getenv("DATABASE_URL"))
 	if err != nil {
 		log.Fatal(err)
@@ -36,18 +113,27 @@ func ExampleLease_Values() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	ctx := context.Background()
-	if err := c.Start(ctx); err != nil {
+	if err := c.Start(ctx); err != nil { // retries until ctx ends if no database answers
 		log.Fatal(err)
 	}
 	defer c.Close()
-	for ctx.Err() == nil {
+	changes := orders.Changes()
+	for {
 		for _, p := range orders.Values() {
 			// Your own rows, filtered in SQL by the same hash:
 			//   SELECT ... FROM orders WHERE leasering.partition_of(id::text, 1024) = $1
 			_ = p
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-changes:
+			if !ok {
+				log.Printf("lease ended: %v", orders.Err())
+				return
+			}
+		case <-time.After(time.Second):
+		}
 	}
 }
 
@@ -146,7 +232,8 @@ func ExampleClient_Leader() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	ctx := context.Background()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt) // until Ctrl-C
+	defer stop()
 	if err := c.Start(ctx); err != nil {
 		log.Fatal(err)
 	}
@@ -154,7 +241,12 @@ func ExampleClient_Leader() {
 
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
-	for range tick.C {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
 		term := sched.Term()
 		if !sched.IsLeader() {
 			continue

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -184,4 +186,78 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 	if _, err := l2.Lock(cctx, k); !errors.Is(err, context.Canceled) {
 		t.Errorf("Lock with a cancelled ctx: %v", err)
 	}
+}
+
+// useLoop is the loop of the README's "Use" section and of the package
+// example, with pass called at the top of each pass to count them: a pass
+// over Values, then a wait for a change, the next pass (after pause) or the
+// end.
+func useLoop(ctx context.Context, orders *Lease, pause time.Duration, pass func(), process func(p int)) error {
+	changes := orders.Changes()
+	for {
+		pass()
+		for _, p := range orders.Values() {
+			process(p)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case _, ok := <-changes:
+			if !ok {
+				return orders.Err()
+			}
+		case <-time.After(pause):
+		}
+	}
+}
+
+// TestREADMEUseLoop: the README's loop waits between passes while Values is
+// empty, makes a pass as soon as the assignment changes (not only at the
+// next pause), and returns when its context ends or the lease ends.
+func TestREADMEUseLoop(t *testing.T) {
+	loop := func(ctx context.Context, l *Lease, pause time.Duration) (passes *atomic.Int64, seen *sync.Map, done chan error) {
+		passes, seen, done = new(atomic.Int64), new(sync.Map), make(chan error, 1)
+		go func() {
+			done <- useLoop(ctx, l, pause, func() { passes.Add(1) }, func(p int) { seen.Store(p, true) })
+		}()
+		return passes, seen, done
+	}
+	ended := func(t *testing.T, done chan error, want error) {
+		t.Helper()
+		select {
+		case err := <-done:
+			if !errors.Is(err, want) {
+				t.Errorf("loop returned %v, want %v", err, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("loop still running 5s after it should have returned %v", want)
+		}
+	}
+
+	t.Run("empty Values", func(t *testing.T) {
+		l := newLease(nil, "r", 64, 8)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const pause = 20 * time.Millisecond
+		start := time.Now()
+		passes, _, done := loop(ctx, l, pause)
+		waitUntil(t, 5*time.Second, "6 passes", func() bool { return passes.Load() >= 6 })
+		if took := time.Since(start); took < 5*pause {
+			t.Errorf("6 passes over an empty Values in %v: want a pause of %v between passes", took, pause)
+		}
+		cancel()
+		ended(t, done, context.Canceled)
+	})
+
+	t.Run("changes wake it, the lease's end stops it", func(t *testing.T) {
+		l := newLease(nil, "r", 64, 8)
+		passes, seen, done := loop(context.Background(), l, time.Hour)
+		waitUntil(t, 5*time.Second, "the first pass", func() bool { return passes.Load() >= 1 })
+		l.publish(snap(64, 5), ErrRevoked)
+		waitUntil(t, 5*time.Second, "a pass over partition 5", func() bool { _, ok := seen.Load(5); return ok })
+		l.publish(snap(64, 5, 9), ErrRevoked)
+		waitUntil(t, 5*time.Second, "a pass over partition 9", func() bool { _, ok := seen.Load(9); return ok })
+		l.fail(ErrClosed)
+		ended(t, done, ErrClosed)
+	})
 }

@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"database/sql"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -30,12 +28,13 @@ type demoNode struct {
 }
 
 type demo struct {
-	out  io.Writer
-	dsn  string
-	size int
-	ttl  time.Duration
-	hb   time.Duration
-	verb bool
+	out    io.Writer
+	stderr io.Writer // for -v
+	dsn    string
+	size   int
+	ttl    time.Duration
+	hb     time.Duration
+	verb   bool
 
 	nodes   []*demoNode
 	last    []string // partition -> owner after the previous step
@@ -51,20 +50,63 @@ type summaryRow struct {
 	maxShare float64
 }
 
-func demoCmd(args []string) error { return runDemo(os.Stdout, args) }
+// demoTTL is the demo's lease time: short, so that the crash and the
+// blackhole are over in seconds.
+const demoTTL = 2 * time.Second
+
+var demoAbout = fmt.Sprintf(`Starts nodes a to e in this process, each with its own connection pool
+behind a fault-injecting proxy, on ring "demo"; then f joins, b crashes (cut
+off for good), c is blackholed and healed after 2 TTL, and d leaves. After
+each step it waits until every partition has exactly one live owner and the
+shares are exact, and prints the time taken, the partitions moved and the
+ring.
+
+It drops schema %s, with everything in it, and creates it anew
+on every run.
+
+The TTL defaults to %v, not the library's %v (leasering.DefaultTTL), so
+that the crash and the blackhole are over in seconds.`, demoSchema, demoTTL, leasering.DefaultTTL)
+
+// demoCmd runs the demo script.
+func demoCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("demo", demoAbout)
+	dsn := dsnFlag(fs)
+	size := fs.Int("size", 64, "ring `size`: partitions, 1.."+fmt.Sprint(leasering.MaxRingSize))
+	ttl := fs.Duration("ttl", demoTTL, fmt.Sprintf("lease TTL, at least %v; %v here so the demo is quick (library default: %v); the heartbeat is a tenth of it", leasering.MinTTL, demoTTL, leasering.DefaultTTL))
+	verbose := fs.Bool("v", false, "log the clients' events to stderr")
+	if code, done := parse(fs, args, stdout, stderr); done {
+		return code
+	}
+	if err := checkSize(*size); err != nil {
+		return usageError(stderr, "demo", err)
+	}
+	if err := checkTTL(*ttl); err != nil {
+		return usageError(stderr, "demo", err)
+	}
+	if err := runDemo(stdout, stderr, dsn.dsn, *size, *ttl, *verbose); err != nil {
+		return failed(stderr, "demo", err)
+	}
+	return exitOK
+}
+
+// checkSize and checkTTL refuse what the library would, before any I/O.
+func checkSize(n int) error {
+	if n < 1 || n > leasering.MaxRingSize {
+		return fmt.Errorf("-size %d is outside 1..%d", n, leasering.MaxRingSize)
+	}
+	return nil
+}
+
+func checkTTL(d time.Duration) error {
+	if d < leasering.MinTTL {
+		return fmt.Errorf("-ttl %v is below the minimum %v", d, leasering.MinTTL)
+	}
+	return nil
+}
 
 // runDemo runs the demo script, writing its report to out.
-func runDemo(out io.Writer, args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	dsn := dsnFlag(fs)
-	size := fs.Int("size", 64, "ring size")
-	ttl := fs.Duration("ttl", 2*time.Second, "lease TTL")
-	verbose := fs.Bool("v", false, "log the clients' events")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-
-	admin, err := openDB(*dsn)
+func runDemo(out, stderr io.Writer, dsn string, size int, ttl time.Duration, verbose bool) error {
+	admin, err := openDB(dsn)
 	if err != nil {
 		return err
 	}
@@ -72,7 +114,7 @@ func runDemo(out io.Writer, args []string) error {
 	if _, err := admin.Exec(`DROP SCHEMA IF EXISTS ` + demoSchema + ` CASCADE`); err != nil {
 		return fmt.Errorf("resetting schema %s: %w", demoSchema, err)
 	}
-	d := &demo{out: out, dsn: *dsn, size: *size, ttl: *ttl, hb: *ttl / 10, verb: *verbose}
+	d := &demo{out: out, stderr: stderr, dsn: dsn, size: size, ttl: ttl, hb: ttl / 10, verb: verbose}
 	defer d.shutdown()
 
 	fmt.Fprintf(d.out, "leasering demo: ring %q of %d partitions, TTL %v, heartbeat %v, schema %s\n\n", "demo", d.size, d.ttl, d.hb, demoSchema)
@@ -137,7 +179,7 @@ func (d *demo) start(id string) error {
 		return err
 	}
 	c, err := leasering.NewClient(db, leasering.WithNodeID(id), leasering.WithSchema(demoSchema),
-		leasering.WithTTL(d.ttl), leasering.WithLogger(logger(d.verb).With("node", id)))
+		leasering.WithTTL(d.ttl), leasering.WithLogger(logger(d.verb, d.stderr).With("node", id)))
 	if err != nil {
 		return err
 	}

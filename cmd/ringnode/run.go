@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -14,50 +14,95 @@ import (
 	"github.com/leasering/leasering/pqnotify"
 )
 
+// runTTL is run's lease time: short, so a takeover after -crash is
+// quick to watch.
+const runTTL = 5 * time.Second
+
+var runAbout = fmt.Sprintf(`Runs one node on a ring until Ctrl-C, then leaves (or, with -crash, exits
+without leaving). Start it in several terminals with different -id values
+and watch the partitions move. On a terminal it redraws a live view: the
+members, a map of the ring coloured by owner, epochs, lease time left and
+the event log; piped, it prints one line per event. It uses schema %s
+and creates it if it is missing.
+
+The TTL defaults to %v, not the library's %v (leasering.DefaultTTL),
+so that after -crash you see the others take over within seconds.`, leasering.DefaultSchema, runTTL, leasering.DefaultTTL)
+
 // runCmd runs one node. On a terminal it redraws a live view (members, a
 // map of the ring coloured by owner, epochs, lease time left, the event
 // log); otherwise it prints one line per event.
-func runCmd(args []string) error {
-	fs := flag.NewFlagSet("run", flag.ExitOnError)
+func runCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("run", runAbout)
 	dsn := dsnFlag(fs)
-	id := fs.String("id", "", "node id (default: random)")
-	ring := fs.String("ring", "demo", "ring name")
-	size := fs.Int("size", 64, "ring size")
-	vnodes := fs.Int("vnodes", leasering.DefaultVNodes, "vnodes (weight)")
-	ttl := fs.Duration("ttl", 5*time.Second, "lease TTL")
+	id := fs.String("id", "", "node `id` (default: random)")
+	ring := fs.String("ring", "demo", "ring `name`")
+	size := fs.Int("size", 64, "ring `size`: partitions, 1.."+fmt.Sprint(leasering.MaxRingSize)+"; every member must give the same")
+	vnodes := fs.Int("vnodes", leasering.DefaultVNodes, fmt.Sprintf("vnodes, 1..%d: the node's weight", leasering.MaxVNodes))
+	ttl := fs.Duration("ttl", runTTL, fmt.Sprintf("lease TTL, at least %v; %v here so a takeover is quick to watch (library default: %v); the heartbeat is a tenth of it", leasering.MinTTL, runTTL, leasering.DefaultTTL))
 	crash := fs.Bool("crash", false, "on Ctrl-C exit without leaving, so the others take over after the TTL")
 	notify := fs.Bool("notify", true, "wake on LISTEN/NOTIFY (needs a direct connection)")
 	plain := fs.Bool("plain", false, "plain lines even on a terminal")
 	verbose := fs.Bool("v", false, "log the client's events to stderr")
-	_ = fs.Parse(args)
-
-	db, err := openDB(*dsn)
+	if code, done := parse(fs, args, stdout, stderr); done {
+		return code
+	}
+	if err := checkSize(*size); err != nil {
+		return usageError(stderr, "run", err)
+	}
+	if err := checkTTL(*ttl); err != nil {
+		return usageError(stderr, "run", err)
+	}
+	if *vnodes < 1 || *vnodes > leasering.MaxVNodes {
+		return usageError(stderr, "run", fmt.Errorf("-vnodes %d is outside 1..%d", *vnodes, leasering.MaxVNodes))
+	}
+	code, err := runNode(stdout, stderr, runOptions{dsn: dsn.dsn, id: *id, ring: *ring, size: *size, vnodes: *vnodes,
+		ttl: *ttl, crash: *crash, notify: *notify, plain: *plain, verbose: *verbose})
 	if err != nil {
-		return err
+		return failed(stderr, "run", err)
+	}
+	return code
+}
+
+type runOptions struct {
+	dsn, id, ring                 string
+	size, vnodes                  int
+	ttl                           time.Duration
+	crash, notify, plain, verbose bool
+}
+
+// exitCrashed is run's exit code after -crash.
+const exitCrashed = 2
+
+// runNode runs the node until a signal; with crash it then returns
+// exitCrashed without leaving.
+func runNode(stdout, stderr io.Writer, o runOptions) (int, error) {
+	db, err := openDB(o.dsn)
+	if err != nil {
+		return exitError, err
 	}
 	defer db.Close()
-	opts := []leasering.Option{leasering.WithTTL(*ttl), leasering.WithLogger(logger(*verbose))}
-	if *id != "" {
-		opts = append(opts, leasering.WithNodeID(*id), leasering.WithMetadata(*id))
+	opts := []leasering.Option{leasering.WithTTL(o.ttl), leasering.WithLogger(logger(o.verbose, stderr))}
+	if o.id != "" {
+		opts = append(opts, leasering.WithNodeID(o.id), leasering.WithMetadata(o.id))
 	}
 	c, err := leasering.NewClient(db, opts...)
 	if err != nil {
-		return err
+		return exitError, err
 	}
-	lease, err := c.Lease(*ring, *size, leasering.WithVNodes(*vnodes))
+	lease, err := c.Lease(o.ring, o.size, leasering.WithVNodes(o.vnodes))
 	if err != nil {
-		return err
+		return exitError, err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	v := &view{c: c, lease: lease, tty: !*plain && isTerminal(os.Stdout), color: colorAllowed()}
+	v := &view{out: stdout, c: c, lease: lease, tty: !o.plain && isTerminal(stdout), color: colorAllowed()}
 	if err := c.Start(ctx); err != nil {
-		return err
+		return exitError, err
 	}
-	v.event("joined ring %q (%d partitions) as %s; Ctrl-C to %s", *ring, *size, c.ID(),
-		map[bool]string{true: "crash", false: "leave"}[*crash])
-	if *notify {
-		if n, err := pqnotify.Listen(*dsn, c); err != nil {
+	v.event("joined ring %q (%d partitions) as %s; Ctrl-C to %s", o.ring, o.size, c.ID(),
+		map[bool]string{true: "crash", false: "leave"}[o.crash])
+	if o.notify {
+		if n, err := pqnotify.Listen(o.dsn, c); err != nil {
 			v.event("no fast wakeup (%v); polling only", err)
 		} else {
 			defer n.Close()
@@ -70,19 +115,19 @@ func runCmd(args []string) error {
 	for {
 		select {
 		case <-ctx.Done():
-			if *crash {
+			if o.crash {
 				v.event("crashing: exit without leaving")
 				v.draw()
-				os.Exit(2)
+				return exitCrashed, nil // main exits at once: no Close, no leave
 			}
 			v.event("leaving")
 			v.draw()
-			return c.Close()
+			return exitOK, c.Close()
 		case ch, ok := <-changes:
 			if !ok {
 				v.event("lease ended: %v", lease.Err())
 				v.draw()
-				return lease.Err()
+				return exitError, lease.Err()
 			}
 			if len(ch.Assigned) > 0 {
 				v.event("assigned %s", compact(ch.Assigned))
@@ -106,6 +151,7 @@ func runCmd(args []string) error {
 
 // view renders one node.
 type view struct {
+	out   io.Writer
 	c     *leasering.Client
 	lease *leasering.Lease
 	tty   bool
@@ -120,7 +166,7 @@ func (v *view) event(format string, args ...any) {
 		v.log = v.log[len(v.log)-12:]
 	}
 	if !v.tty {
-		fmt.Println(line)
+		fmt.Fprintln(v.out, line)
 	}
 }
 
@@ -174,7 +220,7 @@ func (v *view) draw() {
 	for _, line := range v.log {
 		b.WriteString("  " + line + "\n")
 	}
-	fmt.Print(b.String())
+	fmt.Fprint(v.out, b.String())
 }
 
 func (v *view) paint(s string, colour int) string {
@@ -184,8 +230,12 @@ func (v *view) paint(s string, colour int) string {
 	return fmt.Sprintf("\x1b[48;5;%dm\x1b[97m%s\x1b[0m", colour, s)
 }
 
-// isTerminal reports whether f is a character device (a terminal).
-func isTerminal(f *os.File) bool {
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
