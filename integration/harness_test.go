@@ -1,9 +1,12 @@
 // Package integration tests leasering against a real PostgreSQL.
 //
-// The server comes from LEASERING_TEST_DSN; without it, from Docker through
-// dockertest when a Docker engine answers; otherwise every test skips, or
-// fails when LEASERING_REQUIRE_DB=1. Each test works in a schema of its own
-// and drops it at the end, so tests run in parallel and leave nothing behind.
+// TestMain finds the server (internal/localpg): LEASERING_TEST_DSN when it
+// is set, else Docker through dockertest when an engine answers, else a
+// private throwaway cluster made from the local PostgreSQL binaries and
+// removed at the end. A DSN that does not answer within 10 s, or a machine
+// with no PostgreSQL at all, fails the whole binary at once with one line
+// that says why. Each test works in a schema of its own and drops it at the
+// end, so tests run in parallel and leave nothing behind.
 //
 // LEASERING_TEST_DRIVER picks the database/sql driver of every connection
 // the tests open: "pq" (lib/pq, the default) or "pgx" (pgx's stdlib).
@@ -30,6 +33,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 	"github.com/leasering/leasering"
 	"github.com/leasering/leasering/internal/faultproxy"
+	"github.com/leasering/leasering/internal/localpg"
 	_ "github.com/lib/pq" // registers "postgres"
 	"github.com/ory/dockertest/v3"
 )
@@ -54,42 +58,63 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	testDriver = driver
-	testDSN = os.Getenv("LEASERING_TEST_DSN")
-	var cleanup func()
-	if testDSN == "" {
-		testDSN, cleanup = dockerPostgres()
+	os.Exit(runTests(m))
+}
+
+// runTests finds the server, runs the tests and says how many skipped.
+func runTests(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	srv, err := localpg.Find(ctx, localpg.Options{DSNEnv: []string{"LEASERING_TEST_DSN"}, Docker: dockerPostgres})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
 	}
+	defer srv.Stop()
+	defer localpg.StopOnSignal(srv)()
+	if err := ping(srv.DSN, 10*time.Second); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: PostgreSQL from %s does not answer: %v\n", srv.Source, err)
+		return 1
+	}
+	testDSN = srv.DSN
+	fmt.Fprintf(os.Stderr, "integration: PostgreSQL from %s\n", srv.Source)
 	code := m.Run()
-	if cleanup != nil {
-		cleanup()
+	if n := skipped.Load(); n > 0 {
+		fmt.Fprintf(os.Stderr, "integration: %d tests skipped (run with -v to see why)\n", n)
 	}
-	os.Exit(code)
+	return code
+}
+
+// ping checks that the server at dsn answers within d, with its own reason
+// if it does not.
+func ping(dsn string, d time.Duration) error {
+	db, err := sqlOpen(dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return db.PingContext(ctx)
 }
 
 // dockerPostgres starts PostgreSQL in Docker when an engine answers.
-func dockerPostgres() (string, func()) {
+func dockerPostgres(ctx context.Context) (string, func(), error) {
 	pool, err := dockertest.NewPool("")
 	if err != nil || pool.Client.Ping() != nil {
-		return "", nil
+		return "", nil, nil // no engine
 	}
 	res, err := pool.Run("postgres", "15", []string{"POSTGRES_HOST_AUTH_METHOD=trust", "POSTGRES_DB=test"})
 	if err != nil {
-		return "", nil
+		return "", nil, err
 	}
 	dsn := "postgres://postgres@" + res.GetHostPort("5432/tcp") + "/test?sslmode=disable"
 	pool.MaxWait = time.Minute
-	if err := pool.Retry(func() error {
-		db, err := sqlOpen(dsn)
-		if err != nil {
-			return err
-		}
-		defer db.Close()
-		return db.Ping()
-	}); err != nil {
+	if err := pool.Retry(func() error { return ping(dsn, 5*time.Second) }); err != nil {
 		_ = pool.Purge(res)
-		return "", nil
+		return "", nil, err
 	}
-	return dsn, func() { _ = pool.Purge(res) }
+	return dsn, func() { _ = pool.Purge(res) }, nil
 }
 
 // sqlOpen opens dsn with the test driver: the one sql.Open of the tests.
@@ -107,15 +132,27 @@ func openDB(t testing.TB, dsn string) *sql.DB {
 	return db
 }
 
-// needDB returns the test server's DSN or skips (fails under
-// LEASERING_REQUIRE_DB=1).
+// skipped counts the tests that skipped, for TestMain's closing line.
+var skipped atomic.Int32
+
+// skip skips t and counts it.
+func skip(t testing.TB, args ...any) {
+	t.Helper()
+	skipped.Add(1)
+	t.Skip(args...)
+}
+
+// needDB returns the test server's DSN. It reads the variables that choose
+// the server again, inside the test, so that go test's cache, which keys a
+// result on the variables a test reads, runs the tests again when they
+// change (TestMain's reads happen before the cache records anything).
 func needDB(t testing.TB) string {
 	t.Helper()
+	for _, name := range []string{"LEASERING_TEST_DSN", "LEASERING_TEST_DRIVER", "LEASERING_REQUIRE_DB"} {
+		_ = os.Getenv(name)
+	}
 	if testDSN == "" {
-		if os.Getenv("LEASERING_REQUIRE_DB") == "1" {
-			t.Fatal("LEASERING_REQUIRE_DB=1 but no database: set LEASERING_TEST_DSN")
-		}
-		t.Skip("no PostgreSQL: set LEASERING_TEST_DSN or run a Docker engine")
+		t.Fatal("no PostgreSQL (TestMain found none)")
 	}
 	return testDSN
 }

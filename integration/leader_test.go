@@ -211,11 +211,11 @@ func TestLeaderElection(t *testing.T) {
 // disturbs every other test using the server, so run it on its own.
 func TestLeaderSurvivesDatabaseRestart(t *testing.T) {
 	if os.Getenv("LEASERING_TEST_PG_RESTART") != "1" {
-		t.Skip("restarts PostgreSQL: set LEASERING_TEST_PG_RESTART=1 and run this test alone")
+		skip(t, "restarts PostgreSQL: set LEASERING_TEST_PG_RESTART=1 and run this test alone")
 	}
 	versions, _ := filepath.Glob("/etc/postgresql/*")
 	if len(versions) != 1 {
-		t.Skipf("need exactly one cluster under /etc/postgresql, found %v", versions)
+		skip(t, fmt.Sprintf("need exactly one cluster under /etc/postgresql, found %v", versions))
 	}
 	ttl, hb := 10*time.Second, time.Second
 	e := newEnv(t, ttl, hb)
