@@ -12,6 +12,7 @@ import (
 
 	"github.com/leasering/leasering"
 	"github.com/leasering/leasering/internal/faultproxy"
+	"github.com/leasering/leasering/internal/localpg"
 )
 
 // demoSchema is the schema the demo owns: it is dropped and made anew on
@@ -106,6 +107,20 @@ func checkTTL(d time.Duration) error {
 
 // runDemo runs the demo script, writing its report to out.
 func runDemo(out, stderr io.Writer, dsn string, size int, ttl time.Duration, verbose bool) error {
+	if dsn == "" {
+		// No server named: a private one, removed at the end (and on
+		// Ctrl-C), rather than whatever runs on this machine.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		srv, err := localpg.Find(ctx, localpg.Options{})
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer srv.Stop()
+		defer localpg.StopOnSignal(srv)()
+		fmt.Fprintf(out, "PostgreSQL: %s\n", srv.Source)
+		dsn = srv.DSN
+	}
 	admin, err := openDB(dsn)
 	if err != nil {
 		return err

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"github.com/leasering/leasering/internal/localpg"
+	"github.com/lib/pq"
+	"net"
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -103,5 +107,56 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 			t.Errorf("%v does not show ring demo (32 partitions) in schema %s:\n%s", args, demoSchema, out)
 		}
 		t.Logf("%v:\n%s", args, out)
+	}
+}
+
+// TestDemoWithoutDSNStartsPrivateServer: with neither -dsn nor
+// DATABASE_URL the demo runs on a private throwaway server, not on
+// whatever listens on this machine, and removes it at the end.
+func TestDemoWithoutDSNStartsPrivateServer(t *testing.T) {
+	if _, err := localpg.BinDir(t.Context()); err != nil {
+		if os.Getenv("LEASERING_REQUIRE_DB") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	t.Setenv("DATABASE_URL", "")
+	code, out, errOut := run(t, "demo", "-ttl", "500ms", "-size", "16")
+	if code != 0 {
+		t.Fatalf("demo exited %d: %s\n%s", code, errOut, out)
+	}
+	first, _, _ := strings.Cut(out, "\n")
+	if !strings.HasPrefix(first, "PostgreSQL: private cluster at ") {
+		t.Fatalf("demo's first line is %q, want the private cluster it started", first)
+	}
+	dir := strings.TrimPrefix(first, "PostgreSQL: private cluster at ")
+	dir, _, _ = strings.Cut(dir, ":")
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the private cluster's directory %s is still there after the demo (%v)", dir, err)
+	}
+}
+
+// TestConnectErrorsSayWhatHappened: refused, a wrong password, a missing
+// role and a missing database each get their own reason and advice.
+func TestConnectErrorsSayWhatHappened(t *testing.T) {
+	const dsn = "postgres://app:s3cret@db.example:5432/app"
+	for _, tc := range []struct {
+		err  error
+		want []string
+	}{
+		{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, []string{"nothing listens at", "start PostgreSQL"}},
+		{&pq.Error{Code: "28P01", Message: `password authentication failed for user "app"`}, []string{"refused the password", "put the right one"}},
+		{&pq.Error{Code: "28000", Message: `role "app" does not exist`}, []string{"no such role", "createuser"}},
+		{&pq.Error{Code: "3D000", Message: `database "app" does not exist`}, []string{"no such database", "createdb"}},
+	} {
+		msg := explainConnectError(dsn, tc.err).Error()
+		for _, want := range tc.want {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%v: %q lacks %q", tc.err, msg, want)
+			}
+		}
+		if strings.Contains(msg, "s3cret") {
+			t.Errorf("%q shows the password", msg)
+		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/lib/pq"
@@ -116,8 +117,10 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  %-7s %s\n", "help", "this list; ringnode help <command>, or ringnode <command> -h, shows a command's flags")
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "The database is -dsn, else $DATABASE_URL, else %s\n", defaultDSN)
-	fmt.Fprintln(w, "(user postgres, no password: give one in -dsn or DATABASE_URL if the server asks).")
+	fmt.Fprintln(w, "The database is -dsn, else $DATABASE_URL. Without either, demo starts a private")
+	fmt.Fprintln(w, "throwaway PostgreSQL from the local binaries and removes it at the end; run and")
+	fmt.Fprintf(w, "status, which need a server shared by several processes, use %s\n", defaultDSN)
+	fmt.Fprintln(w, "and say so (user postgres, no password: give one in -dsn or DATABASE_URL if the server asks).")
 	if env := os.Getenv("DATABASE_URL"); env != "" {
 		fmt.Fprintf(w, "DATABASE_URL is set: %s\n", redact(env))
 	}
@@ -189,11 +192,18 @@ func (v *dsnValue) Set(s string) error { v.dsn = s; return nil }
 // dsnFlag adds -dsn to fs.
 func dsnFlag(fs *flag.FlagSet) *dsnValue {
 	v := &dsnValue{dsn: os.Getenv("DATABASE_URL")}
-	if v.dsn == "" {
-		v.dsn = defaultDSN
-	}
-	fs.Var(v, "dsn", "PostgreSQL connection `string`, a URL or key=value pairs; without it $DATABASE_URL, else the local server as user postgres with no password. Passwords show as ***")
+	fs.Var(v, "dsn", "PostgreSQL connection `string`, a URL or key=value pairs (default $DATABASE_URL; passwords show as ***)")
 	return v
+}
+
+// sharedDSN is the DSN of run and status: -dsn or DATABASE_URL, else the
+// local server, which they announce on stderr.
+func sharedDSN(v *dsnValue, stderr io.Writer) string {
+	if v.dsn != "" {
+		return v.dsn
+	}
+	fmt.Fprintf(stderr, "ringnode: no -dsn and no DATABASE_URL: using the local server, %s\n", defaultDSN)
+	return defaultDSN
 }
 
 // redact hides the password of a connection string: the password of a URL's
@@ -330,15 +340,34 @@ func openDB(dsn string) (*sql.DB, error) {
 	defer cancel()
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
-		var pqErr *pq.Error
-		if errors.As(err, &pqErr) {
-			return nil, fmt.Errorf("PostgreSQL at %s refused us (%v); pass -dsn or set DATABASE_URL with a user, password and database it accepts", redact(dsn), err)
-		}
-		return nil, fmt.Errorf("no PostgreSQL answers at %s (%v); start one (Debian: apt-get install postgresql), or pass -dsn or set DATABASE_URL", redact(dsn), err)
+		return nil, explainConnectError(dsn, err)
 	}
 	return db, nil
 }
 
+// explainConnectError says which of refused, authentication, missing role
+// or missing database kept us out, and what to do about it.
+func explainConnectError(dsn string, err error) error {
+	at := redact(dsn)
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		switch {
+		case pqErr.Code == "28P01" || pqErr.Code == "28000" && strings.Contains(pqErr.Message, "authentication"):
+			return fmt.Errorf("PostgreSQL at %s refused the password (%v): put the right one in -dsn or DATABASE_URL (postgres://user:password@host/db)", at, err)
+		case pqErr.Code == "28000" && strings.Contains(pqErr.Message, "does not exist"):
+			return fmt.Errorf("PostgreSQL at %s has no such role (%v): name an existing user in -dsn, or create it (createuser --createdb NAME)", at, err)
+		case pqErr.Code == "28000":
+			return fmt.Errorf("PostgreSQL at %s does not let this role in (%v): check pg_hba.conf and the role's LOGIN right, or use another user in -dsn", at, err)
+		case pqErr.Code == "3D000":
+			return fmt.Errorf("PostgreSQL at %s has no such database (%v): name an existing one in -dsn, or create it (createdb NAME)", at, err)
+		}
+		return fmt.Errorf("PostgreSQL at %s refused us (%v)", at, err)
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("nothing listens at %s (%v): start PostgreSQL there, pass another -dsn, or run the demo without -dsn and DATABASE_URL to let it start a private server", at, err)
+	}
+	return fmt.Errorf("no PostgreSQL answers at %s (%v): check the host and port in -dsn or DATABASE_URL", at, err)
+}
 func logger(verbose bool, stderr io.Writer) *slog.Logger {
 	if !verbose {
 		return slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -55,7 +55,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	if *vnodes < 1 || *vnodes > leasering.MaxVNodes {
 		return usageError(stderr, "run", fmt.Errorf("-vnodes %d is outside 1..%d", *vnodes, leasering.MaxVNodes))
 	}
-	code, err := runNode(stdout, stderr, runOptions{dsn: dsn.dsn, id: *id, ring: *ring, size: *size, vnodes: *vnodes,
+	code, err := runNode(stdout, stderr, runOptions{dsn: sharedDSN(dsn, stderr), id: *id, ring: *ring, size: *size, vnodes: *vnodes,
 		ttl: *ttl, crash: *crash, notify: *notify, plain: *plain, verbose: *verbose})
 	if err != nil {
 		return failed(stderr, "run", err)

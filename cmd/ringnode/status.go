@@ -30,7 +30,7 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 	if code, done := parse(fs, args, stdout, stderr); done {
 		return code
 	}
-	db, err := openDB(dsn.dsn)
+	db, err := openDB(sharedDSN(dsn, stderr))
 	if err != nil {
 		return failed(stderr, "status", err)
 	}

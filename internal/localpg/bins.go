@@ -145,3 +145,7 @@ func numbers(s string) []int {
 	}
 	return ns
 }
+
+// BinDir returns the directory of the PostgreSQL binaries Start would run,
+// or an error wrapping ErrNoPostgres that says what to install.
+func BinDir(ctx context.Context) (string, error) { return defaultSearch().binDir(ctx) }
