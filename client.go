@@ -410,6 +410,10 @@ type attempt struct {
 // while a call hangs.
 func (c *Client) run(first renewResult, applied chan<- struct{}) {
 	defer close(c.done)
+	// The first heartbeat counts as launched: a wake from a Lease opened
+	// before Start waits a twentieth of a heartbeat after it, as any wake
+	// does, rather than sending a second heartbeat at once.
+	c.hb.lastLaunch = first.sent
 	c.apply(first)
 	c.publish(time.Now())
 	close(applied)
