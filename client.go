@@ -181,7 +181,7 @@ func (c *Client) Start(ctx context.Context) error {
 	c.state = stateStarting
 	c.mu.Unlock()
 
-	first, err := c.join(ctx)
+	err := c.join(ctx)
 	c.mu.Lock()
 	if c.state == stateClosed { // Close ran meanwhile
 		c.mu.Unlock()
@@ -199,34 +199,35 @@ func (c *Client) Start(ctx context.Context) error {
 	c.mu.Unlock()
 
 	applied := make(chan struct{})
-	go c.run(first, applied)
+	go c.run(applied)
 	<-applied
 	c.log.Info("leasering: node started", "incarnation", c.incarnation, "ttl", c.cfg.ttl, "heartbeat", c.cfg.heartbeat)
 	return nil
 }
 
-// join migrates and makes the first heartbeat. Errors a retry can cure
+// join migrates, joins the node and its rings, and heartbeats until every
+// lease has its first view and the node is live. Errors a retry can cure
 // (see transient: a deadlock, a lock timeout, a dropped connection while
 // many nodes start at once) are retried with backoff until ctx ends; the
 // others are returned at once.
 //
 // A heartbeat that was sent may have committed even if its answer never
 // came, and then the database has given this node partitions that nobody
-// would report until the lease ran out. So the heartbeat runs to its own
-// timeout even when ctx ends meanwhile, and a join that fails after one was
-// sent leaves before it returns.
-func (c *Client) join(ctx context.Context) (renewResult, error) {
+// would report until the lease ran out. So each call runs to its own
+// timeout even when ctx ends meanwhile, and a join that fails after the
+// first heartbeat was sent leaves before it returns.
+func (c *Client) join(ctx context.Context) error {
 	backoff := 20 * time.Millisecond
 	sent := false
 	var last error // the last error a retry could have cured
 	for {
-		res, heartbeat, err := c.joinOnce(ctx)
+		heartbeat, err := c.joinOnce(ctx)
 		sent = sent || heartbeat
 		if err == nil && ctx.Err() != nil {
-			err = ctx.Err() // the first heartbeat committed after ctx ended
+			err = ctx.Err() // the node joined after ctx ended
 		}
 		if err == nil {
-			return res, nil
+			return nil
 		}
 		if ctx.Err() == nil && transient(err) && !errors.Is(err, ErrFenced) {
 			last = err
@@ -246,11 +247,11 @@ func (c *Client) join(ctx context.Context) (renewResult, error) {
 				last = err
 			}
 			if last != nil {
-				return res, fmt.Errorf("leasering: start: %w (last error: %w)", ctx.Err(), last)
+				return fmt.Errorf("leasering: start: %w (last error: %w)", ctx.Err(), last)
 			}
-			return res, fmt.Errorf("leasering: start: %w", ctx.Err())
+			return fmt.Errorf("leasering: start: %w", ctx.Err())
 		}
-		return res, startError(err)
+		return startError(err)
 	}
 }
 
@@ -263,25 +264,93 @@ func startError(err error) error {
 	return fmt.Errorf("leasering: start: %w", err)
 }
 
-// joinOnce migrates and sends the first heartbeat; heartbeat reports
-// whether it was sent.
-func (c *Client) joinOnce(ctx context.Context) (res renewResult, heartbeat bool, err error) {
+// maxUnliveStarts is how many heartbeats in a row, with every ring joined
+// and read, may leave a starting node without a live lease before Start
+// gives up: its heartbeats take longer than its TTL allows.
+const maxUnliveStarts = 3
+
+// joinOnce migrates, sends the first heartbeat (which takes the node id
+// over), joins the rings that heartbeat says to join, each in a statement
+// of its own, and heartbeats until every lease has its view and the node
+// is live. heartbeat reports whether a heartbeat was sent. Each result is
+// applied as the loop would; the loop takes over from there.
+func (c *Client) joinOnce(ctx context.Context) (heartbeat bool, err error) {
 	if err := c.ensureSchema(ctx); err != nil {
-		return renewResult{}, false, err
+		return false, err
 	}
-	hbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.renewTimeout)
-	defer cancel()
-	res = c.renew(hbCtx, c.ringRequests(time.Now()), true, true, false)
-	if res.err != nil {
-		if errors.Is(res.err, ErrRingSizeMismatch) {
-			return res, true, res.err
+	claim, unlive := true, 0
+	for {
+		if rings := c.joinRequests(); len(rings) > 0 {
+			jctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), joinTimeout)
+			res := c.joinRings(jctx, rings)
+			cancel()
+			if res.err != nil {
+				return true, fmt.Errorf("joining rings: %w", res.err)
+			}
+			c.joined(res)
+			for _, j := range res.rings {
+				if j.Status == ringSizeMismatch {
+					return true, fmt.Errorf("%w: ring %q has size %d, not %d", ErrRingSizeMismatch, j.Ring, j.Size, sizeOf(rings, j.Ring))
+				}
+			}
 		}
-		return res, true, fmt.Errorf("first heartbeat: %w", res.err)
+		if ctx.Err() != nil {
+			return heartbeat, ctx.Err()
+		}
+		hbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.renewTimeout)
+		res := c.renew(hbCtx, c.ringRequests(time.Now()), claim, true, false)
+		cancel()
+		heartbeat = true
+		if res.err != nil {
+			if errors.Is(res.err, ErrRingSizeMismatch) {
+				return true, res.err
+			}
+			return true, fmt.Errorf("heartbeat: %w", res.err)
+		}
+		if res.status == statusFenced { // only if a newer incarnation raced us
+			return true, ErrFenced
+		}
+		claim = false
+		c.hb.lastLaunch = res.sent
+		c.apply(res)
+		now := time.Now()
+		if !c.startPending() {
+			if now.Before(c.hb.deadline) {
+				return true, nil
+			}
+			if unlive++; unlive >= maxUnliveStarts {
+				return true, fmt.Errorf("%w: a heartbeat took %v of a lease of %v, which leaves the node no time to report anything (it stops TTL/10 before the lease ends): raise WithTTL",
+					ErrUnsupported, res.recv.Sub(res.sent).Round(time.Millisecond), res.lease)
+			}
+		}
+		if ctx.Err() != nil {
+			return true, ctx.Err()
+		}
 	}
-	if res.status == statusFenced { // only if a newer incarnation raced us
-		return res, true, ErrFenced
+}
+
+// startPending reports whether a lease still waits to be joined or for its
+// first view. A ring whose lock join_rings could not get (a transaction
+// holds one of its partitions through holds()) does not hold Start back:
+// the loop joins it later.
+func (c *Client) startPending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, l := range c.leases {
+		if !l.joinBusy && (l.needJoin || l.version == 0) {
+			return true
+		}
 	}
-	return res, true, nil
+	return false
+}
+
+func sizeOf(rings []ringRequest, name string) int {
+	for _, r := range rings {
+		if r.Ring == name {
+			return r.Size
+		}
+	}
+	return 0
 }
 
 // leaveAfterFailedStart undoes a first heartbeat that may have committed.
@@ -408,19 +477,17 @@ type attempt struct {
 // run is the heartbeat loop. It never blocks on the database: each call
 // runs in its own goroutine, and the loop keeps the fencing deadline even
 // while a call hangs.
-func (c *Client) run(first renewResult, applied chan<- struct{}) {
+// Start has applied its heartbeats already.
+func (c *Client) run(applied chan<- struct{}) {
 	defer close(c.done)
-	// The first heartbeat counts as launched: a wake from a Lease opened
-	// before Start waits a twentieth of a heartbeat after it, as any wake
-	// does, rather than sending a second heartbeat at once.
-	c.hb.lastLaunch = first.sent
-	c.apply(first)
 	c.publish(time.Now())
 	close(applied)
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var inflight *attempt
+	var joining chan joinResult // a join_rings call in flight
+	var joinAfter time.Time     // after a failed join, not before this
 	for {
 		now := time.Now()
 		if inflight != nil && !now.Before(inflight.timeout) {
@@ -449,12 +516,21 @@ func (c *Client) run(first renewResult, applied chan<- struct{}) {
 				c.hb.nextRenew = now.Add(c.cfg.heartbeat)
 			}
 		}
+		if joining == nil && !now.Before(joinAfter) {
+			if rings := c.joinRequests(); len(rings) > 0 {
+				joining = c.launchJoin(rings)
+			}
+		}
 		c.publish(now)
 		if c.Err() != nil {
 			return
 		}
 
-		timer.Reset(c.nextWake(now, inflight))
+		wait := c.nextWake(now, inflight)
+		if joining == nil && joinAfter.After(now) {
+			wait = min(wait, joinAfter.Sub(now))
+		}
+		timer.Reset(wait)
 		var results chan renewResult
 		if inflight != nil {
 			results = inflight.result
@@ -468,6 +544,19 @@ func (c *Client) run(first renewResult, applied chan<- struct{}) {
 		case res := <-results:
 			inflight = nil
 			c.apply(res)
+		case res := <-joining:
+			joining = nil
+			switch {
+			case res.err != nil:
+				c.log.Warn("leasering: joining rings failed; retrying", "err", res.err)
+				joinAfter = time.Now().Add(c.cfg.heartbeat / 2)
+			case res.notLive:
+				joinAfter = time.Now().Add(c.cfg.heartbeat / 2) // a heartbeat rejoins first
+			case c.joined(res):
+				c.hb.woken = true // the next heartbeat reads their views
+			default:
+				joinAfter = time.Now().Add(c.cfg.heartbeat / 2) // every ring was busy
+			}
 		}
 	}
 }
@@ -557,10 +646,15 @@ func (c *Client) apply(res renewResult) {
 		if !ok {
 			continue
 		}
-		if ch.Status == "size_mismatch" {
-			delete(c.leases, ch.Ring)
-			l.fail(fmt.Errorf("%w: ring %q has size %d, this lease asked for %d", ErrRingSizeMismatch, ch.Ring, ch.Size, l.size))
-			c.log.Error("leasering: ring size mismatch", "ring", ch.Ring, "ring_size", ch.Size, "lease_size", l.size)
+		switch ch.Status {
+		case ringSizeMismatch:
+			c.sizeMismatch(l, ch.Size)
+			continue
+		case ringToJoin:
+			l.needJoin = true // the loop joins it, then a heartbeat reads its view
+			continue
+		case ringLater:
+			c.hb.woken = true // the next heartbeat brings the view
 			continue
 		}
 		before := len(l.current.values)
@@ -573,7 +667,7 @@ func (c *Client) apply(res renewResult) {
 		// a ring whose fresh view did not come in this answer (its work was
 		// skipped on a busy lock) reports nothing until one does.
 		for name, l := range c.leases {
-			if !slices.ContainsFunc(res.changes, func(ch ringChange) bool { return ch.Ring == name }) {
+			if !slices.ContainsFunc(res.changes, func(ch ringChange) bool { return ch.Ring == name && ch.Status == statusOK }) {
 				l.forget()
 			}
 		}

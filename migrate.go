@@ -94,6 +94,7 @@ type queries struct {
 	renew        string
 	leave        string
 	leaveRing    string
+	joinRings    string
 	announce     string
 }
 
@@ -107,6 +108,7 @@ func newQueries(schema string) queries {
 			` $6::pg_catalog.bool, $7::pg_catalog.bool, $8::pg_catalog.timestamptz)`,
 		leave:     `SELECT ` + s + `.leave($1::pg_catalog.text, $2::pg_catalog.text)`,
 		leaveRing: `SELECT ` + s + `.leave($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)`,
+		joinRings: `SELECT ` + s + `.join_rings($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.jsonb, $4::pg_catalog.int4)::pg_catalog.text`,
 		announce:  `SELECT pg_catalog.pg_notify($1::pg_catalog.text, r) FROM pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS r`,
 	}
 }

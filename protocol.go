@@ -29,7 +29,7 @@ type ringRequest struct {
 type ringChange struct {
 	Ring       string  `json:"ring"`
 	Version    int64   `json:"version"`
-	Status     string  `json:"status"` // "ok" or "size_mismatch"
+	Status     string  `json:"status"` // a view ("ok"), or one of the ringStatus values
 	Size       int     `json:"size"`   // the ring's real size, with size_mismatch
 	Partitions []int   `json:"partitions"`
 	Epochs     []int64 `json:"epochs"`
@@ -50,6 +50,13 @@ type memberView struct {
 	VNodes    int      `json:"vnodes"`
 	Positions []uint32 `json:"positions"`
 }
+
+// Ring statuses in a heartbeat's answer other than a view ("ok").
+const (
+	ringSizeMismatch = "size_mismatch" // the ring exists with another size (Size)
+	ringToJoin       = "join"          // not a member (or with other vnodes): join with join_rings
+	ringLater        = "later"         // the heartbeat ran out of time: the view comes with the next
+)
 
 // Node statuses returned by renew_and_read.
 const (
@@ -148,7 +155,7 @@ func decodeChanges(status string, changes sql.NullString, res *renewResult) erro
 			return fmt.Errorf("leasering: decoding heartbeat answer: %w", err)
 		}
 		for _, ch := range res.changes {
-			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != "size_mismatch") ||
+			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != ringSizeMismatch && ch.Status != ringToJoin && ch.Status != ringLater) ||
 				len(ch.Epochs) != len(ch.Partitions) || len(ch.Changed) != len(ch.Owners) {
 				return fmt.Errorf("leasering: malformed heartbeat answer for ring %q", ch.Ring)
 			}

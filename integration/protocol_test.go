@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -77,11 +78,25 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	return h, nil
 }
 
+// join starts each node as a client does: a heartbeat that takes the id,
+// join_rings for ring "r", and a heartbeat that reads the view.
 func (s *sqlNodes) join(ids ...string) {
 	s.t.Helper()
 	for _, id := range ids {
 		if _, err := s.renew(nil, id, true, false, 0); err != nil {
 			s.t.Fatalf("join %s: %v", id, err)
+		}
+		inc := s.inc[id]
+		if inc == "" {
+			inc = "inc-" + id
+		}
+		var answer string
+		if err := s.e.admin.QueryRow(`SELECT "`+s.e.schema+`".join_rings($1, $2, '[{"ring": "r", "size": 8, "vnodes": 8}]', 1000)::text`,
+			id, inc).Scan(&answer); err != nil || !strings.Contains(answer, `"status": "ok"`) {
+			s.t.Fatalf("join_rings for %s: %s (%v)", id, answer, err)
+		}
+		if _, err := s.renew(nil, id, false, false, 0); err != nil {
+			s.t.Fatalf("first view of %s: %v", id, err)
 		}
 	}
 }

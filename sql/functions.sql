@@ -440,6 +440,57 @@ BEGIN
 END
 $$;
 
+-- join_rings: node p_node joins (or rejoins) the rings of p_rings, a JSON
+-- array of {ring, size, vnodes}, in a statement of its own rather than in a
+-- heartbeat: creating a ring of 65,536 partitions and the rebalance of a
+-- join each take up to a second there, which a heartbeat must never spend
+-- (its lease is counted from its start). The node's lease must be live and
+-- its incarnation current. Rings go in name order, each waiting at most a
+-- second for its lock (a user transaction may hold a partition through
+-- holds()); once p_budget_ms has passed after the first, the rest are left
+-- for the next call. Returns, for each ring it got to, {ring, status: 'ok' |
+-- 'size_mismatch' | 'busy', size}; a ring it did not get to is not listed,
+-- and 'not_live' alone when the lease is not there.
+CREATE OR REPLACE FUNCTION leasering.join_rings(p_node text, p_incarnation text, p_rings jsonb, p_budget_ms integer)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    started timestamptz := clock_timestamp();
+    r       record;
+    st      text;
+    out     jsonb := '[]';
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN  -- see renew_and_read
+        RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
+              USING ERRCODE = 'LR005';
+    END IF;
+    -- KEY SHARE: the lease stays (no eviction deletes the row meanwhile),
+    -- and the node's heartbeats, which update a non-key column, never wait.
+    PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now() FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RETURN '"not_live"';
+    END IF;
+    PERFORM set_config('lock_timeout', '1000ms', true);
+    FOR r IN
+        SELECT x.ring, x.size, x.vnodes
+          FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer)
+         ORDER BY x.ring
+    LOOP
+        EXIT WHEN jsonb_array_length(out) > 0 AND clock_timestamp() - started > p_budget_ms * interval '1 millisecond';
+        BEGIN
+            st := claim_vnodes(p_node, r.ring, r.size, r.vnodes);
+            out := out || jsonb_build_object('ring', r.ring, 'status', st,
+                                             'size', (SELECT size FROM rings WHERE name = r.ring));
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            out := out || jsonb_build_object('ring', r.ring, 'status', 'busy');  -- the next call
+        END;
+    END LOOP;
+    RETURN out;
+END
+$$;
+
 -- evict_expired: remove every node whose lease has lapsed in database time
 -- (their member rows go with them) and return the rings they were in, for
 -- the caller to rebalance in its ring-lock order. Nodes another transaction
@@ -527,6 +578,13 @@ $$;
 -- version is the ring version the node last saw (0: none yet) and released
 -- lists partitions it was told to give up and has stopped using.
 --
+-- For each ring whose version moved it answers the node's view; for a ring
+-- the node is not a member of (or with other vnodes), status 'join': the
+-- client joins it with join_rings, a statement of its own. No heartbeat
+-- does a ring's heavy work. Views after the first stop once the call has
+-- run a tenth of a TTL (at most 100 ms): the rest answer 'later' and come
+-- with the next heartbeat, which the client sends at once.
+--
 -- Steady state: one HOT update of the node's row and one ring version read
 -- per ring; changes is NULL. With p_scan the call also scans the nodes for
 -- the earliest other lease end or hold end (next_expiry_ms; NULL without
@@ -574,7 +632,9 @@ DECLARE
     r           record;
     cur_version bigint;
     cur_size    integer;
-    claim_st    text;
+    started     timestamptz := clock_timestamp();
+    view_budget interval := least(p_ttl_ms / 10, 100) * interval '1 millisecond';  -- views after the first
+    views       integer := 0;
     view        jsonb;
     out         jsonb := '[]';
 BEGIN
@@ -734,7 +794,11 @@ BEGIN
          ORDER BY x.ring
     LOOP
         SELECT version, size INTO cur_version, cur_size FROM rings WHERE name = r.ring;
-        IF FOUND AND cur_size <> r.size THEN
+        IF NOT FOUND THEN
+            out := out || jsonb_build_object('ring', r.ring, 'status', 'join');
+            CONTINUE;
+        END IF;
+        IF cur_size <> r.size THEN
             IF p_claim THEN  -- a starting process: refuse the whole call, write nothing
                 RAISE EXCEPTION 'ring % has size %, not %', r.ring, cur_size, r.size
                       USING ERRCODE = 'LR001';
@@ -742,7 +806,12 @@ BEGIN
             out := out || jsonb_build_object('ring', r.ring, 'status', 'size_mismatch', 'size', cur_size);
             CONTINUE;
         END IF;
-        CONTINUE WHEN FOUND AND cur_version = r.known AND cardinality(r.released) = 0;  -- steady state
+        CONTINUE WHEN cur_version = r.known AND cardinality(r.released) = 0;  -- steady state
+        IF views > 0 AND clock_timestamp() - started > view_budget THEN
+            -- Enough for one heartbeat: this ring's view comes with the next.
+            out := out || jsonb_build_object('ring', r.ring, 'status', 'later');
+            CONTINUE;
+        END IF;
 
         BEGIN
             IF cardinality(r.released) > 0 THEN
@@ -752,12 +821,10 @@ BEGIN
             END IF;
 
             IF NOT EXISTS (SELECT 1 FROM members WHERE ring = r.ring AND node_id = p_node AND vnodes = r.vnodes) THEN
-                claim_st := claim_vnodes(p_node, r.ring, r.size, r.vnodes);
-                IF claim_st <> 'ok' THEN  -- the ring appeared meanwhile with another size
-                    SELECT size INTO cur_size FROM rings WHERE name = r.ring;
-                    out := out || jsonb_build_object('ring', r.ring, 'status', claim_st, 'size', cur_size);
-                    CONTINUE;
-                END IF;
+                -- Joining rebalances the ring: join_rings does it, in a
+                -- statement of its own.
+                out := out || jsonb_build_object('ring', r.ring, 'status', 'join');
+                CONTINUE;
             END IF;
             -- Lock the member row before reading the view and record the
             -- view's version in it: a rebalance meanwhile waits, so it never
@@ -766,6 +833,7 @@ BEGIN
             view := ring_view(r.ring, p_node, r.known);
             UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = r.ring AND node_id = p_node;
             out := out || view;
+            views := views + 1;
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;
         END;

@@ -1,0 +1,102 @@
+package leasering
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
+)
+
+// TestStartJoinsRingsInTheirOwnStatement: the first heartbeat says to join
+// a ring; Start joins it with join_rings, a statement of its own, then
+// reads the view with a second heartbeat, and returns once the lease shows
+// it and the node is live.
+func TestStartJoinsRingsInTheirOwnStatement(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(time.Hour))
+	l, _ := c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(3600000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
+	mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, sqlmock.AnyArg()).
+		WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "ok", "size": 4}]`))
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(3600000, 0, nil, "ok",
+			changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1, 2, 3}, Epochs: []int64{1, 1, 1, 1}}), nil))
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if got := l.Values(); len(got) != 4 {
+		t.Errorf("Values() = %v after Start, want all 4", got)
+	}
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Error(err)
+	}
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
+
+// TestStartRefusesJoinOfOtherSize: join_rings finds the ring with another
+// size (created meanwhile): Start fails with ErrRingSizeMismatch, and
+// leaves.
+func TestStartRefusesJoinOfOtherSize(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(time.Hour))
+	if _, err := c.Lease("orders", 4); err != nil {
+		t.Fatal(err)
+	}
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(3600000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
+	mock.ExpectQuery(`join_rings`).
+		WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "size_mismatch", "size": 16}]`))
+	mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1))
+	err := c.Start(context.Background())
+	if !errors.Is(err, ErrRingSizeMismatch) {
+		t.Fatalf("Start: %v, want ErrRingSizeMismatch", err)
+	}
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestStartRefusesHeartbeatsLongerThanTheLease: heartbeats that leave the
+// node no live lease are refused, with the figures, rather than a Start
+// that returns nil with nothing reported.
+func TestStartRefusesHeartbeatsLongerThanTheLease(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(time.Second))
+	if _, err := c.Lease("orders", 1); err != nil {
+		t.Fatal(err)
+	}
+	view := changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}})
+	expectSchemaCurrent(mock)
+	for i := 0; i < maxUnliveStarts; i++ {
+		mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(50, 0, nil, "ok", view, nil)) // 50 ms left: under TTL/10
+	}
+	mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1))
+	err := c.Start(context.Background())
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("Start: %v, want ErrUnsupported", err)
+	}
+	t.Log(err)
+}
+
+// TestLaterViewsComeWithTheNextHeartbeat: a heartbeat that ran out of time
+// answers "later" for a ring; the next heartbeat goes at once and brings it.
+func TestLaterViewsComeWithTheNextHeartbeat(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(time.Hour))
+	l, _ := c.Lease("orders", 2)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(3600000, 0, nil, "ok", `[{"ring": "orders", "status": "later"}]`, nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(3600000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if len(l.Values()) != 2 {
+		t.Errorf("Values() = %v", l.Values())
+	}
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
