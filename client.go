@@ -42,7 +42,8 @@ type Client struct {
 	leases map[string]*Lease
 	fatal  error // ErrFenced, once
 
-	wake chan struct{} // a heartbeat is wanted now
+	wake  chan struct{} // a heartbeat is wanted now
+	ready chan error    // owned by the loop: Start waits on it until the node is up (see started)
 	stop chan struct{} // closed by Close
 	done chan struct{} // closed when the heartbeat loop has returned
 
@@ -70,6 +71,9 @@ type heartbeat struct {
 	woken       bool      // a heartbeat was asked for while one was in flight, or not yet launched
 	failures    int       // consecutive
 	lost        bool
+	lastRTT     time.Duration // of the last successful heartbeat
+	lastLease   time.Duration // the lease it was granted
+	unlive      int           // while starting: answered heartbeats in a row that left no live lease
 }
 
 // NewClient makes a client on db. It checks every option and does no I/O.
@@ -196,11 +200,38 @@ func (c *Client) Start(ctx context.Context) error {
 		return err
 	}
 	c.state = stateStarted
+	leases := c.leaseList()
 	c.mu.Unlock()
 
+	// The loop joins the rings and reads their views, each in a statement
+	// of its own, while it keeps the lease; Start waits until every lease
+	// shows its first view and the node is live.
+	ready := make(chan error, 1)
+	c.ready = ready
+	c.started(time.Now(), true) // the first heartbeat may have done it all
 	applied := make(chan struct{})
 	go c.run(applied)
 	<-applied
+	select {
+	case err = <-ready:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err == nil {
+		for _, l := range leases {
+			if lerr := l.Err(); errors.Is(lerr, ErrRingSizeMismatch) {
+				err = lerr
+				break
+			}
+		}
+	}
+	if err != nil {
+		// The node has joined: leave, so that nobody waits for its lease.
+		if cerr := c.Close(); cerr != nil {
+			c.log.Warn("leasering: leaving after a failed start failed; the lease will lapse", "err", cerr)
+		}
+		return startError(err)
+	}
 	c.log.Info("leasering: node started", "incarnation", c.incarnation, "ttl", c.cfg.ttl, "heartbeat", c.cfg.heartbeat)
 	return nil
 }
@@ -269,63 +300,49 @@ func startError(err error) error {
 // gives up: its heartbeats take longer than its TTL allows.
 const maxUnliveStarts = 3
 
-// joinOnce migrates, sends the first heartbeat (which takes the node id
-// over), joins the rings that heartbeat says to join, each in a statement
-// of its own, and heartbeats until every lease has its view and the node
-// is live. heartbeat reports whether a heartbeat was sent. Each result is
-// applied as the loop would; the loop takes over from there.
+// joinOnce migrates and sends the first heartbeat, which takes the node id
+// over, and applies its answer. heartbeat reports whether it was sent.
 func (c *Client) joinOnce(ctx context.Context) (heartbeat bool, err error) {
 	if err := c.ensureSchema(ctx); err != nil {
 		return false, err
 	}
-	claim, unlive := true, 0
-	for {
-		if rings := c.joinRequests(); len(rings) > 0 {
-			jctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), joinTimeout)
-			res := c.joinRings(jctx, rings)
-			cancel()
-			if res.err != nil {
-				return true, fmt.Errorf("joining rings: %w", res.err)
-			}
-			c.joined(res)
-			for _, j := range res.rings {
-				if j.Status == ringSizeMismatch {
-					return true, fmt.Errorf("%w: ring %q has size %d, not %d", ErrRingSizeMismatch, j.Ring, j.Size, sizeOf(rings, j.Ring))
-				}
-			}
+	hbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.renewTimeout)
+	res := c.renew(hbCtx, c.ringRequests(time.Now()), true, true, false)
+	cancel()
+	if res.err != nil {
+		if errors.Is(res.err, ErrRingSizeMismatch) {
+			return true, res.err
 		}
-		if ctx.Err() != nil {
-			return heartbeat, ctx.Err()
-		}
-		hbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.renewTimeout)
-		res := c.renew(hbCtx, c.ringRequests(time.Now()), claim, true, false)
-		cancel()
-		heartbeat = true
-		if res.err != nil {
-			if errors.Is(res.err, ErrRingSizeMismatch) {
-				return true, res.err
-			}
-			return true, fmt.Errorf("heartbeat: %w", res.err)
-		}
-		if res.status == statusFenced { // only if a newer incarnation raced us
-			return true, ErrFenced
-		}
-		claim = false
-		c.hb.lastLaunch = res.sent
-		c.apply(res)
-		now := time.Now()
-		if !c.startPending() {
-			if now.Before(c.hb.deadline) {
-				return true, nil
-			}
-			if unlive++; unlive >= maxUnliveStarts {
-				return true, fmt.Errorf("%w: a heartbeat took %v of a lease of %v, which leaves the node no time to report anything (it stops TTL/10 before the lease ends): raise WithTTL",
-					ErrUnsupported, res.recv.Sub(res.sent).Round(time.Millisecond), res.lease)
-			}
-		}
-		if ctx.Err() != nil {
-			return true, ctx.Err()
-		}
+		return true, fmt.Errorf("first heartbeat: %w", res.err)
+	}
+	if res.status == statusFenced { // only if a newer incarnation raced us
+		return true, ErrFenced
+	}
+	c.hb.lastLaunch = res.sent
+	c.apply(res)
+	return true, nil
+}
+
+// started is the loop's check, after each event, for the Start that waits
+// on c.ready: every lease joined and read and the node live sends nil;
+// heartbeats that leave no live lease, maxUnliveStarts times in a row,
+// send why.
+func (c *Client) started(now time.Time, heartbeat bool) {
+	if c.ready == nil || c.startPending() {
+		return
+	}
+	if now.Before(c.hb.deadline) {
+		c.ready <- nil
+		c.ready = nil
+		return
+	}
+	if !heartbeat || c.hb.failures > 0 {
+		return
+	}
+	if c.hb.unlive++; c.hb.unlive >= maxUnliveStarts {
+		c.ready <- fmt.Errorf("%w: a heartbeat took %v and the database granted %v of lease, which leaves the node no time to report anything (it stops TTL/10 before the lease ends): raise WithTTL",
+			ErrUnsupported, c.hb.lastRTT.Round(time.Millisecond), c.hb.lastLease)
+		c.ready = nil
 	}
 }
 
@@ -337,21 +354,13 @@ func (c *Client) startPending() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, l := range c.leases {
-		if !l.joinBusy && (l.needJoin || l.version == 0) {
+		if !l.joinBusy && (l.needJoin || l.needView || l.version == 0) {
 			return true
 		}
 	}
 	return false
 }
 
-func sizeOf(rings []ringRequest, name string) int {
-	for _, r := range rings {
-		if r.Ring == name {
-			return r.Size
-		}
-	}
-	return 0
-}
 
 // leaveAfterFailedStart undoes a first heartbeat that may have committed.
 func (c *Client) leaveAfterFailedStart() {
@@ -480,6 +489,16 @@ type attempt struct {
 // Start has applied its heartbeats already.
 func (c *Client) run(applied chan<- struct{}) {
 	defer close(c.done)
+	defer func() {
+		if c.ready != nil { // a Start still waits: fenced or closed meanwhile
+			err := c.Err()
+			if err == nil {
+				err = ErrClosed
+			}
+			c.ready <- err
+			c.ready = nil
+		}
+	}()
 	c.publish(time.Now())
 	close(applied)
 
@@ -488,6 +507,8 @@ func (c *Client) run(applied chan<- struct{}) {
 	var inflight *attempt
 	var joining chan joinResult // a join_rings call in flight
 	var joinAfter time.Time     // after a failed join, not before this
+	var viewing chan viewResult // a read_views call in flight
+	var viewAfter time.Time
 	for {
 		now := time.Now()
 		if inflight != nil && !now.Before(inflight.timeout) {
@@ -521,14 +542,23 @@ func (c *Client) run(applied chan<- struct{}) {
 				joining = c.launchJoin(rings)
 			}
 		}
+		if viewing == nil && !now.Before(viewAfter) {
+			if rings := c.viewRequests(); len(rings) > 0 {
+				viewing = c.launchViews(rings)
+			}
+		}
 		c.publish(now)
 		if c.Err() != nil {
 			return
 		}
+		c.started(now, false)
 
 		wait := c.nextWake(now, inflight)
 		if joining == nil && joinAfter.After(now) {
 			wait = min(wait, joinAfter.Sub(now))
+		}
+		if viewing == nil && viewAfter.After(now) {
+			wait = min(wait, viewAfter.Sub(now))
 		}
 		timer.Reset(wait)
 		var results chan renewResult
@@ -544,6 +574,7 @@ func (c *Client) run(applied chan<- struct{}) {
 		case res := <-results:
 			inflight = nil
 			c.apply(res)
+			c.started(time.Now(), res.err == nil && !res.probe)
 		case res := <-joining:
 			joining = nil
 			switch {
@@ -556,6 +587,15 @@ func (c *Client) run(applied chan<- struct{}) {
 				c.hb.woken = true // the next heartbeat reads their views
 			default:
 				joinAfter = time.Now().Add(c.cfg.heartbeat / 2) // every ring was busy
+			}
+		case res := <-viewing:
+			viewing = nil
+			if res.err != nil {
+				c.log.Warn("leasering: reading ring views failed; retrying", "err", res.err)
+			}
+			c.viewed(res, time.Now())
+			if len(c.viewRequests()) > 0 {
+				viewAfter = time.Now().Add(c.cfg.heartbeat / 2) // busy, not live, or failed
 			}
 		}
 	}
@@ -630,8 +670,11 @@ func (c *Client) apply(res renewResult) {
 		c.log.Info("leasering: heartbeat recovered", "failed_attempts", c.hb.failures)
 	}
 	c.hb.failures = 0
+	c.hb.lastRTT, c.hb.lastLease = res.recv.Sub(res.sent), res.lease
 	c.hb.deadline = res.sent.Add(res.lease - c.fenceMargin())
-	c.st.renewed(res, c.hb.deadline, len(res.changes))
+	views := 0 // counted below
+	defer func() { c.st.addViews(views) }()
+	c.st.renewed(res, c.hb.deadline, 0)
 	c.announce(res.announce)
 	c.hb.holdUntil = res.recv.Add(res.hold)
 	if c.hb.lost && c.hb.deadline.After(now) {
@@ -656,7 +699,11 @@ func (c *Client) apply(res renewResult) {
 		case ringLater:
 			c.hb.woken = true // the next heartbeat brings the view
 			continue
+		case ringView:
+			l.needView = true // the loop reads it with read_views
+			continue
 		}
+		views++
 		before := len(l.current.values)
 		l.applyView(ch, now)
 		c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,

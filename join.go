@@ -125,3 +125,91 @@ func (c *Client) launchJoin(rings []ringRequest) chan joinResult {
 	}()
 	return done
 }
+
+// ringViewed is one view in read_views' answer, with the version it was
+// read against.
+type ringViewed struct {
+	Known int64      `json:"known"`
+	View  ringChange `json:"view"`
+}
+
+// viewResult is one read_views call's outcome.
+type viewResult struct {
+	views   []ringViewed
+	notLive bool
+	err     error
+}
+
+// viewRequests lists the rings whose view the last heartbeat said to read
+// with read_views, each with the version the lease holds.
+func (c *Client) viewRequests() []ringRequest {
+	c.mu.Lock()
+	leases := c.leaseList()
+	c.mu.Unlock()
+	var rings []ringRequest
+	for _, l := range leases {
+		if l.needView && !l.needJoin {
+			rings = append(rings, ringRequest{Ring: l.name, Version: l.version})
+		}
+	}
+	return rings
+}
+
+// readViews makes one read_views call.
+func (c *Client) readViews(ctx context.Context, rings []ringRequest) viewResult {
+	arg, err := json.Marshal(rings)
+	if err != nil {
+		return viewResult{err: err}
+	}
+	var out string
+	err = c.inTx(ctx, c.db, func(q DB) error {
+		return q.QueryRowContext(ctx, c.q.readViews, c.cfg.nodeID, c.incarnation, string(arg)).Scan(&out)
+	})
+	if err != nil {
+		return viewResult{err: classifyDBError(err)}
+	}
+	if out == `"not_live"` {
+		return viewResult{notLive: true}
+	}
+	var res viewResult
+	if err := json.Unmarshal([]byte(out), &res.views); err != nil {
+		return viewResult{err: fmt.Errorf("leasering: decoding views: %w", err)}
+	}
+	for _, v := range res.views {
+		if v.View.Ring == "" || len(v.View.Epochs) != len(v.View.Partitions) || len(v.View.Changed) != len(v.View.Owners) {
+			return viewResult{err: fmt.Errorf("leasering: malformed view of ring %q", v.View.Ring)}
+		}
+	}
+	return res
+}
+
+// viewed applies read_views' answer. A view read against a version the
+// lease no longer holds (a heartbeat brought a newer one meanwhile) is
+// dropped: the next heartbeat says what is still to read.
+func (c *Client) viewed(res viewResult, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, v := range res.views {
+		l, ok := c.leases[v.View.Ring]
+		if !ok || l.version != v.Known {
+			continue
+		}
+		l.needView = false
+		l.applyView(v.View, now)
+		c.st.viewed()
+		c.log.Debug("leasering: ring view read", "ring", v.View.Ring, "version", v.View.Version, "owned", len(l.current.values))
+	}
+}
+
+// launchViews runs one read_views call off the loop.
+func (c *Client) launchViews(rings []ringRequest) chan viewResult {
+	done := make(chan viewResult, 1)
+	c.stuck.Add(1)
+	go func() {
+		defer c.stuck.Add(-1)
+		ctx, cancel := context.WithTimeout(c.attempts, joinTimeout)
+		defer cancel()
+		done <- c.readViews(ctx, rings)
+	}()
+	return done
+}

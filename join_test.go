@@ -15,15 +15,15 @@ import (
 // it and the node is live.
 func TestStartJoinsRingsInTheirOwnStatement(t *testing.T) {
 	db, mock := newMock(t)
-	c := newTestClient(t, db, WithTTL(time.Hour))
+	c := newTestClient(t, db, WithTTL(2*time.Second))
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg()).
-		WillReturnRows(renewRow(3600000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
+		WillReturnRows(renewRow(2000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
 	mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, sqlmock.AnyArg()).
 		WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "ok", "size": 4}]`))
 	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), false, true, sqlmock.AnyArg()).
-		WillReturnRows(renewRow(3600000, 0, nil, "ok",
+		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1, 2, 3}, Epochs: []int64{1, 1, 1, 1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatalf("Start: %v", err)
@@ -86,11 +86,11 @@ func TestStartRefusesHeartbeatsLongerThanTheLease(t *testing.T) {
 // answers "later" for a ring; the next heartbeat goes at once and brings it.
 func TestLaterViewsComeWithTheNextHeartbeat(t *testing.T) {
 	db, mock := newMock(t)
-	c := newTestClient(t, db, WithTTL(time.Hour))
+	c := newTestClient(t, db, WithTTL(2*time.Second))
 	l, _ := c.Lease("orders", 2)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(3600000, 0, nil, "ok", `[{"ring": "orders", "status": "later"}]`, nil))
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(3600000, 0, nil, "ok",
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok", `[{"ring": "orders", "status": "later"}]`, nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatalf("Start: %v", err)

@@ -68,6 +68,7 @@ type Lease struct {
 	// Owned by the heartbeat loop.
 	needJoin  bool              // the last heartbeat said this node is not a member: join_rings
 	joinBusy  bool              // and join_rings could not lock the ring in time: it tries again later
+	needView  bool              // the last heartbeat said the view is big: read_views
 	version   int64             // ring version of view, 0 before the first
 	current   *snapshot         // what the view allows, published while the lease is live
 	revokedAt map[int]time.Time // partitions to give up, and when we first heard (zero: not reported, no drain)

@@ -95,6 +95,7 @@ type queries struct {
 	leave        string
 	leaveRing    string
 	joinRings    string
+	readViews    string
 	announce     string
 }
 
@@ -109,6 +110,7 @@ func newQueries(schema string) queries {
 		leave:     `SELECT ` + s + `.leave($1::pg_catalog.text, $2::pg_catalog.text)`,
 		leaveRing: `SELECT ` + s + `.leave($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)`,
 		joinRings: `SELECT ` + s + `.join_rings($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.jsonb, $4::pg_catalog.int4)::pg_catalog.text`,
+		readViews: `SELECT ` + s + `.read_views($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.jsonb)::pg_catalog.text`,
 		announce:  `SELECT pg_catalog.pg_notify($1::pg_catalog.text, r) FROM pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS r`,
 	}
 }

@@ -56,6 +56,7 @@ const (
 	ringSizeMismatch = "size_mismatch" // the ring exists with another size (Size)
 	ringToJoin       = "join"          // not a member (or with other vnodes): join with join_rings
 	ringLater        = "later"         // the heartbeat ran out of time: the view comes with the next
+	ringView         = "view"          // the view is big: read it with read_views
 )
 
 // Node statuses returned by renew_and_read.
@@ -155,7 +156,7 @@ func decodeChanges(status string, changes sql.NullString, res *renewResult) erro
 			return fmt.Errorf("leasering: decoding heartbeat answer: %w", err)
 		}
 		for _, ch := range res.changes {
-			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != ringSizeMismatch && ch.Status != ringToJoin && ch.Status != ringLater) ||
+			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != ringSizeMismatch && ch.Status != ringToJoin && ch.Status != ringLater && ch.Status != ringView) ||
 				len(ch.Epochs) != len(ch.Partitions) || len(ch.Changed) != len(ch.Owners) {
 				return fmt.Errorf("leasering: malformed heartbeat answer for ring %q", ch.Ring)
 			}

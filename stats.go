@@ -44,6 +44,16 @@ func (s *stats) renewed(res renewResult, deadline time.Time, views int) {
 	s.ringChanges += int64(views)
 }
 
+// viewed counts a view read outside a heartbeat (read_views).
+func (s *stats) viewed() { s.addViews(1) }
+
+// addViews counts ring views received.
+func (s *stats) addViews(n int) {
+	s.mu.Lock()
+	s.ringChanges += int64(n)
+	s.mu.Unlock()
+}
+
 func (s *stats) failed() {
 	s.mu.Lock()
 	s.failures++

@@ -86,10 +86,21 @@ CREATE TABLE IF NOT EXISTS leasering.members (
     positions bigint[] NOT NULL,                                  -- its vnodes on the 32-bit circle, sorted
     changed   bigint NOT NULL DEFAULT 0,                          -- ring version that last changed the row
     seen      bigint NOT NULL DEFAULT 0,                          -- ring version of the last view the node was given
+    claimed_by text,                                              -- incarnation that joined or reclaimed it; NULL: to reclaim
     PRIMARY KEY (ring, node_id)
 );
 ALTER TABLE leasering.members ADD COLUMN IF NOT EXISTS changed bigint NOT NULL DEFAULT 0;  -- from version 1
 ALTER TABLE leasering.members ADD COLUMN IF NOT EXISTS seen bigint NOT NULL DEFAULT 0;     -- from version 2
+-- From version 5: a member row names the incarnation that claimed it. Rows
+-- of version 4 belong to the incarnation their node runs now.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'leasering.members'::pg_catalog.regclass AND attname = 'claimed_by') THEN
+        ALTER TABLE leasering.members ADD COLUMN claimed_by text;
+        UPDATE leasering.members m SET claimed_by = n.incarnation FROM leasering.nodes n WHERE n.node_id = m.node_id;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS members_node_id ON leasering.members (node_id);
 
 -- owner is the only node that may act on a partition, and only while its
@@ -401,17 +412,23 @@ AS $$
      WHERE r.name = p_ring
 $$;
 
--- claim_vnodes: join (or rejoin) a ring. The node's lease row must exist.
--- Creates the ring on first use, refuses a size other than the ring's,
--- places the vnodes and rebalances. Returns 'ok' or 'size_mismatch'; a
--- mismatch writes nothing.
-CREATE OR REPLACE FUNCTION leasering.claim_vnodes(p_node text, p_ring text, p_size integer, p_vnodes integer)
+-- claim_vnodes: incarnation p_incarnation of node p_node joins (or
+-- rejoins) a ring. The node's lease row must exist. Creates the ring on
+-- first use, refuses a size other than the ring's, places the vnodes and
+-- rebalances. A member row left by an older incarnation, or by this one
+-- before its lease lapsed, is reclaimed: the epochs of the partitions the
+-- node owns there rise, so the fencing tokens handed out before die, and
+-- nothing moves. Returns 'ok' or 'size_mismatch'; a mismatch writes
+-- nothing.
+DROP FUNCTION IF EXISTS leasering.claim_vnodes(text, text, integer, integer);  -- version 4's
+CREATE OR REPLACE FUNCTION leasering.claim_vnodes(p_node text, p_incarnation text, p_ring text, p_size integer, p_vnodes integer)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
     cur_size integer;
+    m        members;
 BEGIN
     SELECT size INTO cur_size FROM rings WHERE name = p_ring FOR UPDATE;
     IF NOT FOUND THEN
@@ -426,12 +443,21 @@ BEGIN
         RETURN 'size_mismatch';
     END IF;
 
-    INSERT INTO members AS m (ring, node_id, vnodes, positions, changed)
+    SELECT * INTO m FROM members WHERE ring = p_ring AND node_id = p_node FOR UPDATE;
+    IF FOUND AND m.claimed_by IS DISTINCT FROM p_incarnation THEN
+        UPDATE partitions SET epoch = epoch + 1 WHERE ring = p_ring AND owner = p_node;
+        UPDATE members SET claimed_by = p_incarnation WHERE ring = p_ring AND node_id = p_node;
+        IF m.vnodes = p_vnodes THEN
+            PERFORM bump_version(p_ring);
+            RETURN 'ok';
+        END IF;
+    END IF;
+    INSERT INTO members AS mm (ring, node_id, vnodes, positions, changed, claimed_by)
     VALUES (p_ring, p_node, p_vnodes, vnode_positions(p_ring, p_node, p_vnodes),
-            (SELECT version + 1 FROM rings WHERE name = p_ring))
+            (SELECT version + 1 FROM rings WHERE name = p_ring), p_incarnation)
     ON CONFLICT (ring, node_id) DO UPDATE
        SET vnodes = excluded.vnodes, positions = excluded.positions, changed = excluded.changed
-     WHERE m.vnodes <> excluded.vnodes;
+     WHERE mm.vnodes <> excluded.vnodes;
     IF FOUND THEN
         PERFORM rebalance(p_ring);
         PERFORM bump_version(p_ring, true);
@@ -480,11 +506,58 @@ BEGIN
     LOOP
         EXIT WHEN jsonb_array_length(out) > 0 AND clock_timestamp() - started > p_budget_ms * interval '1 millisecond';
         BEGIN
-            st := claim_vnodes(p_node, r.ring, r.size, r.vnodes);
+            st := claim_vnodes(p_node, p_incarnation, r.ring, r.size, r.vnodes);
             out := out || jsonb_build_object('ring', r.ring, 'status', st,
                                              'size', (SELECT size FROM rings WHERE name = r.ring));
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             out := out || jsonb_build_object('ring', r.ring, 'status', 'busy');  -- the next call
+        END;
+    END LOOP;
+    RETURN out;
+END
+$$;
+
+-- read_views: the views of the rings of p_rings, a JSON array of {ring,
+-- version} (version: the one the node holds, 0 for none), for node p_node,
+-- in a statement of its own. A heartbeat answers 'view' for a ring whose
+-- view is big (a ring of more than 4,096 partitions seen for the first
+-- time, or more than 4,096 partitions changed): building and sending one
+-- of 65,536 partitions takes most of a second, which a heartbeat must
+-- never spend. The member row is locked and its seen recorded as a
+-- heartbeat does (see rebalance). Returns the views; 'not_live' alone when
+-- the lease is not there.
+CREATE OR REPLACE FUNCTION leasering.read_views(p_node text, p_incarnation text, p_rings jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    r    record;
+    view jsonb;
+    out  jsonb := '[]';
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN  -- see renew_and_read
+        RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
+              USING ERRCODE = 'LR005';
+    END IF;
+    PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now() FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RETURN '"not_live"';
+    END IF;
+    PERFORM set_config('lock_timeout', '1000ms', true);
+    FOR r IN
+        SELECT x.ring, coalesce(x.version, 0) AS known
+          FROM jsonb_to_recordset(p_rings) AS x (ring text, version bigint)
+         ORDER BY x.ring
+    LOOP
+        BEGIN
+            PERFORM 1 FROM members WHERE ring = r.ring AND node_id = p_node FOR NO KEY UPDATE;
+            CONTINUE WHEN NOT FOUND;  -- not a member: the next heartbeat says to join
+            view := ring_view(r.ring, p_node, r.known);
+            UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = r.ring AND node_id = p_node;
+            out := out || jsonb_build_object('known', r.known, 'view', view);
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            NULL;  -- the next heartbeat says 'view' again
         END;
     END LOOP;
     RETURN out;
@@ -580,8 +653,9 @@ $$;
 --
 -- For each ring whose version moved it answers the node's view; for a ring
 -- the node is not a member of (or with other vnodes), status 'join': the
--- client joins it with join_rings, a statement of its own. No heartbeat
--- does a ring's heavy work. Views after the first stop once the call has
+-- client joins it with join_rings, a statement of its own; for a ring
+-- whose view is big, status 'view': the client reads it with read_views.
+-- No heartbeat does a ring's heavy work. Views after the first stop once the call has
 -- run a tenth of a TTL (at most 100 ms): the rest answer 'later' and come
 -- with the next heartbeat, which the client sends at once.
 --
@@ -718,8 +792,11 @@ BEGIN
                    metadata = p_metadata
              WHERE node_id = p_node
             RETURNING * INTO me;
-            UPDATE partitions SET epoch = epoch + 1 WHERE owner = p_node;
-            PERFORM bump_version(b.ring) FROM (SELECT DISTINCT ring FROM partitions WHERE owner = p_node) AS b;
+            -- The epochs rise ring by ring as join_rings reclaims each
+            -- (the heartbeat answers 'join' until then, and reports nothing
+            -- of the ring): for a node that owns 65,536 partitions that is
+            -- most of a second, which a heartbeat must never spend.
+            UPDATE members SET claimed_by = NULL WHERE node_id = p_node;
             IF NOT p_claim THEN
                 st := 'rejoined';
             END IF;
@@ -820,10 +897,18 @@ BEGIN
                 CONTINUE WHEN cur_version = r.known;
             END IF;
 
-            IF NOT EXISTS (SELECT 1 FROM members WHERE ring = r.ring AND node_id = p_node AND vnodes = r.vnodes) THEN
+            IF NOT EXISTS (SELECT 1 FROM members WHERE ring = r.ring AND node_id = p_node AND vnodes = r.vnodes
+                                                   AND claimed_by = p_incarnation) THEN
                 -- Joining rebalances the ring: join_rings does it, in a
                 -- statement of its own.
                 out := out || jsonb_build_object('ring', r.ring, 'status', 'join');
+                CONTINUE;
+            END IF;
+            IF (r.known = 0 AND cur_size > 4096)
+               OR (SELECT count(*) FROM (SELECT 1 FROM partitions
+                                          WHERE ring = r.ring AND changed > r.known LIMIT 4097) AS c) > 4096 THEN
+                -- A big view: read_views reads it, in a statement of its own.
+                out := out || jsonb_build_object('ring', r.ring, 'status', 'view');
                 CONTINUE;
             END IF;
             -- Lock the member row before reading the view and record the
