@@ -65,7 +65,8 @@ func readCounters(t *testing.T, db *sql.DB, schema string) dbCounters {
 func TestScale(t *testing.T) {
 	const q, ring, hb, ttl = 4096, "scale", time.Second, 10 * time.Second
 	e := newEnv(t, ttl, hb)
-	pool := openDB(t, withParam(e.dsn, "track_functions", "pl"))
+	app := "leasering-" + e.schema // the pool's sessions, for flushStats
+	pool := openDB(t, withParam(withParam(e.dsn, "track_functions", "pl"), "application_name", app))
 	pool.SetMaxOpenConns(20)
 	pool.SetMaxIdleConns(20)
 	nodes := make([]*node, *scaleNodes)
@@ -138,29 +139,42 @@ func TestScale(t *testing.T) {
 		}
 	}
 
-	// Measure. Every 50 ms, read every node's Stats: a new renewal count
-	// means a new renewal, whose round trip is LastRenewLatency.
-	// The server's statistics lag by up to a second (each session flushes
-	// its own at most once a second): wait until the ring's row counts have
-	// not moved for two seconds, so that start-up is not counted as steady
-	// state. That includes members: the last nodes to learn the final
-	// version confirm it (members.seen) a heartbeat or more after the
-	// partitions stop moving.
-	flushStats(pool)
-	before := readCounters(t, e.admin, e.schema)
-	quietSince := time.Now()
-	if !waitFor(time.Minute, func() bool {
-		c := readCounters(t, e.admin, e.schema)
-		for _, table := range []string{"rings", "partitions", "members"} {
-			if c.upd[table] != before.upd[table] {
-				quietSince = time.Now()
+	// Measure from the steady state. The clients' views converging is not
+	// the end of the roll-out's writes: the last handoffs are confirmed
+	// about then, and each node writes its member row (seen) when it reads
+	// the ring's new version, on its next heartbeat. Wait until the ring
+	// has nothing left to do (no handoff pending, every member given the
+	// current version) and every node has renewed twice since, so that
+	// each holds that version (one whose answer was lost re-reads it).
+	// Then make the server count all of it before the window opens.
+	var settledAt int64
+	var marks []int64
+	if !waitSlow(time.Minute, func() bool {
+		version, ok := settled(t, e.admin, e.schema, ring, len(nodes))
+		if !ok {
+			marks = nil
+			return false
+		}
+		if marks == nil || version != settledAt {
+			settledAt, marks = version, make([]int64, len(nodes))
+			for i, n := range nodes {
+				marks[i] = n.client.Stats().Renewals
+			}
+			return false
+		}
+		for i, n := range nodes {
+			if n.client.Stats().Renewals < marks[i]+2 {
+				return false
 			}
 		}
-		before = c
-		return time.Since(quietSince) > 2*time.Second
+		return true
 	}) {
-		t.Fatal("the ring never went quiet: rings, partitions or members kept being written")
+		t.Fatal("the ring never settled: handoffs pending or members not given its current version")
 	}
+	flushStats(t, e.admin, pool, app)
+	before := readCounters(t, e.admin, e.schema)
+	// Every 50 ms, read every node's Stats: a new renewal count means a
+	// new renewal, whose round trip is LastRenewLatency.
 	renewals := make([]int64, len(nodes))
 	losses := make([]int64, len(nodes))
 	for i, n := range nodes {
@@ -196,7 +210,7 @@ func TestScale(t *testing.T) {
 		total += renewals[i] - firstRenewals[i]
 	}
 	// Wait until the statistics count at least the renewals the clients saw.
-	flushStats(pool)
+	flushStats(t, e.admin, pool, app)
 	var after dbCounters
 	if !waitFor(30*time.Second, func() bool {
 		after = readCounters(t, e.admin, e.schema)
@@ -259,11 +273,49 @@ func waitSlow(within time.Duration, cond func() bool) bool {
 	return true
 }
 
-// flushStats closes the pool's idle sessions, which makes them flush their
-// statistics (an idle session may keep them up to ten seconds).
-func flushStats(pool *sql.DB) {
+// settled reports whether ring has nothing left to change, and its
+// version: no partition awaits its owner's release, and every one of the
+// members has been given a view of the current version.
+func settled(t *testing.T, db *sql.DB, schema, ring string, members int) (int64, bool) {
+	t.Helper()
+	var version int64
+	var ok bool
+	err := db.QueryRow(`SELECT r.version,
+		       (SELECT count(*) FROM "`+schema+`".members m WHERE m.ring = r.name AND m.seen = r.version) = $2
+		       AND NOT EXISTS (SELECT 1 FROM "`+schema+`".partitions p
+		                        WHERE p.ring = r.name AND (p.next_owner IS NOT NULL OR p.released))
+		  FROM "`+schema+`".rings r WHERE r.name = $1`, ring, members).Scan(&version, &ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return version, ok
+}
+
+// flushStats makes the server count everything the pool's sessions (those
+// with application_name app) did so far. A session flushes its statistics
+// at most once a second, and one left idle keeps them for up to ten
+// seconds, so they can land in a later window; a session that exits
+// flushes them first. So close every session the pool has (one in use as
+// it comes back) and wait until the server has seen each of them exit.
+func flushStats(t *testing.T, admin, pool *sql.DB, app string) {
+	t.Helper()
+	var now time.Time
+	if err := admin.QueryRow(`SELECT clock_timestamp()`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
 	pool.SetMaxIdleConns(0)
-	pool.SetMaxIdleConns(20)
+	defer pool.SetMaxIdleConns(20)
+	if !waitSlow(time.Minute, func() bool {
+		var left int
+		err := admin.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND backend_start < $2`,
+			app, now).Scan(&left)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return left == 0
+	}) {
+		t.Fatal("the pool's sessions did not close")
+	}
 }
 
 // withParam adds a query parameter to a URL DSN; lib/pq and pgx send unknown
