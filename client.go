@@ -461,21 +461,37 @@ func (c *Client) wakeUp() {
 }
 
 // ringRequests builds the heartbeat's argument.
+//
+// A heartbeat confirms at most maxReleasesPerHeartbeat releases: each is a
+// row the database rewrites inside the heartbeat, and a node handing over
+// half of a ring of 65,536 has 32,768. The rest go with the next
+// heartbeats, which the loop sends at once (the wake spacing, a twentieth
+// of a heartbeat, apart).
 func (c *Client) ringRequests(now time.Time) []ringRequest {
 	c.mu.Lock()
 	leases := c.leaseList()
 	c.mu.Unlock()
 	rings := make([]ringRequest, 0, len(leases))
+	room := maxReleasesPerHeartbeat
 	for _, l := range leases {
 		version := l.version
 		if l.rejoin.Swap(false) { // after a resign: ask for the whole view again
 			version, l.awaitRejoin = 0, true
 		}
+		released := l.released(now, c.cfg.drain, c.cfg.maxDrain)
+		if len(released) > room {
+			released = released[:room]
+			c.hb.woken = true // more to confirm
+		}
+		room -= len(released)
 		rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-			Version: version, Released: l.released(now, c.cfg.drain, c.cfg.maxDrain)})
+			Version: version, Released: released})
 	}
 	return rings
 }
+
+// maxReleasesPerHeartbeat bounds the releases one heartbeat confirms.
+const maxReleasesPerHeartbeat = 1024
 
 // attempt is one heartbeat call in flight.
 type attempt struct {

@@ -520,8 +520,9 @@ $$;
 -- read_views: the views of the rings of p_rings, a JSON array of {ring,
 -- version} (version: the one the node holds, 0 for none), for node p_node,
 -- in a statement of its own. A heartbeat answers 'view' for a ring whose
--- view is big (a ring of more than 4,096 partitions seen for the first
--- time, or more than 4,096 partitions changed): building and sending one
+-- view is big (in a ring of more than 4,096 partitions: seen for the first
+-- time, or more than 4,096 partitions changed, or more than 4,096 owned,
+-- since what a node owns always comes whole): building and sending one
 -- of 65,536 partitions takes most of a second, which a heartbeat must
 -- never spend. The member row is locked and its seen recorded as a
 -- heartbeat does (see rebalance). Returns the views; 'not_live' alone when
@@ -904,9 +905,12 @@ BEGIN
                 out := out || jsonb_build_object('ring', r.ring, 'status', 'join');
                 CONTINUE;
             END IF;
-            IF (r.known = 0 AND cur_size > 4096)
-               OR (SELECT count(*) FROM (SELECT 1 FROM partitions
-                                          WHERE ring = r.ring AND changed > r.known LIMIT 4097) AS c) > 4096 THEN
+            IF cur_size > 4096
+               AND (r.known = 0
+                    OR (SELECT count(*) FROM (SELECT 1 FROM partitions
+                                               WHERE ring = r.ring AND changed > r.known LIMIT 4097) AS c) > 4096
+                    OR (SELECT count(*) FROM (SELECT 1 FROM partitions
+                                               WHERE ring = r.ring AND owner = p_node LIMIT 4097) AS c) > 4096) THEN
                 -- A big view: read_views reads it, in a statement of its own.
                 out := out || jsonb_build_object('ring', r.ring, 'status', 'view');
                 CONTINUE;
@@ -927,7 +931,11 @@ BEGIN
     RETURN QUERY SELECT
         floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint,
         greatest(ceil(extract(epoch FROM me.report_from - clock_timestamp()) * 1000), 0)::bigint,
-        greatest(ceil(extract(epoch FROM next_event - clock_timestamp()) * 1000), 0)::bigint,
+        -- NULL when there is no other node (greatest would make that 0:
+        -- "another lease ends now", and a lone node renewed 20 times a
+        -- heartbeat).
+        CASE WHEN next_event IS NOT NULL
+             THEN greatest(ceil(extract(epoch FROM next_event - clock_timestamp()) * 1000), 0)::bigint END,
         st,
         CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END,
         nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb,
