@@ -52,6 +52,7 @@ type Client struct {
 	stopAttempts context.CancelFunc
 	lost         atomic.Bool // the lease deadline passed without a renewal
 	explicitTx   atomic.Bool // the database's default isolation is not READ COMMITTED: see inTx
+	poolerLogged atomic.Bool // the advice for a pooler's errors was logged: see checkPooler
 	dbClock      atomic.Pointer[dbClock]
 
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
@@ -250,7 +251,7 @@ func (c *Client) join(ctx context.Context) (renewResult, error) {
 			}
 			return res, fmt.Errorf("leasering: start: %w", ctx.Err())
 		}
-		return res, startError(err)
+		return res, startError(c.checkPooler(err))
 	}
 }
 
@@ -641,6 +642,7 @@ func (c *Client) probed(now time.Time, res renewResult) {
 func (c *Client) failed(now time.Time, err error) {
 	c.hb.failures++
 	c.st.failed()
+	c.checkPooler(err)
 	if c.hb.failures == 1 || c.hb.failures%10 == 0 {
 		c.log.Warn("leasering: heartbeat failed", "err", err, "attempts", c.hb.failures,
 			"lease_left", max(c.hb.deadline.Sub(now), 0))
