@@ -11,13 +11,14 @@ import (
 )
 
 // roundTripSettings are the driver settings TestOneRoundTripPerHeartbeat
-// measures; want is the round trips per steady heartbeat it asserts (0:
-// only logged).
+// measures, with the round trips per steady heartbeat it asserts: one for
+// those the README recommends, and lib/pq's default two, which the README
+// gives as the reason for binary_parameters=yes.
 var roundTripSettings = []struct {
 	bouncerDriver
 	want float64
 }{
-	{bouncerDriver{"pq_default", "postgres", nil}, 0},
+	{bouncerDriver{"pq_default", "postgres", nil}, 2},
 	{bouncerDriver{"pq_binary_parameters", "postgres", []string{"binary_parameters", "yes"}}, 1},
 	{bouncerDriver{"pgx_default", "pgx", nil}, 1},
 	{bouncerDriver{"pgx_exec", "pgx", []string{"default_query_exec_mode", "exec"}}, 1},
@@ -54,7 +55,9 @@ func TestOneRoundTripPerHeartbeat(t *testing.T) {
 			per := float64((c2-c1)-(c1-c0)) / float64(nLong-nShort)
 			t.Logf("%s: %.3f round trips per steady heartbeat (%d commits over %d renewals, %d over %d)",
 				s.name, per, c1-c0, nShort, c2-c1, nLong)
-			if s.want != 0 && math.Abs(per-s.want) > 0.03 {
+			// The tolerance is for the server's own work in the database
+			// (an autovacuum worker's visit); the runs so far counted none.
+			if math.Abs(per-s.want) > 0.03 {
 				t.Errorf("%s: %.3f round trips per heartbeat, want %.0f", s.name, per, s.want)
 			}
 		})
