@@ -48,9 +48,10 @@ var safeInTransactionMode = []bouncerDriver{
 	{"pgx_simple_protocol", "pgx", []string{"default_query_exec_mode", "simple_protocol"}},
 }
 
-// unsafeInTransactionMode are the drivers' defaults, which split a call
-// over two round trips or keep prepared statements on the connection.
-var unsafeInTransactionMode = []bouncerDriver{
+// driverDefaults are the drivers' defaults: fine in session mode, unsafe in
+// transaction mode, where lib/pq splits a call over two round trips and
+// pgx keeps prepared statements on the connection.
+var driverDefaults = []bouncerDriver{
 	{"pq_default", "postgres", nil},
 	{"pgx_default", "pgx", nil},
 }
@@ -69,9 +70,9 @@ func TestPgBouncerSoak(t *testing.T) {
 		mode string
 		d    bouncerDriver
 	}
-	combos := []combo{
-		{"session", bouncerDriver{"pq_default", "postgres", nil}},
-		{"session", bouncerDriver{"pgx_default", "pgx", nil}},
+	var combos []combo
+	for _, d := range driverDefaults {
+		combos = append(combos, combo{"session", d})
 	}
 	for _, d := range safeInTransactionMode {
 		combos = append(combos, combo{"transaction", d})
@@ -116,7 +117,7 @@ func soakBehindPgBouncer(t *testing.T, b *pgBouncer, d bouncerDriver) {
 		t.Fatalf("start: %v", err)
 	}
 	before, took := e.waitConverged(ring, size, nil, 15*time.Second)
-	t.Logf("%d nodes converged %v after starting through PgBouncer", nodes, took.Round(time.Millisecond))
+	t.Logf("%s, %s mode: %d nodes converged %v after starting through PgBouncer", d.name, b.mode, nodes, took.Round(time.Millisecond))
 
 	// The soak: the test only waits, polling the counters so that it stops
 	// at the first failure.
@@ -147,7 +148,7 @@ func soakBehindPgBouncer(t *testing.T, b *pgBouncer, d bouncerDriver) {
 		t.Errorf("PgBouncer shows %d client and %d server connections; want at least %d clients (one per node) on at most %d servers",
 			clients, servers, nodes, b.poolSize)
 	} else {
-		t.Logf("PgBouncer (%s mode): %d client connections on %d server connections", b.mode, clients, servers)
+		t.Logf("%s, %s mode: %d client connections on %d server connections", d.name, b.mode, clients, servers)
 	}
 	after, ok := converged(e.live(), ring, size, nil)
 	if !ok {
@@ -158,8 +159,8 @@ func soakBehindPgBouncer(t *testing.T, b *pgBouncer, d bouncerDriver) {
 			t.Errorf("partition %d moved from %s to %s during the soak", p, before[p], after[p])
 		}
 	}
-	t.Logf("%d renewals by %d nodes in %v, none failed; every node holds %d or %d of %d partitions",
-		renewals, nodes, *pgBouncerSoak, size/nodes, size/nodes+1, size)
+	t.Logf("%s, %s mode: %d renewals by %d nodes in %v, none failed; every node holds %d or %d of %d partitions",
+		d.name, b.mode, renewals, nodes, *pgBouncerSoak, size/nodes, size/nodes+1, size)
 }
 
 // TestPgBouncerUnsafeSettingsDetected: behind a transaction-mode PgBouncer
@@ -168,7 +169,7 @@ func soakBehindPgBouncer(t *testing.T, b *pgBouncer, d bouncerDriver) {
 // Start at once with ErrUnsupported naming the settings, and the client
 // logs the advice once at Error.
 func TestPgBouncerUnsafeSettingsDetected(t *testing.T) {
-	for _, d := range unsafeInTransactionMode {
+	for _, d := range driverDefaults {
 		t.Run(d.name, func(t *testing.T) {
 			t.Parallel()
 			b := startPgBouncer(t, bouncerConfig{mode: "transaction", poolSize: 2, roundRobin: true})
