@@ -44,8 +44,8 @@ type Client struct {
 
 	wake  chan struct{} // a heartbeat is wanted now
 	ready chan error    // owned by the loop: Start waits on it until the node is up (see started)
-	stop chan struct{} // closed by Close
-	done chan struct{} // closed when the heartbeat loop has returned
+	stop  chan struct{} // closed by Close
+	done  chan struct{} // closed when the heartbeat loop has returned
 
 	stuck atomic.Int32 // heartbeat calls running (including those past their timeout)
 
@@ -53,6 +53,7 @@ type Client struct {
 	stopAttempts context.CancelFunc
 	lost         atomic.Bool // the lease deadline passed without a renewal
 	explicitTx   atomic.Bool // the database's default isolation is not READ COMMITTED: see inTx
+	poolerLogged atomic.Bool // the advice for a pooler's errors was logged: see checkPooler
 	dbClock      atomic.Pointer[dbClock]
 
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
@@ -282,7 +283,7 @@ func (c *Client) join(ctx context.Context) error {
 			}
 			return fmt.Errorf("leasering: start: %w", ctx.Err())
 		}
-		return startError(err)
+		return startError(c.checkPooler(err))
 	}
 }
 
@@ -360,7 +361,6 @@ func (c *Client) startPending() bool {
 	}
 	return false
 }
-
 
 // leaveAfterFailedStart undoes a first heartbeat that may have committed.
 func (c *Client) leaveAfterFailedStart() {
@@ -802,6 +802,7 @@ func (c *Client) probed(now time.Time, res renewResult) {
 func (c *Client) failed(now time.Time, err error) {
 	c.hb.failures++
 	c.st.failed()
+	c.checkPooler(err)
 	if c.hb.failures == 1 || c.hb.failures%10 == 0 {
 		c.log.Warn("leasering: heartbeat failed", "err", err, "attempts", c.hb.failures,
 			"lease_left", max(c.hb.deadline.Sub(now), 0))

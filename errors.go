@@ -52,8 +52,10 @@ var (
 	ErrSchemaMissing = errors.New("leasering: schema not found in the database")
 
 	// ErrUnsupported means the database cannot run leasering as it is set
-	// up: its encoding is neither UTF8 nor SQL_ASCII, or a pooler runs each
-	// statement on another connection (PgBouncer's statement mode).
+	// up: its encoding is neither UTF8 nor SQL_ASCII, or a connection
+	// pooler (PgBouncer in transaction or statement mode) runs what the
+	// driver splits over two round trips on two server connections; the
+	// error then names the driver setting that cures it (see pooler.go).
 	ErrUnsupported = errors.New("leasering: database setup not supported")
 
 	// ErrPermanent marks a database error that no retry can cure: a bad

@@ -175,4 +175,3 @@ func logLatencies(t *testing.T, nodes []*node) {
 	}
 	t.Logf("slowest last heartbeat round trip: %v", worst.Round(time.Microsecond))
 }
-

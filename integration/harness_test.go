@@ -117,7 +117,7 @@ func dockerPostgres(ctx context.Context) (string, func(), error) {
 	return dsn, func() { _ = pool.Purge(res) }, nil
 }
 
-// sqlOpen opens dsn with the test driver: the one sql.Open of the tests.
+// sqlOpen opens dsn with the test driver.
 func sqlOpen(dsn string) (*sql.DB, error) {
 	return sql.Open(testDriver, dsn)
 }
@@ -125,9 +125,15 @@ func sqlOpen(dsn string) (*sql.DB, error) {
 // openDB opens dsn with the test driver or fails the test.
 func openDB(t testing.TB, dsn string) *sql.DB {
 	t.Helper()
-	db, err := sqlOpen(dsn)
+	return openDBWith(t, testDriver, dsn)
+}
+
+// openDBWith opens dsn with driver ("postgres" or "pgx") or fails the test.
+func openDBWith(t testing.TB, driver, dsn string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open(driver, dsn)
 	if err != nil {
-		t.Fatalf("opening %s with driver %s: %v", dsn, testDriver, err)
+		t.Fatalf("opening %s with driver %s: %v", dsn, driver, err)
 	}
 	return db
 }
@@ -172,6 +178,7 @@ type env struct {
 	admin     *sql.DB
 	ttl       time.Duration
 	heartbeat time.Duration
+	driver    string // the nodes' database/sql driver; "": the test driver
 
 	mu    sync.Mutex
 	nodes []*node // registered: watched by waits and checkers
@@ -235,7 +242,11 @@ func (e *env) newNode(id string, opts ...leasering.Option) *node {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	db := openDB(e.t, proxiedDSN(e.t, e.dsn, p.Addr()))
+	driver := e.driver
+	if driver == "" {
+		driver = testDriver
+	}
+	db := openDBWith(e.t, driver, proxiedDSN(e.t, e.dsn, p.Addr()))
 	all := append([]leasering.Option{
 		leasering.WithNodeID(id),
 		leasering.WithSchema(e.schema),

@@ -1,0 +1,574 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/leasering/leasering"
+)
+
+// The tests of this file run nodes behind a real PgBouncer: soaks in
+// session and transaction mode with the driver settings the README
+// recommends, the errors of unsafe settings and how the client reports
+// them, and statement mode.
+
+var pgBouncerSoak = flag.Duration("pgbouncer.soak", 60*time.Second, "how long TestPgBouncerSoak's nodes run behind PgBouncer")
+
+// bouncerDriver is one database/sql driver with the DSN settings a test
+// gives it.
+type bouncerDriver struct {
+	name   string   // for the subtest
+	driver string   // database/sql driver: "postgres" is lib/pq, "pgx" pgx's stdlib
+	params []string // DSN parameters, name and value pairs
+}
+
+// safeInTransactionMode are the settings the README recommends behind a
+// pooler in transaction mode: each call in one round trip, no statement
+// that outlives it.
+var safeInTransactionMode = []bouncerDriver{
+	{"pq_binary_parameters", "postgres", []string{"binary_parameters", "yes"}},
+	{"pgx_exec", "pgx", []string{"default_query_exec_mode", "exec"}},
+	{"pgx_simple_protocol", "pgx", []string{"default_query_exec_mode", "simple_protocol"}},
+}
+
+// driverDefaults are the drivers' defaults: fine in session mode, unsafe in
+// transaction mode, where lib/pq splits a call over two round trips and
+// pgx keeps prepared statements on the connection.
+var driverDefaults = []bouncerDriver{
+	{"pq_default", "postgres", nil},
+	{"pgx_default", "pgx", nil},
+}
+
+// TestPgBouncerSoak runs five nodes behind PgBouncer for -pgbouncer.soak
+// (60s by default), TTL 2s and heartbeat 200ms, on a ring of 64: in
+// session mode with each driver's defaults, and in transaction mode with
+// the recommended settings, behind a pool of 3 server connections handed
+// out round robin, so that consecutive round trips of one node land on
+// different server connections. The schema is new, so the first Start
+// migrates through PgBouncer too. Not one heartbeat may fail, no lease be
+// lost, and the ring must be exactly balanced, with no partition moved
+// during the soak.
+func TestPgBouncerSoak(t *testing.T) {
+	type combo struct {
+		mode string
+		d    bouncerDriver
+	}
+	var combos []combo
+	for _, d := range driverDefaults {
+		combos = append(combos, combo{"session", d})
+	}
+	for _, d := range safeInTransactionMode {
+		combos = append(combos, combo{"transaction", d})
+	}
+	for _, c := range combos {
+		t.Run(c.mode+"/"+c.d.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := bouncerConfig{mode: c.mode, poolSize: 50}
+			if c.mode == "transaction" {
+				cfg.poolSize, cfg.roundRobin = 3, true
+			}
+			soakBehindPgBouncer(t, startPgBouncer(t, cfg), c.d)
+		})
+	}
+}
+
+func soakBehindPgBouncer(t *testing.T, b *pgBouncer, d bouncerDriver) {
+	const ring, size, nodes = "soak", 64, 5
+	e := newEnv(t, 2*time.Second, 200*time.Millisecond)
+	e.dsn, e.driver = b.dsn(d.params...), d.driver
+	// Start them all at once: concurrent migrations through the pooler.
+	var wg sync.WaitGroup
+	errs := make([]error, nodes)
+	for i := range nodes {
+		n := e.newNode(fmt.Sprintf("n%d", i))
+		l, err := n.client.Lease(ring, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.leases[ring] = l
+		e.register(n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			errs[i] = n.client.Start(ctx)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	before, took := e.waitConverged(ring, size, nil, 15*time.Second)
+	t.Logf("%s, %s mode: %d nodes converged %v after starting through PgBouncer", d.name, b.mode, nodes, took.Round(time.Millisecond))
+
+	// The soak: the test only waits, polling the counters so that it stops
+	// at the first failure.
+	end := time.Now().Add(*pgBouncerSoak)
+	waitFor(*pgBouncerSoak, func() bool {
+		for _, n := range e.live() {
+			if s := n.client.Stats(); s.RenewFailures > 0 || s.LeaseLosses > 0 || s.Fenced {
+				return true
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+		return !time.Now().Before(end)
+	})
+
+	var renewals int64
+	for _, n := range e.live() {
+		s := n.client.Stats()
+		renewals += s.Renewals
+		if s.RenewFailures != 0 || s.LeaseLosses != 0 || s.Fenced {
+			t.Errorf("node %s: %d failed heartbeats, %d lease losses, fenced %v (of %d renewals)",
+				n.id, s.RenewFailures, s.LeaseLosses, s.Fenced, s.Renewals)
+		}
+		if least := int64(*pgBouncerSoak / e.heartbeat / 2); s.Renewals < least {
+			t.Errorf("node %s renewed %d times in %v, want at least %d", n.id, s.Renewals, *pgBouncerSoak, least)
+		}
+	}
+	if clients, servers := b.connections(t); servers > b.poolSize || clients < nodes {
+		t.Errorf("PgBouncer shows %d client and %d server connections; want at least %d clients (one per node) on at most %d servers",
+			clients, servers, nodes, b.poolSize)
+	} else {
+		t.Logf("%s, %s mode: %d client connections on %d server connections", d.name, b.mode, clients, servers)
+	}
+	after, ok := converged(e.live(), ring, size, nil)
+	if !ok {
+		t.Fatalf("ring not exactly balanced after the soak: %s", describe(e.live(), ring, size))
+	}
+	for p := range after {
+		if after[p] != before[p] {
+			t.Errorf("partition %d moved from %s to %s during the soak", p, before[p], after[p])
+		}
+	}
+	t.Logf("%s, %s mode: %d renewals by %d nodes in %v, none failed; every node holds %d or %d of %d partitions",
+		d.name, b.mode, renewals, nodes, *pgBouncerSoak, size/nodes, size/nodes+1, size)
+}
+
+// TestPgBouncerUnsafeSettingsDetected: behind a transaction-mode PgBouncer
+// with two server connections handed out round robin, so that a call's
+// second round trip lands on the other one, the drivers' defaults fail
+// Start at once with ErrUnsupported naming the settings, and the client
+// logs the advice once at Error.
+func TestPgBouncerUnsafeSettingsDetected(t *testing.T) {
+	for _, d := range driverDefaults {
+		t.Run(d.name, func(t *testing.T) {
+			t.Parallel()
+			b := startPgBouncer(t, bouncerConfig{mode: "transaction", poolSize: 2, roundRobin: true})
+			warmServerConnections(t, b, 2)
+			e := newEnv(t, 2*time.Second, 200*time.Millisecond)
+			e.dsn, e.driver = b.dsn(d.params...), d.driver
+			logs := &errorLines{}
+			n := e.newNode("a", leasering.WithLogger(slog.New(logs)))
+			if _, err := n.client.Lease("r", 8); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := n.client.Start(ctx)
+			t.Logf("Start: %v", err)
+			if !errors.Is(err, leasering.ErrUnsupported) {
+				t.Fatalf("Start: %v; want ErrUnsupported", err)
+			}
+			if ctx.Err() != nil {
+				t.Errorf("Start retried until its context ended")
+			}
+			for _, want := range []string{"binary_parameters=yes", "default_query_exec_mode=exec"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("Start's error does not name %s", want)
+				}
+			}
+			if got := logs.lines(); len(got) != 1 || !strings.Contains(got[0], "binary_parameters=yes") {
+				t.Errorf("Error-level log lines: %q; want the advice once", got)
+			}
+		})
+	}
+}
+
+// warmServerConnections makes the bouncer open n server connections, by
+// holding n transactions open at once.
+func warmServerConnections(t *testing.T, b *pgBouncer, n int) {
+	t.Helper()
+	db := openDBWith(t, "postgres", b.dsn())
+	defer db.Close()
+	var txs []*sql.Tx
+	for range n {
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		txs = append(txs, tx)
+	}
+	for _, tx := range txs {
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// errorLines keeps the Error-level records a client logs, with their err.
+type errorLines struct {
+	mu  sync.Mutex
+	all []string
+}
+
+func (h *errorLines) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelError }
+func (h *errorLines) Handle(_ context.Context, r slog.Record) error {
+	line := r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		line += " " + a.Key + "=" + a.Value.String()
+		return true
+	})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.all = append(h.all, line)
+	return nil
+}
+func (h *errorLines) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *errorLines) WithGroup(string) slog.Handler      { return h }
+
+func (h *errorLines) lines() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.all...)
+}
+
+// TestPgBouncerStatementMode: statement mode refuses explicit
+// transactions, which the client needs where the default isolation is not
+// READ COMMITTED. With pgx, Start then fails at once with ErrUnsupported
+// saying so. lib/pq turns PgBouncer's refusal (a FATAL error that closes
+// the connection) into driver.ErrBadConn, which a retry may cure, so
+// Start retries until its context ends and says "bad connection".
+func TestPgBouncerStatementMode(t *testing.T) {
+	admin := openPool(t, needDB(t))
+	role := scratchRole(t, admin, "lrt_serializable_", "SUPERUSER")
+	execAll(t, admin, `ALTER ROLE `+role+` SET default_transaction_isolation = 'serializable'`)
+	for _, d := range safeInTransactionMode {
+		t.Run(d.name, func(t *testing.T) {
+			b := startPgBouncer(t, bouncerConfig{mode: "statement", poolSize: 3, users: []string{role}})
+			e := newEnv(t, 2*time.Second, 200*time.Millisecond)
+			e.dsn, e.driver = dsnWith(t, b.dsn(d.params...), role, ""), d.driver
+			logs := &errorLines{}
+			n := e.newNode("a", leasering.WithLogger(slog.New(logs)))
+			if _, err := n.client.Lease("r", 8); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			err := n.client.Start(ctx)
+			t.Logf("Start: %v", err)
+			if d.driver == "postgres" {
+				if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "bad connection") {
+					t.Fatalf("Start: %v; want the deadline and a bad connection", err)
+				}
+				return
+			}
+			if !errors.Is(err, leasering.ErrUnsupported) || !strings.Contains(err.Error(), "statement mode") {
+				t.Fatalf("Start: %v; want ErrUnsupported naming statement mode", err)
+			}
+			if ctx.Err() != nil {
+				t.Errorf("Start retried until its context ended")
+			}
+			if got := logs.lines(); len(got) != 1 || !strings.Contains(got[0], "statement mode") {
+				t.Errorf("Error-level log lines: %q; want the advice once", got)
+			}
+		})
+	}
+}
+
+// pgBouncer is a PgBouncer of the test's own, in front of the test server.
+type pgBouncer struct {
+	addr     string // 127.0.0.1:port
+	dir      string // its configuration and log
+	mode     string
+	poolSize int
+}
+
+// bouncerConfig is what a test chooses of a PgBouncer's settings.
+type bouncerConfig struct {
+	mode       string   // pool_mode: session, transaction or statement
+	poolSize   int      // default_pool_size: server connections per database and user
+	roundRobin bool     // server_round_robin: hand out the idle server connection used least recently
+	users      []string // more roles it lets in, without a password (the test DSN's user is in)
+}
+
+// pgBouncerBinary finds the pgbouncer binary: on PATH, or where Debian
+// puts it (/usr/sbin, which a user's PATH may lack). Without one the test
+// fails under LEASERING_REQUIRE_DB=1 and skips otherwise.
+func pgBouncerBinary(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("pgbouncer"); err == nil {
+		return p
+	}
+	for _, p := range []string{"/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer", "/usr/local/bin/pgbouncer"} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	if os.Getenv("LEASERING_REQUIRE_DB") == "1" {
+		t.Fatal("pgbouncer is not installed and LEASERING_REQUIRE_DB=1: install it (apt-get install -y pgbouncer)")
+	}
+	skip(t, "pgbouncer is not installed (apt-get install -y pgbouncer)")
+	return ""
+}
+
+// lockedBuffer collects a child's output for failure messages.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// startPgBouncer runs a PgBouncer on a free port of 127.0.0.1 that sends
+// every database to the test server, with trust authentication for its
+// clients, and stops it at the end of the test. As root it runs as the OS
+// user postgres (pgbouncer refuses root). Start it before newEnv, so that
+// it stops after the nodes have left.
+func startPgBouncer(t testing.TB, cfg bouncerConfig) *pgBouncer {
+	t.Helper()
+	bin := pgBouncerBinary(t)
+	server, err := url.Parse(needDB(t))
+	if err != nil {
+		t.Fatalf("parsing the test DSN: %v", err)
+	}
+	host, port := server.Hostname(), server.Port()
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	if port == "" {
+		port = "5432"
+	}
+	name, password := "postgres", ""
+	if server.User != nil {
+		name = server.User.Username()
+		password, _ = server.User.Password()
+	}
+	if cfg.poolSize == 0 {
+		cfg.poolSize = 20
+	}
+
+	dir, err := os.MkdirTemp("", "leasering-pgbouncer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	var args []string
+	owner := -1
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("pgbouncer refuses to run as root and there is no OS user postgres to run it as: %v", err)
+		}
+		owner, _ = strconv.Atoi(u.Uid)
+		args = append(args, "-u", u.Username)
+	}
+	write := func(file, text string) {
+		p := filepath.Join(dir, file)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if owner >= 0 {
+			if err := os.Chown(p, owner, -1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if owner >= 0 {
+		if err := os.Chown(dir, owner, -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	users := fmt.Sprintf("%q %q\n", name, password)
+	for _, u := range cfg.users {
+		users += fmt.Sprintf("%q \"\"\n", u)
+	}
+	write("userlist.txt", users)
+	write("pgbouncer.log", "")
+
+	// A port free a moment ago may be taken before pgbouncer binds it: then
+	// try another.
+	for try := 1; ; try++ {
+		addr := freeAddr(t)
+		_, p, _ := net.SplitHostPort(addr)
+		write("pgbouncer.ini", fmt.Sprintf(`[databases]
+* = host=%s port=%s
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %s
+unix_socket_dir =
+auth_type = trust
+auth_file = %s
+admin_users = %s
+pool_mode = %s
+default_pool_size = %d
+max_client_conn = 1000
+server_round_robin = %d
+ignore_startup_parameters = extra_float_digits
+logfile = %s
+`, host, port, p, filepath.Join(dir, "userlist.txt"), name, cfg.mode, cfg.poolSize,
+			map[bool]int{false: 0, true: 1}[cfg.roundRobin], filepath.Join(dir, "pgbouncer.log")))
+		out := &lockedBuffer{}
+		cmd := exec.Command(bin, append(args, filepath.Join(dir, "pgbouncer.ini"))...)
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("starting pgbouncer: %v", err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		b := &pgBouncer{addr: addr, dir: dir, mode: cfg.mode, poolSize: cfg.poolSize}
+		err := b.waitReady(exited, 10*time.Second)
+		if err == nil {
+			t.Cleanup(func() { b.stop(t, cmd, exited) })
+			return b
+		}
+		select {
+		case <-exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		logText, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+		if try < 3 && strings.Contains(string(logText)+out.String(), "Address already in use") {
+			continue
+		}
+		t.Fatalf("pgbouncer on %s: %v\n%s%s", addr, err, out.String(), logText)
+	}
+}
+
+// freeAddr returns an address on 127.0.0.1 that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
+}
+
+// waitReady waits until a query goes through the bouncer to the server.
+func (b *pgBouncer) waitReady(exited <-chan error, within time.Duration) error {
+	db, err := sql.Open("postgres", b.dsn())
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	deadline := time.Now().Add(within)
+	for {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("pgbouncer exited: %v", err)
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		var one int
+		err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no answer within %v: %v", within, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+}
+
+// stop shuts the bouncer down (SIGTERM: at once, dropping its clients)
+// and waits for it to exit.
+func (b *pgBouncer) stop(t testing.TB, cmd *exec.Cmd, exited <-chan error) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+		t.Errorf("pgbouncer did not exit within 10s of SIGTERM; killed")
+	}
+}
+
+// dsn is the test DSN pointed at the bouncer, with params (name, value
+// pairs) added.
+func (b *pgBouncer) dsn(params ...string) string {
+	u, _ := url.Parse(testDSN)
+	u.Host = b.addr
+	q := u.Query()
+	for i := 0; i+1 < len(params); i += 2 {
+		q.Set(params[i], params[i+1])
+	}
+	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+	return u.String()
+}
+
+// connections counts the bouncer's client and server connections to the
+// test's database, from its admin console (SHOW CLIENTS, SHOW SERVERS).
+func (b *pgBouncer) connections(t testing.TB) (clients, servers int) {
+	t.Helper()
+	u, _ := url.Parse(testDSN)
+	database := strings.TrimPrefix(u.Path, "/")
+	db := openDBWith(t, "postgres", dsnWith(t, b.dsn(), "", "pgbouncer"))
+	defer db.Close()
+	count := func(what string) int {
+		rows, err := db.Query("SHOW " + what) // the console speaks only the simple protocol: no arguments
+		if err != nil {
+			t.Fatalf("SHOW %s: %v", what, err)
+		}
+		defer rows.Close()
+		cols, _ := rows.Columns()
+		n := 0
+		for rows.Next() {
+			vals := make([]sql.RawBytes, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatalf("SHOW %s: %v", what, err)
+			}
+			for i, c := range cols {
+				if c == "database" && string(vals[i]) == database {
+					n++
+				}
+			}
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("SHOW %s: %v", what, err)
+		}
+		return n
+	}
+	return count("CLIENTS"), count("SERVERS")
+}
