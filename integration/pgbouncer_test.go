@@ -77,16 +77,24 @@ func TestPgBouncerSoak(t *testing.T) {
 	for _, d := range safeInTransactionMode {
 		combos = append(combos, combo{"transaction", d})
 	}
+	// All at once, whatever -parallel says: each is 5 light clients, and
+	// one after the other they would add minutes to every run.
+	t.Parallel()
+	var wg sync.WaitGroup
 	for _, c := range combos {
-		t.Run(c.mode+"/"+c.d.name, func(t *testing.T) {
-			t.Parallel()
-			cfg := bouncerConfig{mode: c.mode, poolSize: 50}
-			if c.mode == "transaction" {
-				cfg.poolSize, cfg.roundRobin = 3, true
-			}
-			soakBehindPgBouncer(t, startPgBouncer(t, cfg), c.d)
-		})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.Run(c.mode+"/"+c.d.name, func(t *testing.T) {
+				cfg := bouncerConfig{mode: c.mode, poolSize: 50}
+				if c.mode == "transaction" {
+					cfg.poolSize, cfg.roundRobin = 3, true
+				}
+				soakBehindPgBouncer(t, startPgBouncer(t, cfg), c.d)
+			})
+		}()
 	}
+	wg.Wait()
 }
 
 func soakBehindPgBouncer(t *testing.T, b *pgBouncer, d bouncerDriver) {
