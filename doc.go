@@ -31,8 +31,9 @@
 // database clock, inside one transaction per call, so node clocks never
 // matter. The heartbeat, renew_and_read, extends the node's lease, evicts
 // nodes whose lease has lapsed, confirms partitions the node has released,
-// joins rings it has not joined yet, and answers only for rings whose
-// version moved since the node last looked. In steady state it is one round
+// tells it which rings to join (it joins them, and reads big views, in
+// statements of its own, so no heartbeat does a ring's heavy work), and
+// answers only for rings whose version moved since the node last looked. In steady state it is one round
 // trip that writes one row (a HOT update), whatever the number of rings.
 // Its answer includes when the earliest other lease ends; the node renews
 // just after it, and only then scans the leases for lapsed ones, so the scan

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"database/sql"
 	"flag"
 	"fmt"
@@ -102,31 +101,7 @@ func TestScale(t *testing.T) {
 	begin := time.Now()
 	for lo := 0; lo < len(nodes); lo += 50 {
 		wave := nodes[lo:min(lo+50, len(nodes))]
-		starts := make(chan *node)
-		errs := make(chan error, len(wave))
-		var wg sync.WaitGroup
-		for w := 0; w < 20; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for n := range starts {
-					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-					if err := n.client.Start(ctx); err != nil {
-						errs <- fmt.Errorf("start %s: %w", n.id, err)
-					}
-					cancel()
-				}
-			}()
-		}
-		for _, n := range wave {
-			starts <- n
-		}
-		close(starts)
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
+		startAll(t, wave)
 		up := nodes[:lo+len(wave)]
 		if !waitSlow(3*time.Minute, func() bool { _, ok := converged(up, ring, q, nil); return ok }) {
 			t.Fatalf("%d nodes did not converge: %s", len(up), describe(up, ring, q))
