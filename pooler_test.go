@@ -143,7 +143,8 @@ func TestHeartbeatPoolerErrorLoggedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok", nil, nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	for _, err := range []error{errBindMismatch, errUnnamedMissing, errCachedExists, errBindMismatch} {
 		mock.ExpectQuery(`renew_and_read`).WillReturnError(err)
 	}
