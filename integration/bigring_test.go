@@ -152,7 +152,7 @@ func TestManyRings(t *testing.T) {
 		}
 		return true
 	}
-	if !waitSlow(*manyRingsWithin-time.Since(begin), balanced) {
+	if !waitSlow(*manyRingsWithin-time.Since(begin), balanced) || time.Since(begin) > *manyRingsWithin {
 		unbalanced := 0
 		for _, r := range rings {
 			if _, ok := converged(nodes, r, q, nil); !ok {

@@ -656,9 +656,10 @@ $$;
 -- the node is not a member of (or with other vnodes), status 'join': the
 -- client joins it with join_rings, a statement of its own; for a ring
 -- whose view is big, status 'view': the client reads it with read_views.
--- No heartbeat does a ring's heavy work. Views after the first stop once the call has
--- run a tenth of a TTL (at most 100 ms): the rest answer 'later' and come
--- with the next heartbeat, which the client sends at once.
+-- No heartbeat does a ring's heavy work. Ring work (releases, views) after
+-- the first ring stops once the call has run a tenth of a TTL (at most
+-- 100 ms): the rest answer 'later' and go with the next heartbeat, which
+-- the client sends at once.
 --
 -- Steady state: one HOT update of the node's row and one ring version read
 -- per ring; changes is NULL. With p_scan the call also scans the nodes for
@@ -708,8 +709,8 @@ DECLARE
     cur_version bigint;
     cur_size    integer;
     started     timestamptz := clock_timestamp();
-    view_budget interval := least(p_ttl_ms / 10, 100) * interval '1 millisecond';  -- views after the first
-    views       integer := 0;
+    view_budget interval := least(p_ttl_ms / 10, 100) * interval '1 millisecond';  -- ring work after the first
+    worked      integer := 0;  -- rings whose releases or view this call took on
     view        jsonb;
     out         jsonb := '[]';
 BEGIN
@@ -742,6 +743,8 @@ BEGIN
                  WHERE cardinality(x.released) > 0
                  ORDER BY x.ring
             LOOP
+                EXIT WHEN worked > 0 AND clock_timestamp() - started > view_budget;  -- the rest with the next
+                worked := worked + 1;
                 BEGIN
                     PERFORM confirm_releases(p_node, r.ring, r.released, p_ttl_ms);
                 EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
@@ -885,11 +888,13 @@ BEGIN
             CONTINUE;
         END IF;
         CONTINUE WHEN cur_version = r.known AND cardinality(r.released) = 0;  -- steady state
-        IF views > 0 AND clock_timestamp() - started > view_budget THEN
-            -- Enough for one heartbeat: this ring's view comes with the next.
+        IF worked > 0 AND clock_timestamp() - started > view_budget THEN
+            -- Enough for one heartbeat (each ring's releases may wait for
+            -- its lock): this ring's releases and view go with the next.
             out := out || jsonb_build_object('ring', r.ring, 'status', 'later');
             CONTINUE;
         END IF;
+        worked := worked + 1;
 
         BEGIN
             IF cardinality(r.released) > 0 THEN
@@ -922,7 +927,6 @@ BEGIN
             view := ring_view(r.ring, p_node, r.known);
             UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = r.ring AND node_id = p_node;
             out := out || view;
-            views := views + 1;
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;
         END;
