@@ -710,6 +710,11 @@ func (c *Client) apply(res renewResult) {
 			c.sizeMismatch(l, ch.Size)
 			continue
 		case ringToJoin:
+			// Not a member (evicted while cut off, the answer that said
+			// "rejoined" lost on the way) or not reclaimed by this
+			// incarnation yet: whatever the last view gave may be another
+			// node's now. Report nothing of the ring until a fresh view.
+			l.forget()
 			l.needJoin = true // the loop joins it, then a heartbeat reads its view
 			continue
 		case ringLater:
