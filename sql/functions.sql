@@ -13,8 +13,9 @@
 --
 -- Privileges: the role that applies this file owns the schema. Application
 -- roles need USAGE on the schema and EXECUTE on its functions, nothing on
--- its tables: the entry points (renew_and_read, leave, holds) are SECURITY
--- DEFINER with a pinned search_path, so they act as the owner. The other
+-- its tables: the entry points (renew_and_read, join_rings, read_views,
+-- leave, holds) are SECURITY DEFINER with a pinned search_path, so they act
+-- as the owner. The other
 -- functions are the owner's alone, except partition_of.
 --
 -- Errors raised on purpose carry SQLSTATEs of class LR, which the Go
