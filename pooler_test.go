@@ -143,7 +143,9 @@ func TestHeartbeatPoolerErrorLoggedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok", nil, nil))
+	// The first heartbeat brings the view: Start returns once it has one.
+	view := changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}})
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok", view, nil))
 	for _, err := range []error{errBindMismatch, errUnnamedMissing, errCachedExists, errBindMismatch} {
 		mock.ExpectQuery(`renew_and_read`).WillReturnError(err)
 	}
