@@ -73,7 +73,9 @@
 // nothing) until an answer comes back in time, and the database extends no
 // lease for a heartbeat that reaches it more than a quarter of a lease after
 // it was sent, which it judges on its own clock from the client's estimate
-// (the last answer's database time plus the local time elapsed since).
+// (the last answer's database time plus the local time elapsed since). The
+// lease it grants counts from that estimate, as the client counts it, not
+// from the heartbeat's arrival.
 //
 // # Keys, routing and fencing
 //

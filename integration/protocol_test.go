@@ -202,6 +202,45 @@ func (s *sqlNodes) exists(id string) bool {
 	return n == 1
 }
 
+// TestDelayedHeartbeatLeaseCountsFromSend: a heartbeat that arrives late
+// but within a quarter of a lease renews, and the lease it grants counts
+// from when it was sent, not from its arrival: a node that fails right
+// after sending a heartbeat the network delays is not kept alive in the
+// database past TTL of its failure. An older attempt landing after a newer
+// one never shortens the lease the newer one granted.
+func TestDelayedHeartbeatLeaseCountsFromSend(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a")
+	delay := sqlTTLms / 8 * time.Millisecond // well within a quarter of a lease
+	ttl := sqlTTLms * time.Millisecond
+	// A lease that ends soon, as one a heartbeat ago would (the join's is
+	// newer than the heartbeat below claims to be).
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET expires_at = now() + interval '1 second' WHERE node_id = 'a'`); err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.renew(nil, "a", false, false, delay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.status != "ok" {
+		t.Fatalf("delayed heartbeat answered %q, want ok", h.status)
+	}
+	if left := time.Duration(h.leaseMS) * time.Millisecond; left > ttl-delay || left < ttl-delay-5*time.Second {
+		t.Errorf("a heartbeat sent %v ago granted %v of lease, want TTL - %v = %v", delay, left, delay, ttl-delay)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	fresh := s.expiresAt("a")
+	if _, err := s.renew(nil, "a", false, false, delay); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.expiresAt("a"); !got.Equal(fresh) {
+		t.Errorf("an older heartbeat landing after a newer one moved the lease end from %v to %v", fresh, got)
+	}
+}
+
 // TestLateHeartbeatConfirmsReleases: a heartbeat that arrives late extends
 // nothing, but the releases it carries take effect at once (the node
 // stopped using those partitions before it sent them), so a node that

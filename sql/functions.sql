@@ -680,6 +680,12 @@ $$;
 -- (the estimate errs late by that answer's trip back). A heartbeat older
 -- than a quarter of a lease extends nothing: its answer, about as slow to
 -- come back, could reach the client after it gave up (at half a lease).
+-- A lease counts from when its heartbeat was sent (p_sent_at, at most
+-- now()), as the client counts it, not from its arrival: counted from the
+-- arrival, a heartbeat delayed on the way (by up to a quarter of a lease)
+-- from a node that failed just after sending it kept that node's
+-- partitions in the database that much longer than the client could use
+-- them, past TTL + heartbeat of the failure (G3).
 --
 -- node_status is 'ok', 'rejoined' (the lease had lapsed or the row was gone:
 -- the node starts afresh, keeping what it still owns under new epochs) or
@@ -710,6 +716,7 @@ DECLARE
     cur_version bigint;
     cur_size    integer;
     started     timestamptz := clock_timestamp();
+    lease_from  timestamptz := least(now(), coalesce(p_sent_at, now()));  -- a granted lease counts from here
     view_budget interval := least(p_ttl_ms / 10, 100) * interval '1 millisecond';  -- ring work after the first
     worked      integer := 0;  -- rings whose releases or view this call took on
     view        jsonb;
@@ -760,7 +767,9 @@ BEGIN
         RETURN;
     END IF;
 
-    UPDATE nodes SET expires_at = now() + ttl
+    -- greatest: a stale attempt (sent earlier, landing after a newer one)
+    -- never shortens the lease the newer one granted.
+    UPDATE nodes SET expires_at = greatest(expires_at, lease_from + ttl)
      WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
     RETURNING * INTO me;
 
@@ -768,7 +777,7 @@ BEGIN
         SELECT * INTO me FROM nodes WHERE node_id = p_node FOR UPDATE;
         IF NOT FOUND THEN
             INSERT INTO nodes (node_id, incarnation, expires_at, report_from, metadata)
-            VALUES (p_node, p_incarnation, now() + ttl, now(), p_metadata)
+            VALUES (p_node, p_incarnation, lease_from + ttl, now(), p_metadata)
             ON CONFLICT (node_id) DO NOTHING
             RETURNING * INTO me;
             IF NOT FOUND THEN  -- a racing start of the same id won; settle it on the next call
@@ -793,7 +802,7 @@ BEGIN
                SET incarnation = p_incarnation,
                    report_from = CASE WHEN me.incarnation = p_incarnation THEN now()
                                       ELSE greatest(now(), me.expires_at) END,
-                   expires_at = now() + ttl,
+                   expires_at = lease_from + ttl,
                    metadata = p_metadata
              WHERE node_id = p_node
             RETURNING * INTO me;
