@@ -52,13 +52,17 @@ func (c *Client) joinRequests() []ringRequest {
 }
 
 // joinRings makes one join_rings call. It joins rings in name order until
-// it has spent a quarter of a TTL; those it did not get to stay to join.
+// it has spent a fortieth of a TTL (10 to 100 ms); those it did not get to
+// stay to join. The call holds each ring's lock until it commits, and the
+// heartbeats of the ring's other members wait for that lock (to confirm
+// releases, to read their views) only briefly: short calls let them in
+// between. One ring is always joined, however long it takes.
 func (c *Client) joinRings(ctx context.Context, rings []ringRequest) joinResult {
 	arg, err := json.Marshal(rings)
 	if err != nil {
 		return joinResult{err: err}
 	}
-	budget := max(c.cfg.ttl/4, 50*time.Millisecond)
+	budget := min(max(c.cfg.ttl/40, 10*time.Millisecond), 100*time.Millisecond)
 	var out string
 	err = c.inTx(ctx, c.db, func(q DB) error {
 		return q.QueryRowContext(ctx, c.q.joinRings, c.cfg.nodeID, c.incarnation, string(arg), budget.Milliseconds()).Scan(&out)

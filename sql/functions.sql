@@ -1,4 +1,4 @@
--- leasering: the whole protocol, schema version 5.
+-- leasering: the whole protocol, schema version 6.
 --
 -- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
 -- Every object is qualified with the schema and every function pins its
@@ -53,8 +53,8 @@ GRANT SELECT ON leasering.schema_version TO PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 5 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this library (5)',
+    IF (SELECT version FROM leasering.schema_version) > 6 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this library (6)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
     END IF;
@@ -487,7 +487,7 @@ DECLARE
     started timestamptz := clock_timestamp();
     r       record;
     st      text;
-    out     jsonb := '[]';
+    outs    jsonb[] := '{}';  -- array_append grows it in place; jsonb || would copy it each time
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN  -- see renew_and_read
         RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
@@ -505,16 +505,16 @@ BEGIN
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer)
          ORDER BY x.ring
     LOOP
-        EXIT WHEN jsonb_array_length(out) > 0 AND clock_timestamp() - started > p_budget_ms * interval '1 millisecond';
+        EXIT WHEN cardinality(outs) > 0 AND clock_timestamp() - started > p_budget_ms * interval '1 millisecond';
         BEGIN
             st := claim_vnodes(p_node, p_incarnation, r.ring, r.size, r.vnodes);
-            out := out || jsonb_build_object('ring', r.ring, 'status', st,
-                                             'size', (SELECT size FROM rings WHERE name = r.ring));
+            outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', st,
+                                                          'size', (SELECT size FROM rings WHERE name = r.ring)));
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-            out := out || jsonb_build_object('ring', r.ring, 'status', 'busy');  -- the next call
+            outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', 'busy'));  -- the next call
         END;
     END LOOP;
-    RETURN out;
+    RETURN to_jsonb(outs);
 END
 $$;
 
@@ -536,7 +536,7 @@ AS $$
 DECLARE
     r    record;
     view jsonb;
-    out  jsonb := '[]';
+    outs jsonb[] := '{}';  -- see join_rings
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN  -- see renew_and_read
         RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
@@ -557,12 +557,12 @@ BEGIN
             CONTINUE WHEN NOT FOUND;  -- not a member: the next heartbeat says to join
             view := ring_view(r.ring, p_node, r.known);
             UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = r.ring AND node_id = p_node;
-            out := out || jsonb_build_object('known', r.known, 'view', view);
+            outs := array_append(outs, jsonb_build_object('known', r.known, 'view', view));
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;  -- the next heartbeat says 'view' again
         END;
     END LOOP;
-    RETURN out;
+    RETURN to_jsonb(outs);
 END
 $$;
 
@@ -720,7 +720,7 @@ DECLARE
     view_budget interval := least(p_ttl_ms / 10, 100) * interval '1 millisecond';  -- ring work after the first
     worked      integer := 0;  -- rings whose releases or view this call took on
     view        jsonb;
-    out         jsonb := '[]';
+    outs        jsonb[] := '{}';  -- the answers; array_append grows it in place, jsonb || would copy it each time
 BEGIN
     -- The protocol assumes READ COMMITTED: each statement sees what
     -- committed before it began, and a row lock waited for gives the row as
@@ -875,18 +875,26 @@ BEGIN
           FROM nodes WHERE node_id <> p_node;
     END IF;
 
-    -- The node's rings, in name order. A ring that needs work gets it in a
-    -- subtransaction: if a user transaction holds one of its partitions
-    -- through holds() longer than the lock timeout, that ring's change waits
-    -- for a later heartbeat and the lease is still renewed.
+    -- The node's rings that need work, in name order: one statement finds
+    -- them, so a steady heartbeat costs the same for a thousand rings as
+    -- for one (a ring that changes after it ran is answered by the next
+    -- heartbeat). A ring that needs work gets it in a subtransaction: if a
+    -- user transaction holds one of its partitions through holds() longer
+    -- than the lock timeout, that ring's change waits for a later heartbeat
+    -- and the lease is still renewed.
     FOR r IN
-        SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released
+        SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
+               g.version AS cur_version, g.size AS cur_size
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[])
+          LEFT JOIN rings g ON g.name = x.ring
+         WHERE g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
+            OR cardinality(x.released) > 0
          ORDER BY x.ring
     LOOP
-        SELECT version, size INTO cur_version, cur_size FROM rings WHERE name = r.ring;
-        IF NOT FOUND THEN
-            out := out || jsonb_build_object('ring', r.ring, 'status', 'join');
+        cur_version := r.cur_version;
+        cur_size := r.cur_size;
+        IF cur_size IS NULL THEN
+            outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', 'join'));
             CONTINUE;
         END IF;
         IF cur_size <> r.size THEN
@@ -894,14 +902,13 @@ BEGIN
                 RAISE EXCEPTION 'ring % has size %, not %', r.ring, cur_size, r.size
                       USING ERRCODE = 'LR001';
             END IF;
-            out := out || jsonb_build_object('ring', r.ring, 'status', 'size_mismatch', 'size', cur_size);
+            outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', 'size_mismatch', 'size', cur_size));
             CONTINUE;
         END IF;
-        CONTINUE WHEN cur_version = r.known AND cardinality(r.released) = 0;  -- steady state
         IF worked > 0 AND clock_timestamp() - started > view_budget THEN
             -- Enough for one heartbeat (each ring's releases may wait for
             -- its lock): this ring's releases and view go with the next.
-            out := out || jsonb_build_object('ring', r.ring, 'status', 'later');
+            outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', 'later'));
             CONTINUE;
         END IF;
         worked := worked + 1;
@@ -917,7 +924,7 @@ BEGIN
                                                    AND claimed_by = p_incarnation) THEN
                 -- Joining rebalances the ring: join_rings does it, in a
                 -- statement of its own.
-                out := out || jsonb_build_object('ring', r.ring, 'status', 'join');
+                outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', 'join'));
                 CONTINUE;
             END IF;
             IF cur_size > 4096
@@ -927,7 +934,7 @@ BEGIN
                     OR (SELECT count(*) FROM (SELECT 1 FROM partitions
                                                WHERE ring = r.ring AND owner = p_node LIMIT 4097) AS c) > 4096) THEN
                 -- A big view: read_views reads it, in a statement of its own.
-                out := out || jsonb_build_object('ring', r.ring, 'status', 'view');
+                outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', 'view'));
                 CONTINUE;
             END IF;
             -- Lock the member row before reading the view and record the
@@ -936,7 +943,7 @@ BEGIN
             PERFORM 1 FROM members WHERE ring = r.ring AND node_id = p_node FOR NO KEY UPDATE;
             view := ring_view(r.ring, p_node, r.known);
             UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = r.ring AND node_id = p_node;
-            out := out || view;
+            outs := array_append(outs, view);
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             NULL;
         END;
@@ -951,7 +958,7 @@ BEGIN
         CASE WHEN next_event IS NOT NULL
              THEN greatest(ceil(extract(epoch FROM next_event - clock_timestamp()) * 1000), 0)::bigint END,
         st,
-        CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END,
+        CASE WHEN cardinality(outs) > 0 THEN to_jsonb(outs) END,
         nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb,
         clock_timestamp();
 END
@@ -1042,6 +1049,6 @@ SELECT m.ring,
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA leasering FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION leasering.partition_of(text, integer) TO PUBLIC;
 
-INSERT INTO leasering.schema_version (version) VALUES (5)
+INSERT INTO leasering.schema_version (version) VALUES (6)
 ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
  WHERE leasering.schema_version.version < excluded.version;
