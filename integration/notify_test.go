@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func TestNotifyConvergesFaster(t *testing.T) {
 			start := func(id string) *node {
 				n := e.startNode(id, "orders", q)
 				if notify {
-					nt, err := pqnotify.Listen(e.dsn, n.client)
+					nt, err := pqnotify.Listen(context.Background(), e.dsn, n.client)
 					if err != nil {
 						t.Fatal(err)
 					}
