@@ -5,6 +5,7 @@ go 1.25.0
 require (
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/leasering/leasering v0.0.0
+	github.com/leasering/leasering/pgxnotify v0.0.0
 	github.com/leasering/leasering/pqnotify v0.0.0
 	github.com/lib/pq v1.12.3
 	github.com/ory/dockertest/v3 v3.12.0
@@ -48,5 +49,6 @@ require (
 
 replace (
 	github.com/leasering/leasering => ../
+	github.com/leasering/leasering/pgxnotify => ../pgxnotify
 	github.com/leasering/leasering/pqnotify => ../pqnotify
 )
