@@ -82,7 +82,11 @@ func TestNotifyConvergesFaster(t *testing.T) {
 			leaver.down.Store(true)
 			e.waitConverged("orders", q, nil, 20*time.Second)
 			leave := time.Since(began)
-			t.Logf("%s, heartbeat 1s, drain 1s: join converged in %v, leave in %v", notifierName(), join.Round(time.Millisecond), leave.Round(time.Millisecond))
+			how := "polling only"
+			if notify {
+				how = notifierName()
+			}
+			t.Logf("%s, driver %s, heartbeat 1s, drain 1s: join converged in %v, leave in %v", how, testDriver, join.Round(time.Millisecond), leave.Round(time.Millisecond))
 			if notify && leave > 500*time.Millisecond {
 				t.Errorf("with notifications a leave took %v, want well under the 1s heartbeat", leave)
 			}
