@@ -55,8 +55,9 @@
 // time.
 //
 // The node that changed a ring then announces it with pg_notify; the optional
-// package pqnotify listens and wakes the heartbeat at once, so changes
-// converge in milliseconds. Polling remains the correctness path.
+// package pqnotify (lib/pq) or pgxnotify (pgx), each a module of its own,
+// listens and wakes the heartbeat at once, so changes converge in
+// milliseconds. Polling remains the correctness path.
 //
 // # Self-fencing
 //

@@ -62,7 +62,7 @@ func (c *cluster) start(ctx context.Context) (*convergeNode, error) {
 		err = n.client.Start(ctx)
 	}
 	if err == nil && c.notify {
-		n.notify, err = pqnotify.Listen(u.String(), n.client)
+		n.notify, err = pqnotify.Listen(ctx, u.String(), n.client)
 	}
 	if err != nil {
 		n.stop()

@@ -5,6 +5,8 @@ go 1.25.0
 require (
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/leasering/leasering v0.0.0
+	github.com/leasering/leasering/pgxnotify v0.0.0
+	github.com/leasering/leasering/pqnotify v0.0.0
 	github.com/lib/pq v1.12.3
 	github.com/ory/dockertest/v3 v3.12.0
 )
@@ -45,4 +47,8 @@ require (
 	gopkg.in/yaml.v2 v2.4.0 // indirect
 )
 
-replace github.com/leasering/leasering => ../
+replace (
+	github.com/leasering/leasering => ../
+	github.com/leasering/leasering/pgxnotify => ../pgxnotify
+	github.com/leasering/leasering/pqnotify => ../pqnotify
+)

@@ -10,7 +10,7 @@
 //
 // LEASERING_TEST_DRIVER picks the database/sql driver of every connection
 // the tests open: "pq" (lib/pq, the default) or "pgx" (pgx's stdlib).
-// pqnotify's listener uses lib/pq whatever the driver.
+// The notifier follows the driver: pqnotify with lib/pq, pgxnotify with pgx.
 package integration
 
 import (

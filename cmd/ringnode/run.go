@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/leasering/leasering"
-	"github.com/leasering/leasering/pqnotify"
 )
 
 // runTTL is run's lease time: short, so a takeover after -crash is
@@ -102,10 +101,13 @@ func runNode(stdout, stderr io.Writer, o runOptions) (int, error) {
 	v.event("joined ring %q (%d partitions) as %s; Ctrl-C to %s", o.ring, o.size, c.ID(),
 		map[bool]string{true: "crash", false: "leave"}[o.crash])
 	if o.notify {
-		if n, err := pqnotify.Listen(o.dsn, c); err != nil {
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		stopListening, err := listen(lctx, o.dsn, c)
+		cancel()
+		if err != nil {
 			v.event("no fast wakeup (%v); polling only", err)
 		} else {
-			defer n.Close()
+			defer stopListening()
 		}
 	}
 	changes := lease.Changes()
