@@ -10,7 +10,9 @@
 //
 // A private cluster listens only on 127.0.0.1 (and a Unix socket inside its
 // directory), trusts every local connection, runs with fsync off and is
-// deleted by Stop. Ask StopOnSignal to stop it on Ctrl-C or SIGTERM too. On
+// deleted by Stop. Its server can be shut down and started again on the
+// same port and data (Cluster.Shutdown, Cluster.Restart), for tests of a
+// database restart. Ask StopOnSignal to stop it on Ctrl-C or SIGTERM too. On
 // Linux the postmaster is also killed when the process that started it dies,
 // and a later Start removes directories left behind by such processes.
 //
