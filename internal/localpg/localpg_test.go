@@ -468,10 +468,12 @@ func TestStartFailures(t *testing.T) {
 }
 
 // TestHelperProcess is the child of the signal tests: it starts a cluster,
-// prints its directory and postmaster pid, and waits to be signalled.
+// prints its directory and postmaster pid, and waits to be signalled. Run
+// on its own it does nothing (and passes rather than skips, so that a skip
+// in CI's output always means a test that did not run).
 func TestHelperProcess(t *testing.T) {
 	if os.Getenv("LOCALPG_HELPER") != "1" {
-		t.Skip("helper process for other tests")
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
