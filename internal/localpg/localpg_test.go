@@ -423,6 +423,33 @@ func TestNothingFound(t *testing.T) {
 	}
 }
 
+// TestFindNothing: with no DSN, no Docker and no binaries, Find's error is
+// one line that says what is missing, the command that installs it and the
+// variable that names a server instead, and what Docker said.
+func TestFindNothing(t *testing.T) {
+	empty := t.TempDir()
+	s := search{path: empty, globs: []string{filepath.Join(empty, "*/bin")}}
+	t.Setenv("LOCALPG_TEST_UNSET", "")
+	_, err := find(context.Background(), Options{
+		DSNEnv: []string{"LOCALPG_TEST_UNSET"},
+		Docker: func(context.Context) (string, func(), error) { return "", nil, errors.New("pull refused") },
+	}, s)
+	if !errors.Is(err, ErrNoPostgres) {
+		t.Fatalf("err = %v, want ErrNoPostgres", err)
+	}
+	t.Log(err)
+	msg := err.Error()
+	if strings.Contains(msg, "\n") {
+		t.Errorf("error is more than one line: %q", msg)
+	}
+	for _, want := range []string{"initdb and postgres", "install them with: " + installHint(),
+		"or set $LOCALPG_TEST_UNSET to a server's DSN", "docker failed too: pull refused"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not say %q", msg, want)
+		}
+	}
+}
+
 // TestStartFailures: the error carries the program's own output, hung
 // programs are ended at the context's deadline, and the directory is
 // removed.
