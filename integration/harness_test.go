@@ -206,6 +206,8 @@ type env struct {
 	heartbeat time.Duration
 	driver    string // the nodes' database/sql driver; "": the test driver
 
+	inv invariantState // the invariant check at the end (invariants_test.go)
+
 	mu    sync.Mutex
 	nodes []*node // registered: watched by waits and checkers
 	all   []*node // every node made, for cleanup
@@ -232,6 +234,7 @@ func newEnvOn(t testing.TB, dsn string, ttl, heartbeat time.Duration) *env {
 	admin := openDB(t, dsn)
 	e := &env{t: t, dsn: dsn, schema: "lrt_" + randomSuffix(), admin: admin, ttl: ttl, heartbeat: heartbeat}
 	t.Cleanup(func() {
+		e.checkInvariants("at the end, the nodes running")
 		e.mu.Lock()
 		nodes := e.all
 		e.mu.Unlock()
@@ -241,6 +244,7 @@ func newEnvOn(t testing.TB, dsn string, ttl, heartbeat time.Duration) *env {
 			_ = n.db.Close()
 			_ = n.proxy.Close()
 		}
+		e.checkInvariants("at the end, the nodes closed")
 		if _, err := admin.Exec(`DROP SCHEMA IF EXISTS "` + e.schema + `" CASCADE`); err != nil {
 			t.Errorf("dropping schema %s: %v", e.schema, err)
 		}
