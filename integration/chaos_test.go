@@ -141,7 +141,8 @@ type assignedAt struct {
 // on any partition reported by two nodes at once (G2) or left unowned
 // longer than TTL + heartbeat while a healthy node exists (G3); every
 // checkpoint stops the faults and requires exact balance within the settle
-// time (G4). It runs alone (not parallel): it measures time.
+// time (G4). The invariant check (invariants_test.go) runs every second
+// and at the end. It runs alone (not parallel): it measures time.
 func TestChaos(t *testing.T) {
 	seed := *chaosSeed
 	if seed == 0 {
@@ -154,6 +155,7 @@ func TestChaos(t *testing.T) {
 		}
 	})
 	e := newEnv(t, chaosTTL, chaosHeartbeat)
+	defer e.watchInvariants(time.Second)()
 	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, faulted: map[string]bool{}, survived: map[string]time.Time{}, assigned: map[int][]assignedAt{}, leases: map[string][]leaseAt{}, waits: map[lockWaitKey]*lockWait{}, logs: map[string]*nodeLog{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
 	if os.Getenv("LEASERING_TEST_PG_RESTART") == "1" {
 		versions, _ := filepath.Glob("/etc/postgresql/*")
