@@ -605,3 +605,14 @@ func TestInvariantsIgnoreSearchPath(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// requireInvariants fails the test if the schema at dsn breaks an
+// invariant: for the tests that run nodes outside an env.
+func requireInvariants(t *testing.T, dsn, schema string, ttl time.Duration) {
+	t.Helper()
+	db := openDB(t, dsn)
+	defer db.Close()
+	if _, vs := kindsOf(t, db, schema, ttl); len(vs) > 0 {
+		t.Errorf("invariant check at the end: %v", vs)
+	}
+}

@@ -60,6 +60,7 @@ func TestOneRoundTripPerHeartbeat(t *testing.T) {
 			if math.Abs(per-s.want) > 0.03 {
 				t.Errorf("%s: %.3f round trips per heartbeat, want %.0f", s.name, per, s.want)
 			}
+			requireInvariants(t, dsnWith(t, testDSN, "", name), leasering.DefaultSchema, 2*time.Second)
 		})
 	}
 }
