@@ -38,8 +38,8 @@ func (v Violation) String() string {
 }
 
 // InvariantsSQL returns sql/invariants.sql for the given schema (checked
-// as WithSchema checks it): one query that finds any broken protocol state
-// and returns a row per violation, with the columns kind, ring, partition,
+// as WithSchema checks it): one query that finds broken protocol state and
+// returns a row per violation, with the columns kind, ring, partition,
 // node and detail. Its one parameter, $1, is an interval: the longest TTL
 // of the schema's clients. Run it as the schema's owner; it writes
 // nothing.
@@ -53,10 +53,11 @@ func InvariantsSQL(schema string) (string, error) {
 
 // CheckInvariants runs InvariantsSQL(schema) on db and returns the
 // violations it finds, none for a healthy schema. ttl is the longest TTL
-// of the schema's clients (DefaultTTL unless they set WithTTL): three
-// kinds flag what the protocol leaves for no longer than a few TTLs, and a
-// ttl shorter than a client's flags healthy state. db may be a *sql.Tx
-// (the query only reads), which then sees its own changes.
+// of the schema's clients (DefaultTTL unless they set WithTTL), which three
+// kinds depend on (a lease past one TTL from now, and what other nodes'
+// heartbeats would have cleaned up two TTLs ago): a ttl shorter than a
+// client's flags healthy state. db may be a *sql.Tx (the query only
+// reads), which then sees its own changes.
 func CheckInvariants(ctx context.Context, db DB, schema string, ttl time.Duration) ([]Violation, error) {
 	if tx, ok := db.(*sql.Tx); !ok {
 		if err := checkDB(db); err != nil {
