@@ -233,6 +233,7 @@ func newEnvOn(t testing.TB, dsn string, ttl, heartbeat time.Duration) *env {
 	t.Helper()
 	admin := openDB(t, dsn)
 	e := &env{t: t, dsn: dsn, schema: "lrt_" + randomSuffix(), admin: admin, ttl: ttl, heartbeat: heartbeat}
+	e.inv.adminDSN = dsn
 	t.Cleanup(func() {
 		e.checkInvariants("at the end, the nodes running")
 		e.mu.Lock()

@@ -23,6 +23,7 @@ import (
 // higher epoch (G6), and a ring's version never goes down.
 type invariantState struct {
 	mu       sync.Mutex
+	adminDSN string        // the env's admin connection, on the server that holds the schema
 	ttl      time.Duration // the longest TTL of the schema's clients; 0: the env's
 	broken   string        // why the test leaves the state broken on purpose; "": check it
 	owners   map[ringPartition]ownerAt
@@ -208,15 +209,16 @@ func (st *invariantState) compare(ctx context.Context, db *sql.DB, schema string
 	return found, nil
 }
 
-// schemaDB is a connection, as the test's admin, to the database that
-// holds the env's schema (a test may point the env at a database of its
-// own), and how to close it.
+// schemaDB is a connection, as the env's admin, to the database that
+// holds the env's schema (a test may point the env's nodes at a database
+// of its own, or at a pooler, or connect them as another role), and how to
+// close it.
 func (e *env) schemaDB() (*sql.DB, func(), error) {
-	want, have := databaseOf(e.dsn), databaseOf(testDSN)
+	want, have := databaseOf(e.dsn), databaseOf(e.inv.adminDSN)
 	if want == "" || want == have {
 		return e.admin, func() {}, nil
 	}
-	db, err := sqlOpen(dsnWith(e.t, testDSN, "", want))
+	db, err := sqlOpen(dsnWith(e.t, e.inv.adminDSN, "", want))
 	if err != nil {
 		return nil, nil, err
 	}
