@@ -52,7 +52,7 @@ func buildRing(ctx context.Context, s *scratch, q, n int) error {
 		return err
 	}
 	if _, err := s.db.ExecContext(ctx, `
-		INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, report_from, metadata)
+		INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, hold_until, metadata)
 		SELECT 'm' || lpad(i::text, 4, '0'), 'inc', now() + interval '1 hour', now(), ''
 		  FROM generate_series(1, $1 - 1) AS i`, n); err != nil {
 		return err
@@ -117,7 +117,7 @@ func rebalanceTime(ctx context.Context, s *scratch, tries int) (stats, int, erro
 			return stats{}, 0, err
 		}
 		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, report_from) VALUES ('joiner', 'i', now() + interval '1 hour', now());
+			INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, hold_until) VALUES ('joiner', 'i', now() + interval '1 hour', now());
 			INSERT INTO `+s.quoted+`.members (ring, node_id, vnodes, positions) VALUES ('r', 'joiner', 8, `+s.quoted+`.vnode_positions('r', 'joiner', 8))`); err != nil {
 			_ = tx.Rollback()
 			return stats{}, 0, err
