@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -50,17 +53,22 @@ func installOld(t testing.TB, e *env, file string, version int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := `"` + e.schema + `"`
-	s := strings.ReplaceAll(string(src), "CREATE SCHEMA IF NOT EXISTS leasering;", "CREATE SCHEMA IF NOT EXISTS "+q+";")
-	s = strings.ReplaceAll(s, "search_path = leasering, pg_temp", "search_path = "+q+", pg_temp")
-	s = strings.ReplaceAll(s, "IN SCHEMA leasering FROM PUBLIC", "IN SCHEMA "+q+" FROM PUBLIC")
-	s = strings.ReplaceAll(s, "leasering.", q+".")
-	if _, err := e.admin.Exec(s); err != nil {
+	if _, err := e.admin.Exec(forSchema(string(src), e.schema)); err != nil {
 		t.Fatalf("installing %s: %v", file, err)
 	}
 	if v := schemaVersionOf(t, e.admin, e.schema); v != version {
 		t.Fatalf("%s installed version %d, want %d", file, v, version)
 	}
+}
+
+// forSchema is SQL of sql/ (or an older release's) for schema, as the Go
+// client writes it: the schema's name in place of "leasering".
+func forSchema(src, schema string) string {
+	q := `"` + schema + `"`
+	src = strings.ReplaceAll(src, "CREATE SCHEMA IF NOT EXISTS leasering;", "CREATE SCHEMA IF NOT EXISTS "+q+";")
+	src = strings.ReplaceAll(src, "search_path = leasering, pg_temp", "search_path = "+q+", pg_temp")
+	src = strings.ReplaceAll(src, "IN SCHEMA leasering FROM PUBLIC", "IN SCHEMA "+q+" FROM PUBLIC")
+	return strings.ReplaceAll(src, "leasering.", q+".")
 }
 
 func schemaVersionOf(t testing.TB, db *sql.DB, schema string) int {
@@ -535,4 +543,105 @@ func TestUpgradeWithLiveNodes(t *testing.T) {
 			waitShared(t, 20*time.Second, all[3:]...)
 		})
 	}
+}
+
+// TestSQLFilesRefuseOtherVersions: each file of sql/ refuses tables at a
+// version it does not apply to, with LR007 (LR002 for tables newer than
+// this release, from schema.sql and functions.sql), and changes nothing.
+func TestSQLFilesRefuseOtherVersions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 2*time.Second, 200*time.Millisecond)
+	installOld(t, e, "testdata/functions_v6_d26a4fa.sql", 6)
+	fresh := must(leasering.MigrationSQL(0))
+	upgrade := must(leasering.MigrationSQL(6))
+	cases := []struct {
+		what, setup, script, state string
+	}{
+		{"schema.sql at version 6", "", fresh, "LR007"},
+		{"functions.sql at version 6", "", leasering.FunctionsSQL(), "LR007"},
+		{"migration 5 to 6 at version 6", "", must(leasering.MigrationSQL(5)), "LR007"},
+		{"migration 6 to 7 at version 7", "UPDATE S.schema_version SET version = 7", upgrade, "LR007"},
+		{"schema.sql at version 8", "UPDATE S.schema_version SET version = 8", fresh, "LR002"},
+		{"functions.sql at version 8", "UPDATE S.schema_version SET version = 8", leasering.FunctionsSQL(), "LR002"},
+	}
+	for _, c := range cases {
+		tx, err := e.admin.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.setup != "" {
+			if _, err := tx.Exec(strings.ReplaceAll(c.setup, "S.", `"`+e.schema+`".`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err = tx.Exec(forSchema(c.script, e.schema))
+		_ = tx.Rollback()
+		if got := sqlStateOf(err); got != c.state {
+			t.Errorf("%s: %v, want SQLSTATE %s", c.what, err, c.state)
+		}
+	}
+	if v := schemaVersionOf(t, e.admin, e.schema); v != 6 {
+		t.Errorf("the schema is at version %d after the refusals, want 6", v)
+	}
+}
+
+// TestREADMEPsqlCommands runs the README's psql commands (Applying the
+// schema yourself), each on a database of its own: on none, and on the
+// schema of each version upgraded. Each yields a schema at this version
+// with the catalog of a new one.
+func TestREADMEPsqlCommands(t *testing.T) {
+	t.Parallel()
+	psql, err := exec.LookPath("psql")
+	if err != nil {
+		skip(t, "no psql on PATH")
+	}
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| (none yet|at version (\\d+)) \\| `psql ([^`]+)` \\|$")
+	admin := openPool(t, needDB(t))
+	var want []string
+	for i, m := range row.FindAllStringSubmatch(string(readme), -1) {
+		from, _ := strconv.Atoi(m[2])
+		if (i == 0) != (from == 0) {
+			t.Fatalf("README: the first command must be for a new schema: %q", m[0])
+		}
+		db := scratchDatabase(t, admin, "")
+		dsn := dsnWith(t, testDSN, "", db)
+		dbAdmin := openPool(t, dsn)
+		if from > 0 {
+			file := ""
+			for _, old := range oldSchemas {
+				if old.version == from {
+					file = old.file // the last release of that version
+				}
+			}
+			src, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatalf("version %d: %v", from, err)
+			}
+			if _, err := dbAdmin.Exec(string(src)); err != nil {
+				t.Fatalf("installing %s: %v", file, err)
+			}
+		}
+		cmd := exec.Command(psql, append([]string{"-X", "-q", "-d", dsn}, strings.Fields(m[3])...)...)
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", m[0], err, out)
+		}
+		if v := schemaVersionOf(t, dbAdmin, "leasering"); v != leasering.SchemaVersion {
+			t.Errorf("%s: version %d, want %d", m[0], v, leasering.SchemaVersion)
+		}
+		got := catalogOf(t, dbAdmin, "leasering")
+		if from == 0 {
+			want = got
+		} else if !slices.Equal(got, want) {
+			t.Errorf("%s: the catalog differs from a new schema's", m[0])
+		}
+	}
+	if want == nil {
+		t.Fatal("the README has no psql command")
+	}
+	t.Logf("%d README commands applied", len(row.FindAllString(string(readme), -1)))
 }
