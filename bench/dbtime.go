@@ -44,11 +44,14 @@ func explain(ctx context.Context, q querier, query string, args ...any) (time.Du
 // buildRing makes ring "r" of size q with n members (m0000, m0001, ...)
 // whose leases last an hour, balanced, with every handoff done and every
 // node told of its partitions (so a join moves them by handoff). The
-// first member joins through renew_and_read; the others are inserted in
-// bulk and placed by one rebalance, which is quicker than n joins and gives
-// the same shape.
+// first member joins as a client does (renew_and_read, join_rings); the
+// others are inserted in bulk and placed by one rebalance, which is
+// quicker than n joins and gives the same shape.
 func buildRing(ctx context.Context, s *scratch, q, n int) error {
 	if err := s.renew(ctx, s.db, "m0000", ringArg("r", q, 0, nil), true, true); err != nil {
+		return err
+	}
+	if _, err := s.db.ExecContext(ctx, `SELECT `+s.quoted+`.join_rings('m0000', 'inc', $1::jsonb, 60000)`, ringArg("r", q, 0, nil)); err != nil {
 		return err
 	}
 	if _, err := s.db.ExecContext(ctx, `
