@@ -324,7 +324,7 @@ func TestStartMigratesWithLockInOneStatement(t *testing.T) {
 	c := newTestClient(t, db, WithSchema("my_app"))
 	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WithArgs(`"my_app".schema_version`).
 		WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
-	mock.ExpectExec(`^SET TRANSACTION ISOLATION LEVEL READ COMMITTED;\s*SELECT pg_catalog.set_config\('search_path', 'pg_catalog, pg_temp', true\);\s*SELECT pg_catalog.pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";.*CREATE TABLE IF NOT EXISTS "my_app".nodes.*CREATE OR REPLACE FUNCTION "my_app".renew_and_read.*SET search_path = "my_app", pg_temp`).
+	mock.ExpectExec(`^SET TRANSACTION ISOLATION LEVEL READ COMMITTED;\s*SELECT pg_catalog.set_config\('search_path', 'pg_catalog, pg_temp', true\);\s*SELECT pg_catalog.pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";.*CREATE TABLE IF NOT EXISTS "my_app".nodes.*SET search_path = "my_app", pg_temp.*CREATE OR REPLACE FUNCTION "my_app".renew_and_read`).
 		WillReturnResult(sqlmock.NewResult(0, 0))
 	mock.ExpectQuery(`FROM "my_app".renew_and_read`).
 		WillReturnRows(renewRow(9990, 0, nil, "ok", nil, nil))

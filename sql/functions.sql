@@ -9,9 +9,9 @@
 -- then the helpers.
 --
 -- Every object is qualified with the schema and every function pins its
--- search_path to it (partition_of and set_lock_wait instead write every
--- name with its schema, to be inlined), so the caller's search_path never
--- matters; the Go client writes its own schema name, quoted, in place of
+-- search_path to it (SET search_path = leasering, pg_temp; partition_of and
+-- set_lock_wait instead write every name with its schema, to be inlined),
+-- so the caller's search_path never matters; the Go client writes its own schema name, quoted, in place of
 -- the default one. While this file runs the path is pg_catalog alone (the
 -- first statement below). Every time is the database's: now() (the start of
 -- the transaction, conservative for expiry) or clock_timestamp() where a
@@ -34,11 +34,13 @@
 --   live    -> live     a heartbeat (renew_and_read)
 --   live    -> lapsed   time: no heartbeat extended the lease in time
 --   lapsed  -> live     a heartbeat of the same incarnation ('rejoined', take_lease)
---   any     -> holding  a heartbeat of a new incarnation with p_claim
---                       (take_lease); the older incarnation is fenced
+--   live    -> holding  a heartbeat of another incarnation with p_claim
+--                       (take_lease): it holds until the older lease's end,
+--                       and the older incarnation is fenced from then on
+--   lapsed  -> live     the same, when the older lease has ended already
 --   holding -> live     time: hold_until passes
 --   lapsed  -> absent   eviction, by whoever scans first (scan_and_evict)
---   live    -> absent   leave of every ring (holding: -> lapsed at hold_until)
+--   live    -> absent   leave of every ring (holding -> lapsed at hold_until)
 --
 -- A member row of a live node is claimed (claimed_by is the node's
 -- incarnation) or to reclaim (anything else: after a rejoin or takeover).
