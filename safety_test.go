@@ -211,18 +211,28 @@ func TestNewClientRefusesTx(t *testing.T) {
 
 // TestMigrationScriptNamesOnlyItsSchema: once the schema name is written
 // in, no identifier of the script names the default schema: every
-// qualifier, search_path and REVOKE names the chosen one.
+// qualifier, search_path and REVOKE names the chosen one. For every
+// version the client migrates from, so for every file of sql/.
 func TestMigrationScriptNamesOnlyItsSchema(t *testing.T) {
-	script := migrationScript("my_app")
-	code := regexp.MustCompile(`--[^\n]*`).ReplaceAllString(script, "")
-	code = regexp.MustCompile(`'(?:[^']|'')*'`).ReplaceAllString(code, "''")
-	if m := regexp.MustCompile(`\bleasering\b`).FindAllStringIndex(code, -1); len(m) > 0 {
-		i := m[0][0]
-		t.Errorf("the script for schema my_app still names leasering %d times, first at: %q", len(m), code[max(i-60, 0):min(i+40, len(code))])
-	}
-	for _, want := range []string{`CREATE SCHEMA IF NOT EXISTS "my_app";`, `SET search_path = "my_app", pg_temp`, `IN SCHEMA "my_app" FROM PUBLIC`} {
-		if !strings.Contains(script, want) {
-			t.Errorf("the script lacks %q", want)
+	for _, from := range []int{0, 4, 5, 6, SchemaVersion} {
+		script, err := migrationScript("my_app", from)
+		if err != nil {
+			t.Fatalf("migrationScript(my_app, %d): %v", from, err)
+		}
+		code := regexp.MustCompile(`--[^\n]*`).ReplaceAllString(script, "")
+		code = regexp.MustCompile(`'(?:[^']|'')*'`).ReplaceAllString(code, "''")
+		if m := regexp.MustCompile(`\bleasering\b`).FindAllStringIndex(code, -1); len(m) > 0 {
+			i := m[0][0]
+			t.Errorf("the script from version %d for schema my_app still names leasering %d times, first at: %q", from, len(m), code[max(i-60, 0):min(i+40, len(code))])
+		}
+		want := []string{`SET search_path = "my_app", pg_temp`, `IN SCHEMA "my_app" FROM PUBLIC`}
+		if from == 0 {
+			want = append(want, `CREATE SCHEMA IF NOT EXISTS "my_app";`)
+		}
+		for _, w := range want {
+			if !strings.Contains(script, w) {
+				t.Errorf("the script from version %d lacks %q", from, w)
+			}
 		}
 	}
 }

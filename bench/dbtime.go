@@ -44,15 +44,18 @@ func explain(ctx context.Context, q querier, query string, args ...any) (time.Du
 // buildRing makes ring "r" of size q with n members (m0000, m0001, ...)
 // whose leases last an hour, balanced, with every handoff done and every
 // node told of its partitions (so a join moves them by handoff). The
-// first member joins through renew_and_read; the others are inserted in
-// bulk and placed by one rebalance, which is quicker than n joins and gives
-// the same shape.
+// first member joins as a client does (renew_and_read, join_rings); the
+// others are inserted in bulk and placed by one rebalance, which is
+// quicker than n joins and gives the same shape.
 func buildRing(ctx context.Context, s *scratch, q, n int) error {
 	if err := s.renew(ctx, s.db, "m0000", ringArg("r", q, 0, nil), true, true); err != nil {
 		return err
 	}
+	if _, err := s.db.ExecContext(ctx, `SELECT `+s.quoted+`.join_rings('m0000', 'inc', $1::jsonb, 60000)`, ringArg("r", q, 0, nil)); err != nil {
+		return err
+	}
 	if _, err := s.db.ExecContext(ctx, `
-		INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, report_from, metadata)
+		INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, hold_until, metadata)
 		SELECT 'm' || lpad(i::text, 4, '0'), 'inc', now() + interval '1 hour', now(), ''
 		  FROM generate_series(1, $1 - 1) AS i`, n); err != nil {
 		return err
@@ -117,7 +120,7 @@ func rebalanceTime(ctx context.Context, s *scratch, tries int) (stats, int, erro
 			return stats{}, 0, err
 		}
 		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, report_from) VALUES ('joiner', 'i', now() + interval '1 hour', now());
+			INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, hold_until) VALUES ('joiner', 'i', now() + interval '1 hour', now());
 			INSERT INTO `+s.quoted+`.members (ring, node_id, vnodes, positions) VALUES ('r', 'joiner', 8, `+s.quoted+`.vnode_positions('r', 'joiner', 8))`); err != nil {
 			_ = tx.Rollback()
 			return stats{}, 0, err

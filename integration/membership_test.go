@@ -231,10 +231,11 @@ func TestBadInputWritesNothing(t *testing.T) {
 	}
 }
 
-// TestFunctionsSQLAppliesAsShipped applies sql/functions.sql exactly as a
-// migration tool would (default schema, one transaction), twice, and rolls
-// it back, leaving any default schema already in the database as it was.
-func TestFunctionsSQLAppliesAsShipped(t *testing.T) {
+// TestMigrationSQLAppliesAsShipped applies the SQL of a new schema exactly
+// as a migration tool would (default schema, one transaction), twice, then
+// sql/functions.sql alone, and rolls it back, leaving any default schema
+// already in the database as it was.
+func TestMigrationSQLAppliesAsShipped(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, time.Second, 100*time.Millisecond)
 	tx, err := e.admin.Begin()
@@ -245,9 +246,13 @@ func TestFunctionsSQLAppliesAsShipped(t *testing.T) {
 	if _, err := tx.Exec(`DROP SCHEMA IF EXISTS leasering CASCADE`); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 2; i++ {
-		if _, err := tx.Exec(leasering.FunctionsSQL()); err != nil {
-			t.Fatalf("applying functions.sql (time %d): %v", i+1, err)
+	fresh, err := leasering.MigrationSQL(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, script := range []string{fresh, fresh, leasering.FunctionsSQL()} {
+		if _, err := tx.Exec(script); err != nil {
+			t.Fatalf("applying script %d: %v", i+1, err)
 		}
 	}
 	var v int

@@ -309,7 +309,7 @@ func TestNoReleaseDuringHold(t *testing.T) {
 	t.Parallel()
 	s, moving := newHoldingHandoff(t)
 	var holdEnd time.Time
-	if err := s.e.admin.QueryRow(`SELECT report_from FROM "` + s.e.schema + `".nodes WHERE node_id = 'a'`).Scan(&holdEnd); err != nil {
+	if err := s.e.admin.QueryRow(`SELECT hold_until FROM "` + s.e.schema + `".nodes WHERE node_id = 'a'`).Scan(&holdEnd); err != nil {
 		t.Fatal(err)
 	}
 	before := s.rows()
@@ -335,7 +335,7 @@ func TestNoReleaseDuringHold(t *testing.T) {
 	}
 
 	// The hold over, the first scan hands them on.
-	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET report_from = now() WHERE node_id = 'a'`); err != nil {
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET hold_until = now() WHERE node_id = 'a'`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.renew(nil, "c", false, true, 0); err != nil {
@@ -350,7 +350,7 @@ func TestNoReleaseDuringHold(t *testing.T) {
 	// A leave of every ring during a hold ends the lease when the hold
 	// would have, and hands nothing on.
 	s.takeOver("a", "inc-a-third")
-	if err := s.e.admin.QueryRow(`SELECT report_from FROM "` + s.e.schema + `".nodes WHERE node_id = 'a'`).Scan(&holdEnd); err != nil {
+	if err := s.e.admin.QueryRow(`SELECT hold_until FROM "` + s.e.schema + `".nodes WHERE node_id = 'a'`).Scan(&holdEnd); err != nil {
 		t.Fatal(err)
 	}
 	before = s.rows()
@@ -557,7 +557,7 @@ func TestConfirmAfterHoldClearsReleased(t *testing.T) {
 		t.Fatalf("%d partitions marked released during the hold, want %d", n, len(moving))
 	}
 	// The hold ends, and a's own heartbeat, before any scan, confirms again.
-	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET report_from = now() WHERE node_id = 'a'`); err != nil {
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET hold_until = now() WHERE node_id = 'a'`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {

@@ -268,7 +268,7 @@ func assertInlined(t *testing.T, db *sql.DB, schema string) {
 	}
 }
 
-// TestLeastPrivilege: the schema owner applies sql/functions.sql; an
+// TestLeastPrivilege: the schema owner applies MigrationSQL(0); an
 // application role with nothing but the README's grants (USAGE on the
 // schema, EXECUTE on its functions, SELECT on ring_members) runs nodes
 // without migration: joins, a takeover, a leave, holds, partition_of and
@@ -285,8 +285,12 @@ func TestLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(leasering.FunctionsSQL()); err != nil {
-		t.Fatalf("owner applying FunctionsSQL: %v", err)
+	fresh, err := leasering.MigrationSQL(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(fresh); err != nil {
+		t.Fatalf("owner applying MigrationSQL(0): %v", err)
 	}
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,880 @@
+-- leasering: the whole protocol, schema version 5.
+--
+-- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
+-- Every object is qualified with the schema and every function pins its
+-- search_path to it, so the caller's search_path never matters; the Go
+-- client writes its own schema name, quoted, in place of the default one.
+-- While this file runs the path is pg_catalog alone (the first statement
+-- below), so nothing it creates (a column default, the view, a function's
+-- types) binds to an object in a schema another role can write to.
+-- Every time is the database's: now() (the start of the transaction,
+-- conservative for expiry) or clock_timestamp() where a duration is handed
+-- back to a client.
+--
+-- Privileges: the role that applies this file owns the schema. Application
+-- roles need USAGE on the schema and EXECUTE on its functions, nothing on
+-- its tables: the entry points (renew_and_read, leave, holds) are SECURITY
+-- DEFINER with a pinned search_path, so they act as the owner. The other
+-- functions are the owner's alone, except partition_of.
+--
+-- Errors raised on purpose carry SQLSTATEs of class LR, which the Go
+-- client maps to its sentinel errors:
+--   LR001 the ring exists with another size
+--   LR002 the schema in the database is newer than this file
+--   LR003 the schema is already at this version (the Go migration guard)
+--   LR004 the node id is being started by two processes at once
+--   LR005 the transaction is not READ COMMITTED
+--   LR006 the server encoding is neither UTF8 nor SQL_ASCII
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+-- partition_of hashes a key's bytes in the server encoding, Go its UTF-8
+-- bytes: they agree only where the two are the same.
+DO $$
+BEGIN
+    IF pg_catalog.current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+        RAISE EXCEPTION 'database encoding is %; leasering needs UTF8 (or SQL_ASCII)',
+                        pg_catalog.current_setting('server_encoding')
+              USING ERRCODE = 'LR006',
+                    HINT = 'partition_of must hash the same bytes as Go''s PartitionOf: use a database created with ENCODING ''UTF8''.';
+    END IF;
+END $$;
+
+CREATE SCHEMA IF NOT EXISTS leasering;
+
+-- The version record. A database newer than the library refuses it. Every
+-- role may read it: the client checks it before anything else.
+CREATE TABLE IF NOT EXISTS leasering.schema_version (
+    id         boolean PRIMARY KEY DEFAULT true CHECK (id),
+    version    integer NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT ON leasering.schema_version TO PUBLIC;
+
+DO $$
+BEGIN
+    IF (SELECT version FROM leasering.schema_version) > 5 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this library (5)',
+                        (SELECT version FROM leasering.schema_version)
+              USING ERRCODE = 'LR002';
+    END IF;
+END $$;
+
+-- One row per live process: the lease. A heartbeat rewrites only
+-- expires_at, which no index covers, so the update is HOT; fillfactor leaves
+-- room on the page for it.
+CREATE TABLE IF NOT EXISTS leasering.nodes (
+    node_id     text PRIMARY KEY CHECK (node_id <> ''),
+    incarnation text NOT NULL,            -- random per process start
+    expires_at  timestamptz NOT NULL,     -- the lease; ownership is void past it
+    report_from timestamptz NOT NULL,     -- a new incarnation reports nothing before the old one's lease end
+    metadata    text NOT NULL DEFAULT '',
+    joined_at   timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 50);
+
+CREATE TABLE IF NOT EXISTS leasering.rings (
+    name       text PRIMARY KEY CHECK (name <> ''),
+    size       integer NOT NULL CHECK (size BETWEEN 1 AND 65536),
+    version    bigint NOT NULL DEFAULT 1,  -- bumped on every change to members or partitions
+    members_changed bigint NOT NULL DEFAULT 0,  -- version of the last change of members
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS leasering.members (
+    ring      text NOT NULL REFERENCES leasering.rings (name) ON DELETE CASCADE,
+    node_id   text NOT NULL REFERENCES leasering.nodes (node_id) ON DELETE CASCADE,
+    vnodes    integer NOT NULL CHECK (vnodes BETWEEN 1 AND 256),  -- also the member's weight
+    positions bigint[] NOT NULL,                                  -- its vnodes on the 32-bit circle, sorted
+    changed   bigint NOT NULL DEFAULT 0,                          -- ring version that last changed the row
+    seen      bigint NOT NULL DEFAULT 0,                          -- ring version of the last view the node was given
+    PRIMARY KEY (ring, node_id)
+);
+ALTER TABLE leasering.members ADD COLUMN IF NOT EXISTS changed bigint NOT NULL DEFAULT 0;  -- from version 1
+ALTER TABLE leasering.members ADD COLUMN IF NOT EXISTS seen bigint NOT NULL DEFAULT 0;     -- from version 2
+CREATE INDEX IF NOT EXISTS members_node_id ON leasering.members (node_id);
+
+-- owner is the only node that may act on a partition, and only while its
+-- lease lives. next_owner is set while a handoff is in flight: owner has been
+-- told to stop and has not yet confirmed.
+CREATE TABLE IF NOT EXISTS leasering.partitions (
+    ring       text NOT NULL REFERENCES leasering.rings (name) ON DELETE CASCADE,
+    partition  integer NOT NULL,
+    owner      text,
+    epoch      bigint NOT NULL DEFAULT 0,  -- fencing token: +1 on every change of owner
+    next_owner text,
+    changed    bigint NOT NULL DEFAULT 0,  -- ring version of the last change of owner or next_owner
+    granted    bigint NOT NULL DEFAULT 0,  -- ring version at which owner got it
+    released   boolean NOT NULL DEFAULT false,  -- owner released it while holding: next_owner's at the hold's end
+    PRIMARY KEY (ring, partition)
+);
+ALTER TABLE leasering.partitions ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0;      -- from version 2
+ALTER TABLE leasering.partitions ADD COLUMN IF NOT EXISTS released boolean NOT NULL DEFAULT false;  -- from version 2
+CREATE INDEX IF NOT EXISTS partitions_released ON leasering.partitions (ring) WHERE released;
+-- Version 3 left released set on a partition handed on by its owner's own
+-- confirmation after a hold; only a partition with a pending owner can be
+-- released.
+UPDATE leasering.partitions SET released = false WHERE released AND next_owner IS NULL;
+CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
+CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
+
+-- Before version 5 this file ran under the caller's search_path, which could
+-- bind a default's now() or a check's operators to another schema's: bind
+-- them again, to pg_catalog's.
+ALTER TABLE leasering.schema_version ALTER COLUMN applied_at SET DEFAULT now();
+ALTER TABLE leasering.nodes ALTER COLUMN joined_at SET DEFAULT now(),
+    DROP CONSTRAINT IF EXISTS nodes_node_id_check, ADD CONSTRAINT nodes_node_id_check CHECK (node_id <> '');
+ALTER TABLE leasering.rings ALTER COLUMN created_at SET DEFAULT now(),
+    DROP CONSTRAINT IF EXISTS rings_name_check, ADD CONSTRAINT rings_name_check CHECK (name <> ''),
+    DROP CONSTRAINT IF EXISTS rings_size_check, ADD CONSTRAINT rings_size_check CHECK (size BETWEEN 1 AND 65536);
+ALTER TABLE leasering.members
+    DROP CONSTRAINT IF EXISTS members_vnodes_check, ADD CONSTRAINT members_vnodes_check CHECK (vnodes BETWEEN 1 AND 256);
+
+-- Ring geometry. The circle is [0, 2^32). Partition p of Q starts at
+-- p * 2^32 / Q; a member's vnode i sits at the first 32 bits of
+-- md5(ring, node, i). Equal positions are ordered by member, which resolves
+-- collisions deterministically.
+CREATE OR REPLACE FUNCTION leasering.vnode_positions(p_ring text, p_node text, p_vnodes integer)
+RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = leasering, pg_temp
+AS $$
+    SELECT array_agg(pos ORDER BY pos)
+      FROM (SELECT ('x' || left(md5(p_ring || E'\n' || p_node || E'\n' || i), 8))::bit(32)::bigint AS pos
+              FROM generate_series(0, p_vnodes - 1) AS i) AS v
+$$;
+
+-- bump_version: record a change of ring p_ring; with p_members, a change of
+-- its members. Every change goes through here, after the partitions it
+-- touched were stamped with the version it returns. The ring is also noted
+-- in the transaction's setting ring_lease.changed_rings, which
+-- renew_and_read hands back so that the client can announce the change
+-- with NOTIFY after the commit: a NOTIFY inside this transaction would take
+-- PostgreSQL's cluster-wide notification lock at commit, and a heartbeat
+-- must never wait on that.
+CREATE OR REPLACE FUNCTION leasering.bump_version(p_ring text, p_members boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    v bigint;
+BEGIN
+    UPDATE rings
+       SET version = version + 1,
+           members_changed = CASE WHEN p_members THEN version + 1 ELSE members_changed END
+     WHERE name = p_ring
+    RETURNING version INTO v;
+    PERFORM set_config('ring_lease.changed_rings',
+                       (coalesce(nullif(current_setting('ring_lease.changed_rings', true), ''), '[]')::jsonb
+                        || to_jsonb(p_ring))::text,
+                       true);
+    RETURN v;
+END
+$$;
+
+-- partition_of: the partition of a ring of p_size partitions that p_key
+-- falls in, bit for bit the same as Go's PartitionOf: the high 32 bits of
+-- PostgreSQL's own 64-bit text hash (over the key's bytes, hence "C"),
+-- scaled to the size. IMMUTABLE and inlinable, so it can index a column or
+-- filter a table:
+--   WHERE leasering.partition_of(id::text, 1024) = ANY($1)
+-- Inlining needs a body without a SET clause, so the body is parsed with the
+-- caller's search_path: every operator, function and collation in it is
+-- written with its schema, so none resolves to another schema's.
+-- p_size must be 1..65536. The value is part of the on-disk contract and
+-- will never change.
+CREATE OR REPLACE FUNCTION leasering.partition_of(p_key text, p_size integer)
+RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.int4(
+        ((pg_catalog.hashtextextended(p_key COLLATE pg_catalog."C", 0)
+            OPERATOR(pg_catalog.>>) 32
+            OPERATOR(pg_catalog.&) 4294967295)
+         OPERATOR(pg_catalog.*) p_size)
+        OPERATOR(pg_catalog.>>) 32)
+$$;
+
+-- require_read_committed: every function that writes assumes READ
+-- COMMITTED: each statement sees what committed before it began, and a row
+-- lock waited for gives the row as it is now. Under REPEATABLE READ or
+-- SERIALIZABLE (a database's or role's default_transaction_isolation) the
+-- same steps fail with serialization errors, so an entry point refuses to
+-- start; the Go client then runs its calls in explicit READ COMMITTED
+-- transactions.
+CREATE OR REPLACE FUNCTION leasering.require_read_committed()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
+              USING ERRCODE = 'LR005';
+    END IF;
+END
+$$;
+
+-- rebalance: sticky, bounded-load consistent hashing for one ring. The
+-- caller holds the ring's row lock. Returns the number of partitions whose
+-- owner or pending owner changed.
+--
+-- 1. Live members are the ring's members whose node lease has not expired,
+--    or whose node's row another transaction holds (it may be renewing).
+-- 2. Each partition's holder is its pending owner if live, else its owner if
+--    live, else nobody (free).
+-- 3. Quotas: size split in proportion to vnodes, floor for all; the remainder
+--    goes to members whose share has a fraction, those holding most above
+--    their floor first, so that as little as possible moves.
+-- 4. Candidates are the free partitions and every partition of a member over
+--    quota. Each looks clockwise for the first vnode of a member under quota.
+--    Free ones go first, then the nearest; a member over quota gives up only
+--    its excess, a member under quota takes only what it lacks, and a
+--    candidate whose first choice is full walks on to the next.
+-- 5. Apply: a partition whose owner is gone goes straight to its holder with
+--    epoch + 1, and so does one whose owner has not been told it has it
+--    (granted after the last view the owner was given: it cannot be using
+--    it); one whose live owner must give it up gets next_owner and is
+--    handed over when the owner confirms (see renew_and_read). A heartbeat
+--    locks its node's member row before it reads a view and records the
+--    view's version there (seen), and rebalance share-locks the members
+--    before it reads seen, so a partition is never moved this way from an
+--    owner whose view, read concurrently, gives it to them. Rebalance never
+--    waits for a member's row (its leave or eviction may be waiting for
+--    this ring): a member whose row is busy counts as told.
+CREATE OR REPLACE FUNCTION leasering.rebalance(p_ring text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    q          integer;
+    ids        text[];     -- live members, in node_id order; a member is its index here
+    weights    integer[];
+    holder     integer[];  -- per partition p at [p + 1]: holding member, 0 for none
+    owner_live boolean[];  -- per partition: is the recorded owner a live member
+    have       integer[];
+    quota      integer[];
+    v_pos      bigint[];   -- vnodes of members under quota, clockwise
+    v_mem      integer[];
+    v_len      integer;
+    total_need integer;
+    c          record;
+    vi         integer;
+    changed    integer;
+    stamp      bigint;     -- the version the caller's bump_version will set
+    steady     text[];     -- members whose row we share-locked: their seen is final
+    steady_seen bigint[];  -- and that seen
+    dead       text[];     -- nodes whose lease has lapsed, their rows locked by us
+BEGIN
+    SELECT size, version + 1 INTO q, stamp FROM rings WHERE name = p_ring;
+    -- A node whose lease has lapsed is dead only if we can lock its row. One
+    -- locked by another transaction may be renewing it this instant (and
+    -- reading a view that still gives it its partitions), or be evicted by
+    -- someone who rebalances after us: it counts as live.
+    SELECT coalesce(array_agg(d.node_id), '{}') INTO dead
+      FROM (SELECT node_id FROM nodes WHERE expires_at <= now() FOR SHARE SKIP LOCKED) AS d;
+    -- Step 5 reads each live member's seen, so share-lock those rows (a view
+    -- being read finishes first) and read seen with the lock. Never wait for
+    -- one: a leave or an eviction that deleted it waits for this ring, and a
+    -- busy member simply counts as told, which only means a handoff.
+    SELECT coalesce(array_agg(s.node_id), '{}'), coalesce(array_agg(s.seen), '{}') INTO steady, steady_seen
+      FROM (SELECT m.node_id, m.seen FROM members m JOIN nodes n ON n.node_id = m.node_id
+             WHERE m.ring = p_ring AND n.node_id <> ALL (dead)
+               FOR SHARE OF m SKIP LOCKED) AS s;
+
+    SELECT coalesce(array_agg(m.node_id ORDER BY m.node_id), '{}'),
+           coalesce(array_agg(m.vnodes ORDER BY m.node_id), '{}')
+      INTO ids, weights
+      FROM members m
+      JOIN nodes n ON n.node_id = m.node_id
+     WHERE m.ring = p_ring AND n.node_id <> ALL (dead);
+
+    SELECT array_agg(coalesce(nx.ord, ow.ord, 0)::integer ORDER BY p.partition),
+           array_agg(ow.ord IS NOT NULL ORDER BY p.partition)
+      INTO holder, owner_live
+      FROM partitions p
+      LEFT JOIN unnest(ids) WITH ORDINALITY AS ow (id, ord) ON ow.id = p.owner
+      LEFT JOIN unnest(ids) WITH ORDINALITY AS nx (id, ord) ON nx.id = p.next_owner
+     WHERE p.ring = p_ring;
+
+    IF cardinality(ids) > 0 THEN
+        SELECT array_agg(coalesce(h.n, 0)::integer ORDER BY u.ord)
+          INTO have
+          FROM generate_series(1, cardinality(ids)) AS u (ord)
+          LEFT JOIN (SELECT x AS ord, count(*) AS n FROM unnest(holder) AS x WHERE x > 0 GROUP BY x) AS h
+            ON h.ord = u.ord;
+
+        SELECT array_agg(base + CASE WHEN frac > 0 AND rn <= q - total_base THEN 1 ELSE 0 END ORDER BY ord)
+          INTO quota
+          FROM (SELECT ord, base, frac,
+                       sum(base) OVER () AS total_base,
+                       row_number() OVER (ORDER BY frac > 0 DESC, h - base DESC, frac DESC, ord) AS rn
+                  FROM (SELECT u.ord, u.h,
+                               (q::bigint * u.w) / t.total AS base,
+                               (q::bigint * u.w) % t.total AS frac
+                          FROM unnest(weights, have) WITH ORDINALITY AS u (w, h, ord),
+                               (SELECT sum(w) AS total FROM unnest(weights) AS w) AS t) AS s) AS s2;
+
+        SELECT coalesce(sum(greatest(quota[i] - have[i], 0)), 0)
+          INTO total_need
+          FROM generate_subscripts(ids, 1) AS i;
+
+        SELECT array_agg(pos ORDER BY pos, ord), array_agg(ord ORDER BY pos, ord)
+          INTO v_pos, v_mem
+          FROM (SELECT u.ord::integer AS ord, unnest(m.positions) AS pos
+                  FROM unnest(ids) WITH ORDINALITY AS u (id, ord)
+                  JOIN members m ON m.ring = p_ring AND m.node_id = u.id
+                 WHERE have[u.ord] < quota[u.ord]) AS v;
+        v_len := coalesce(cardinality(v_pos), 0);
+
+        IF total_need > 0 THEN
+            FOR c IN
+                SELECT cand.part, cand.h, (width_bucket(cand.pos - 1, v_pos) % v_len) + 1 AS vi
+                  FROM (SELECT (x.ord - 1)::integer AS part, x.h,
+                               (x.ord - 1) * 4294967296 / q AS pos
+                          FROM unnest(holder) WITH ORDINALITY AS x (h, ord)
+                         WHERE x.h = 0 OR have[x.h] > quota[x.h]) AS cand
+                 ORDER BY cand.h = 0 DESC,
+                          (v_pos[(width_bucket(cand.pos - 1, v_pos) % v_len) + 1] - cand.pos + 4294967296) % 4294967296,
+                          cand.part
+            LOOP
+                EXIT WHEN total_need = 0;
+                CONTINUE WHEN c.h > 0 AND have[c.h] <= quota[c.h];
+                vi := c.vi;
+                WHILE have[v_mem[vi]] >= quota[v_mem[vi]] LOOP
+                    vi := vi % v_len + 1;
+                END LOOP;
+                have[v_mem[vi]] := have[v_mem[vi]] + 1;
+                IF c.h > 0 THEN
+                    have[c.h] := have[c.h] - 1;
+                END IF;
+                holder[c.part + 1] := v_mem[vi];
+                total_need := total_need - 1;
+            END LOOP;
+        END IF;
+    END IF;
+
+    UPDATE partitions p
+       SET owner = t.new_owner,
+           next_owner = t.new_next,
+           changed = stamp,
+           granted = CASE WHEN t.new_owner IS DISTINCT FROM p.owner THEN stamp ELSE p.granted END,
+           released = p.released AND t.new_owner IS NOT DISTINCT FROM p.owner AND t.new_next IS NOT NULL,
+           epoch = CASE WHEN t.new_owner IS DISTINCT FROM p.owner AND t.new_owner IS NOT NULL
+                        THEN p.epoch + 1 ELSE p.epoch END
+      FROM (SELECT (x.ord - 1)::integer AS part,
+                   CASE WHEN x.keep THEN x.owner ELSE ids[x.h] END AS new_owner,
+                   CASE WHEN x.keep AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
+              FROM (SELECT u.h, u.ord, pp.owner,
+                           u.live AND (st.id IS NULL OR pp.granted <= st.seen) AS keep  -- busy counts as told
+                      FROM unnest(holder, owner_live) WITH ORDINALITY AS u (h, live, ord)
+                      JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1
+                      LEFT JOIN unnest(steady, steady_seen) AS st (id, seen) ON st.id = pp.owner) AS x) AS t
+     WHERE p.ring = p_ring AND p.partition = t.part
+       AND (p.owner, p.next_owner) IS DISTINCT FROM (t.new_owner, t.new_next);
+    GET DIAGNOSTICS changed = ROW_COUNT;
+    RETURN changed;
+END
+$$;
+
+-- The node's view of one ring, for a node that last saw version p_known
+-- (0: never). What it owns, with epochs, and which of those it must give
+-- up (listed in both) always come whole. For routing come only the changes:
+-- if the members changed, their ids in node_id order and the details of
+-- those that joined or changed since p_known (the node keeps the others'),
+-- and the partitions whose owner changed, each with its owner as an index
+-- into the members (-1: none). Sending every member's details on every
+-- change would cost each heartbeat O(members) and a roll-out O(members²).
+CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text, p_known bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = leasering, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+               'ring', r.name,
+               'version', r.version,
+               'status', 'ok',
+               'partitions', coalesce(to_jsonb(mine.partitions), '[]'),
+               'epochs', coalesce(to_jsonb(mine.epochs), '[]'),
+               'revoking', coalesce(to_jsonb(mine.revoking), '[]'),
+               'member_ids', CASE WHEN r.members_changed > p_known THEN
+                   coalesce((SELECT jsonb_agg(m.node_id ORDER BY m.node_id) FROM members m WHERE m.ring = r.name), '[]') END,
+               'members', CASE WHEN r.members_changed > p_known THEN
+                   coalesce((SELECT jsonb_agg(jsonb_build_object('id', m.node_id, 'metadata', n.metadata,
+                                                                 'vnodes', m.vnodes, 'positions', m.positions)
+                                              ORDER BY m.node_id)
+                               FROM members m JOIN nodes n ON n.node_id = m.node_id
+                              WHERE m.ring = r.name AND (p_known = 0 OR m.changed > p_known)), '[]') END,
+               'changed', to_jsonb(routing.changed),
+               'owners', to_jsonb(routing.owners))
+      FROM rings r,
+           LATERAL (SELECT array_agg(p.partition ORDER BY p.partition) AS partitions,
+                           array_agg(p.epoch ORDER BY p.partition) AS epochs,
+                           array_agg(p.partition ORDER BY p.partition) FILTER (WHERE p.next_owner IS NOT NULL) AS revoking
+                      FROM partitions p WHERE p.ring = r.name AND p.owner = p_node) AS mine,
+           LATERAL (SELECT array_agg(p.partition ORDER BY p.partition) AS changed,
+                           array_agg(coalesce(mi.idx, -1) ORDER BY p.partition) AS owners
+                      FROM partitions p
+                      LEFT JOIN (SELECT node_id, row_number() OVER (ORDER BY node_id) - 1 AS idx
+                                   FROM members WHERE ring = r.name) AS mi ON mi.node_id = p.owner
+                     WHERE p.ring = r.name AND p.changed > p_known) AS routing
+     WHERE r.name = p_ring
+$$;
+
+-- claim_vnodes: join (or rejoin) a ring. The node's lease row must exist.
+-- Creates the ring on first use, refuses a size other than the ring's,
+-- places the vnodes and rebalances. Returns 'ok' or 'size_mismatch'; a
+-- mismatch writes nothing.
+CREATE OR REPLACE FUNCTION leasering.claim_vnodes(p_node text, p_ring text, p_size integer, p_vnodes integer)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    cur_size integer;
+BEGIN
+    SELECT size INTO cur_size FROM rings WHERE name = p_ring FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO rings (name, size) VALUES (p_ring, p_size) ON CONFLICT (name) DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO partitions (ring, partition)
+            SELECT p_ring, g FROM generate_series(0, p_size - 1) AS g;
+        END IF;
+        SELECT size INTO cur_size FROM rings WHERE name = p_ring FOR UPDATE;
+    END IF;
+    IF cur_size <> p_size THEN
+        RETURN 'size_mismatch';
+    END IF;
+
+    INSERT INTO members AS m (ring, node_id, vnodes, positions, changed)
+    VALUES (p_ring, p_node, p_vnodes, vnode_positions(p_ring, p_node, p_vnodes),
+            (SELECT version + 1 FROM rings WHERE name = p_ring))
+    ON CONFLICT (ring, node_id) DO UPDATE
+       SET vnodes = excluded.vnodes, positions = excluded.positions, changed = excluded.changed
+     WHERE m.vnodes <> excluded.vnodes;
+    IF FOUND THEN
+        PERFORM rebalance(p_ring);
+        PERFORM bump_version(p_ring, true);
+    END IF;
+    RETURN 'ok';
+END
+$$;
+
+-- evict_expired: remove every node whose lease has lapsed in database time
+-- (their member rows go with them) and return the rings they were in, for
+-- the caller to rebalance in its ring-lock order. Nodes another transaction
+-- is already evicting are skipped, never waited for.
+CREATE OR REPLACE FUNCTION leasering.evict_expired(p_except text)
+RETURNS text[]
+LANGUAGE sql
+SET search_path = leasering, pg_temp
+AS $$
+    WITH gone AS (
+        DELETE FROM nodes
+         WHERE node_id IN (SELECT node_id FROM nodes
+                            WHERE expires_at <= now() AND node_id <> p_except
+                              FOR UPDATE SKIP LOCKED)
+        RETURNING node_id)
+    SELECT coalesce(array_agg(DISTINCT m.ring ORDER BY m.ring), '{}')
+      FROM members m JOIN gone ON gone.node_id = m.node_id
+$$;
+
+-- confirm_releases: node p_node has stopped using p_released of ring
+-- p_ring, which it was told to give up: their pending owners take over,
+-- epoch + 1. A pending owner that died is left for its eviction to
+-- retarget. While the node holds (report_from is ahead) the process speaks
+-- only for itself, and an older incarnation of the node id may still be
+-- using the partitions: they are only marked released, and whoever renews
+-- first after the hold hands them on (hand_on_released). The released
+-- partitions have no owner until this is done, so it waits longer for the
+-- ring's lock than other ring work (up to TTL/4 and 100 ms).
+CREATE OR REPLACE FUNCTION leasering.confirm_releases(p_node text, p_ring text, p_released integer[], p_ttl_ms integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 100) || 'ms', true);
+    PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE;
+    PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
+    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND report_from > now()) THEN
+        UPDATE partitions SET released = true
+         WHERE ring = p_ring AND partition = ANY (p_released)
+           AND owner = p_node AND next_owner IS NOT NULL AND NOT released;
+        RETURN;
+    END IF;
+    UPDATE partitions p
+       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false,
+           changed = (SELECT version + 1 FROM rings WHERE name = p_ring),
+           granted = (SELECT version + 1 FROM rings WHERE name = p_ring)
+     WHERE p.ring = p_ring AND p.partition = ANY (p_released)
+       AND p.owner = p_node AND p.next_owner IS NOT NULL
+       AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
+                    WHERE m.ring = p_ring AND m.node_id = p.next_owner AND n.expires_at > now());
+    IF FOUND THEN
+        PERFORM bump_version(p_ring);
+    END IF;
+END
+$$;
+
+-- hand_on_released: partitions of ring p_ring that their owner released
+-- while it held go to their pending owners once the hold is over (the
+-- older incarnation's lease has ended then), epoch + 1. The caller holds
+-- the ring's row lock.
+CREATE OR REPLACE FUNCTION leasering.hand_on_released(p_ring text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    UPDATE partitions p
+       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false,
+           changed = (SELECT version + 1 FROM rings WHERE name = p_ring),
+           granted = (SELECT version + 1 FROM rings WHERE name = p_ring)
+     WHERE p.ring = p_ring AND p.released
+       AND EXISTS (SELECT 1 FROM nodes o WHERE o.node_id = p.owner AND o.report_from <= now())
+       AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
+                    WHERE m.ring = p_ring AND m.node_id = p.next_owner AND n.expires_at > now());
+    IF FOUND THEN
+        PERFORM bump_version(p_ring);
+    END IF;
+END
+$$;
+
+-- renew_and_read: the heartbeat, one round trip for all of a node's rings.
+--
+-- p_rings is a JSON array of {ring, size, vnodes, version, released}:
+-- version is the ring version the node last saw (0: none yet) and released
+-- lists partitions it was told to give up and has stopped using.
+--
+-- Steady state: one HOT update of the node's row and one ring version read
+-- per ring; changes is NULL. With p_scan the call also scans the nodes for
+-- the earliest other lease end or hold end (next_expiry_ms; NULL without
+-- p_scan): the client asks for it only once the last one it was told of has
+-- passed, that is about once per lease rather than every heartbeat, because
+-- the scan is the one cost that grows with the number of nodes.
+--
+-- A heartbeat that extends nothing only says how long the lease has left
+-- ('ok', or 'lapsed' when there is none): a node that cannot hear its
+-- answers in time must let its lease lapse so that others take its
+-- partitions, rather than keep them, unused, alive. That is a probe
+-- (p_ttl_ms = 0), which a client sends after a heartbeat went unanswered
+-- (it may have extended the lease unbeknown to the client), and any
+-- heartbeat that arrives late: p_sent_at is when the client sent it, on
+-- this database's clock as the client estimates it from its last answer
+-- (the estimate errs late by that answer's trip back). A heartbeat older
+-- than a quarter of a lease extends nothing: its answer, about as slow to
+-- come back, could reach the client after it gave up (at half a lease).
+--
+-- node_status is 'ok', 'rejoined' (the lease had lapsed or the row was gone:
+-- the node starts afresh, keeping what it still owns under new epochs) or
+-- 'fenced' (another incarnation took the node id over: this one must stop).
+-- With p_claim (a process starting) the node id is taken over from any older
+-- incarnation; the new one reports nothing until the old lease would have
+-- ended (hold_ms), so two processes never report the same partition.
+DROP FUNCTION IF EXISTS leasering.renew_and_read(text, text, integer, text, jsonb, boolean);  -- version 1's
+CREATE OR REPLACE FUNCTION leasering.renew_and_read(
+    p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean,
+    p_scan boolean, p_sent_at timestamptz)
+RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb,
+               changed_rings jsonb, db_time timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    ttl         interval := p_ttl_ms * interval '1 millisecond';
+    me          nodes;
+    next_expiry timestamptz;  -- the earliest other lease end
+    next_event  timestamptz;  -- that, or the end of another node's hold, if earlier
+    hold_over   boolean := false;  -- partitions released during a hold that is over await handing on
+    dead_ring   text;
+    dead_rings  text[];
+    alive       boolean;
+    st          text := 'ok';
+    r           record;
+    cur_version bigint;
+    cur_size    integer;
+    claim_st    text;
+    view        jsonb;
+    out         jsonb := '[]';
+BEGIN
+    -- Never wait long on a lock: a heartbeat that cannot finish in time is
+    -- worth less than one that skips a ring's change (the next heartbeat
+    -- does it). The cap matters with many nodes on one pool: heartbeats
+    -- queued behind a ring's lock would hold every connection.
+    PERFORM require_read_committed();
+    PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
+
+    IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
+        SELECT * INTO me FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now();
+        alive := FOUND;
+        IF alive THEN
+            -- A late heartbeat still confirms releases: the node stopped
+            -- using them before it sent them, and they have no owner until
+            -- this is done.
+            FOR r IN
+                SELECT x.ring, x.released
+                  FROM jsonb_to_recordset(p_rings) AS x (ring text, released integer[])
+                 WHERE cardinality(x.released) > 0
+                 ORDER BY x.ring
+            LOOP
+                BEGIN
+                    PERFORM confirm_releases(p_node, r.ring, r.released, p_ttl_ms);
+                EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                    NULL;
+                END;
+            END LOOP;
+        END IF;
+        RETURN QUERY SELECT
+            CASE WHEN alive THEN floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint ELSE 0 END,
+            0::bigint, NULL::bigint, CASE WHEN alive THEN 'ok' ELSE 'lapsed' END, NULL::jsonb, NULL::jsonb,
+            clock_timestamp();
+        RETURN;
+    END IF;
+
+    UPDATE nodes SET expires_at = now() + ttl
+     WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
+    RETURNING * INTO me;
+
+    IF NOT FOUND THEN
+        SELECT * INTO me FROM nodes WHERE node_id = p_node FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO nodes (node_id, incarnation, expires_at, report_from, metadata)
+            VALUES (p_node, p_incarnation, now() + ttl, now(), p_metadata)
+            ON CONFLICT (node_id) DO NOTHING
+            RETURNING * INTO me;
+            IF NOT FOUND THEN  -- a racing start of the same id won; settle it on the next call
+                RAISE EXCEPTION 'node % is being started by two processes at once', p_node
+                      USING ERRCODE = 'LR004';
+            END IF;
+            st := CASE WHEN p_claim THEN 'ok' ELSE 'rejoined' END;
+        ELSIF me.incarnation <> p_incarnation AND NOT p_claim THEN
+            RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text,
+                                jsonb_build_object('incarnation', me.incarnation), NULL::jsonb, clock_timestamp();
+            RETURN;
+        ELSE
+            -- Take over our own lapsed lease, or a node id from an older
+            -- incarnation: keep its partitions (static membership: nothing
+            -- moves) but bump their epochs so the old holder's fencing
+            -- tokens die.
+            IF me.metadata IS DISTINCT FROM p_metadata THEN  -- members' details go out again
+                UPDATE members m SET changed = r.version + 1 FROM rings r WHERE r.name = m.ring AND m.node_id = p_node;
+                PERFORM bump_version(m.ring, true) FROM members m WHERE m.node_id = p_node;
+            END IF;
+            UPDATE nodes
+               SET incarnation = p_incarnation,
+                   report_from = CASE WHEN me.incarnation = p_incarnation THEN now()
+                                      ELSE greatest(now(), me.expires_at) END,
+                   expires_at = now() + ttl,
+                   metadata = p_metadata
+             WHERE node_id = p_node
+            RETURNING * INTO me;
+            UPDATE partitions SET epoch = epoch + 1 WHERE owner = p_node;
+            PERFORM bump_version(b.ring) FROM (SELECT DISTINCT ring FROM partitions WHERE owner = p_node) AS b;
+            IF NOT p_claim THEN
+                st := 'rejoined';
+            END IF;
+        END IF;
+    END IF;
+
+    -- Crash detection: whoever scans first after a lease lapses evicts the
+    -- node and rebalances its rings. The earliest other lease end goes back
+    -- to the client, which renews (and scans) right after it, so survivors
+    -- take over a crashed node's partitions at once rather than a heartbeat
+    -- later. Leases only move later while their nodes live, so a client
+    -- that skips the scan until then misses no lapse: every client's last
+    -- answer is at or before the true earliest end. Hold ends count too
+    -- (they never move): whoever scans first after one hands on what the
+    -- holder released meanwhile.
+    IF p_scan THEN
+        SELECT min(expires_at), min(least(expires_at, CASE WHEN report_from > now() THEN report_from END))
+          INTO next_expiry, next_event
+          FROM nodes WHERE node_id <> p_node;
+        hold_over := EXISTS (SELECT 1 FROM partitions p JOIN nodes o ON o.node_id = p.owner
+                              WHERE p.released AND p.next_owner IS NOT NULL AND o.report_from <= now());
+    END IF;
+    IF next_expiry <= now() OR hold_over THEN
+        -- A takeover is worth waiting for (the dead node's partitions have
+        -- no owner until it is done), and it is rare: wait up to TTL/4 here.
+        PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 1000) || 'ms', true);
+        BEGIN
+            dead_rings := evict_expired(p_node);
+            IF cardinality(dead_rings) = 0
+               AND EXISTS (SELECT 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node) THEN
+                -- Another heartbeat is evicting them (they were skipped as
+                -- locked). Wait for it, so that this heartbeat reads the
+                -- outcome and its node takes over now rather than a
+                -- heartbeat later; if that one gave up, evict them here.
+                -- Only while holding no ring lock: the other one may be
+                -- waiting for a ring.
+                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR UPDATE;
+                dead_rings := evict_expired(p_node);
+            END IF;
+            -- The dead's rings and those with partitions released during a
+            -- hold that is now over, in ring-lock order.
+            FOR dead_ring IN
+                SELECT x FROM unnest(dead_rings) AS x
+                UNION
+                SELECT p.ring FROM partitions p JOIN nodes o ON o.node_id = p.owner
+                 WHERE p.released AND p.next_owner IS NOT NULL AND o.report_from <= now()
+                ORDER BY 1
+            LOOP
+                PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
+                IF dead_ring = ANY (dead_rings) THEN
+                    PERFORM rebalance(dead_ring);
+                    PERFORM bump_version(dead_ring, true);
+                END IF;
+                PERFORM hand_on_released(dead_ring);
+            END LOOP;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
+        END;
+        PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
+        SELECT min(least(expires_at, CASE WHEN report_from > now() THEN report_from END))
+          INTO next_event
+          FROM nodes WHERE node_id <> p_node;
+    END IF;
+
+    -- The node's rings, in name order. A ring that needs work gets it in a
+    -- subtransaction: if a user transaction holds one of its partitions
+    -- through holds() longer than the lock timeout, that ring's change waits
+    -- for a later heartbeat and the lease is still renewed.
+    FOR r IN
+        SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released
+          FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[])
+         ORDER BY x.ring
+    LOOP
+        SELECT version, size INTO cur_version, cur_size FROM rings WHERE name = r.ring;
+        IF FOUND AND cur_size <> r.size THEN
+            IF p_claim THEN  -- a starting process: refuse the whole call, write nothing
+                RAISE EXCEPTION 'ring % has size %, not %', r.ring, cur_size, r.size
+                      USING ERRCODE = 'LR001';
+            END IF;
+            out := out || jsonb_build_object('ring', r.ring, 'status', 'size_mismatch', 'size', cur_size);
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN FOUND AND cur_version = r.known AND cardinality(r.released) = 0;  -- steady state
+
+        BEGIN
+            IF cardinality(r.released) > 0 THEN
+                PERFORM confirm_releases(p_node, r.ring, r.released, p_ttl_ms);
+                SELECT version INTO cur_version FROM rings WHERE name = r.ring;
+                CONTINUE WHEN cur_version = r.known;
+            END IF;
+
+            IF NOT EXISTS (SELECT 1 FROM members WHERE ring = r.ring AND node_id = p_node AND vnodes = r.vnodes) THEN
+                claim_st := claim_vnodes(p_node, r.ring, r.size, r.vnodes);
+                IF claim_st <> 'ok' THEN  -- the ring appeared meanwhile with another size
+                    SELECT size INTO cur_size FROM rings WHERE name = r.ring;
+                    out := out || jsonb_build_object('ring', r.ring, 'status', claim_st, 'size', cur_size);
+                    CONTINUE;
+                END IF;
+            END IF;
+            -- Lock the member row before reading the view and record the
+            -- view's version in it: a rebalance meanwhile waits, so it never
+            -- takes a partition straight from us that this view gives us.
+            PERFORM 1 FROM members WHERE ring = r.ring AND node_id = p_node FOR NO KEY UPDATE;
+            view := ring_view(r.ring, p_node, r.known);
+            UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = r.ring AND node_id = p_node;
+            out := out || view;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            NULL;
+        END;
+    END LOOP;
+
+    RETURN QUERY SELECT
+        floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint,
+        greatest(ceil(extract(epoch FROM me.report_from - clock_timestamp()) * 1000), 0)::bigint,
+        greatest(ceil(extract(epoch FROM next_event - clock_timestamp()) * 1000), 0)::bigint,
+        st,
+        CASE WHEN jsonb_array_length(out) = 0 THEN NULL ELSE out END,
+        nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb,
+        clock_timestamp();
+END
+$$;
+
+-- leave: graceful exit. Without p_ring the node leaves every ring and its
+-- lease row goes; with p_ring it leaves that ring only. Its partitions go to
+-- their new owners at once (it has stopped using them before calling),
+-- except while the node holds: an older incarnation of the id may use them
+-- until report_from, so the lease then ends at report_from instead, and the
+-- eviction that follows hands them on (a ring is left as it is).
+CREATE OR REPLACE FUNCTION leasering.leave(p_node text, p_incarnation text, p_ring text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    rs text[];
+    r  text;
+BEGIN
+    PERFORM require_read_committed();
+    PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;  -- already gone, or the id belongs to a newer incarnation
+    END IF;
+    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND report_from > now()) THEN
+        IF p_ring IS NULL THEN
+            UPDATE nodes SET expires_at = report_from WHERE node_id = p_node;
+        END IF;
+        RETURN;
+    END IF;
+    SELECT coalesce(array_agg(ring ORDER BY ring), '{}') INTO rs
+      FROM members WHERE node_id = p_node AND (p_ring IS NULL OR ring = p_ring);
+    IF p_ring IS NULL THEN
+        DELETE FROM nodes WHERE node_id = p_node;
+    ELSE
+        DELETE FROM members WHERE node_id = p_node AND ring = p_ring;
+    END IF;
+    FOREACH r IN ARRAY rs LOOP
+        PERFORM 1 FROM rings WHERE name = r FOR UPDATE;
+        PERFORM rebalance(r);
+        PERFORM bump_version(r, true);
+    END LOOP;
+END
+$$;
+
+-- holds: fencing inside users' own transactions. True only while p_epoch
+-- is the partition's current epoch and its owner's lease is live, by the
+-- clock at the moment of the call. It also takes a share lock on the
+-- partition's row until the caller's transaction ends, so no change of owner
+-- can commit before the caller's writes do: a write guarded by holds() is
+-- never made after the partition is lost.
+CREATE OR REPLACE FUNCTION leasering.holds(p_ring text, p_partition integer, p_epoch bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = leasering, pg_temp
+AS $$
+    SELECT coalesce((SELECT true
+                       FROM partitions p
+                       JOIN nodes n ON n.node_id = p.owner
+                      WHERE p.ring = p_ring AND p.partition = p_partition AND p.epoch = p_epoch
+                        AND n.expires_at > clock_timestamp()
+                        FOR SHARE OF p), false)
+$$;
+
+-- For operators: rings, members, what each owns and how long its lease has.
+CREATE OR REPLACE VIEW leasering.ring_members AS
+SELECT m.ring,
+       r.size,
+       r.version,
+       m.node_id,
+       m.vnodes,
+       n.metadata,
+       (SELECT count(*) FROM leasering.partitions p WHERE p.ring = m.ring AND p.owner = m.node_id) AS owned,
+       (SELECT count(*) FROM leasering.partitions p WHERE p.ring = m.ring AND p.next_owner = m.node_id) AS incoming,
+       greatest(n.expires_at - now(), interval '0') AS lease_left,
+       (SELECT max(p.epoch) FROM leasering.partitions p WHERE p.ring = m.ring AND p.owner = m.node_id) AS max_epoch
+  FROM leasering.members m
+  JOIN leasering.rings r ON r.name = m.ring
+  JOIN leasering.nodes n ON n.node_id = m.node_id;
+
+-- Only the owner runs the helpers; application roles get EXECUTE on the
+-- entry points from the owner (see the README's GRANT statements).
+-- partition_of touches no table and stays open to every role.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA leasering FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION leasering.partition_of(text, integer) TO PUBLIC;
+
+INSERT INTO leasering.schema_version (version) VALUES (5)
+ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
+ WHERE leasering.schema_version.version < excluded.version;

@@ -1,0 +1,105 @@
+-- leasering: the tables, schema version 7.
+--
+-- A new schema gets this file and then functions.sql; a schema at an older
+-- version gets the files of migrations/ above its version and then
+-- functions.sql. Either way in one transaction: the Go client sends them as
+-- one statement; with psql, `psql -1 -f sql/schema.sql -f sql/functions.sql`.
+-- Applying this file again changes nothing.
+--
+-- Every object is qualified with the schema; the Go client writes its own
+-- schema name, quoted, in place of the default one. While this file runs
+-- the path is pg_catalog alone (the first statement below), so nothing it
+-- creates (a default, a check's operators) binds to an object in a schema
+-- another role can write to.
+--
+-- Each CHECK states an invariant of one row. The functions never write a
+-- row that breaks one, not even between two statements of one step (a
+-- CHECK is tested per row, as each statement writes it).
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+CREATE SCHEMA IF NOT EXISTS leasering;
+
+-- The version of the tables; functions.sql, applied in the same
+-- transaction, refuses tables of another version. Every role may read it:
+-- the client checks it before anything else.
+CREATE TABLE IF NOT EXISTS leasering.schema_version (
+    id      boolean PRIMARY KEY DEFAULT true CHECK (id),
+    version integer NOT NULL CHECK (version > 0)
+);
+GRANT SELECT ON leasering.schema_version TO PUBLIC;
+
+DO $$
+BEGIN
+    IF (SELECT version FROM leasering.schema_version) > 7 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (7)',
+                        (SELECT version FROM leasering.schema_version)
+              USING ERRCODE = 'LR002';
+    ELSIF (SELECT version FROM leasering.schema_version) < 7 THEN
+        RAISE EXCEPTION 'the schema is at version %: upgrade it with the files of sql/migrations above that version, not schema.sql',
+                        (SELECT version FROM leasering.schema_version)
+              USING ERRCODE = 'LR007';
+    END IF;
+END $$;
+
+-- One row per live process: the lease. A heartbeat rewrites only
+-- expires_at, which no index covers, so the update is HOT; fillfactor leaves
+-- room on the page for it.
+CREATE TABLE IF NOT EXISTS leasering.nodes (
+    node_id     text PRIMARY KEY CHECK (node_id <> ''),
+    incarnation text NOT NULL,         -- random per process start
+    expires_at  timestamptz NOT NULL,  -- the lease; ownership is void past it
+    hold_until  timestamptz NOT NULL,  -- a new incarnation reports and hands on nothing before the old one's lease end
+    metadata    text NOT NULL DEFAULT ''
+) WITH (fillfactor = 50);
+
+CREATE TABLE IF NOT EXISTS leasering.rings (
+    name            text PRIMARY KEY CHECK (name <> ''),
+    size            integer NOT NULL CHECK (size BETWEEN 1 AND 65536),
+    version         bigint NOT NULL DEFAULT 1,  -- bumped on every change to members or partitions
+    members_changed bigint NOT NULL DEFAULT 0,  -- version of the last change of members
+    CONSTRAINT rings_version_check CHECK (version >= 1 AND members_changed BETWEEN 0 AND version)
+);
+
+CREATE TABLE IF NOT EXISTS leasering.members (
+    ring       text NOT NULL REFERENCES leasering.rings (name) ON DELETE CASCADE,
+    node_id    text NOT NULL REFERENCES leasering.nodes (node_id) ON DELETE CASCADE,
+    vnodes     integer NOT NULL CHECK (vnodes BETWEEN 1 AND 256),  -- also the member's weight
+    positions  bigint[] NOT NULL,                                  -- its vnodes on the 32-bit circle, sorted
+    changed    bigint NOT NULL DEFAULT 0,                          -- ring version that last changed the row
+    seen       bigint NOT NULL DEFAULT 0,                          -- ring version of the last view the node was given
+    claimed_by text,                                               -- incarnation that joined or reclaimed it; NULL: to reclaim
+    PRIMARY KEY (ring, node_id),
+    CONSTRAINT members_positions_check
+        CHECK (cardinality(positions) = vnodes AND 0 <= ALL (positions) AND 4294967296 > ALL (positions)),
+    CONSTRAINT members_versions_check CHECK (changed >= 0 AND seen >= 0)
+);
+CREATE INDEX IF NOT EXISTS members_node_id ON leasering.members (node_id);
+
+-- A partition is in one of four states (see functions.sql):
+--   free       owner NULL
+--   owned      owner set, next_owner NULL
+--   revoking   owner and next_owner set: owner has been told to stop and
+--              has not confirmed yet
+--   released   revoking, and released: owner confirmed while it held; the
+--              partition is next_owner's at the hold's end
+-- The checks below admit these four and nothing else. Only the owner may
+-- act on a partition, and only while its lease lives.
+CREATE TABLE IF NOT EXISTS leasering.partitions (
+    ring       text NOT NULL REFERENCES leasering.rings (name) ON DELETE CASCADE,
+    partition  integer NOT NULL CHECK (partition >= 0),  -- and below the ring's size
+    owner      text,
+    epoch      bigint NOT NULL DEFAULT 0,  -- fencing token: +1 on every change of owner
+    next_owner text,
+    changed    bigint NOT NULL DEFAULT 0,  -- ring version of the last change of owner or next_owner
+    granted    bigint NOT NULL DEFAULT 0,  -- ring version at which owner got it
+    released   boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (ring, partition),
+    CONSTRAINT partitions_versions_check CHECK (epoch >= 0 AND granted >= 0 AND granted <= changed),
+    CONSTRAINT partitions_next_owner_check CHECK (next_owner IS NULL OR (owner IS NOT NULL AND next_owner <> owner)),
+    CONSTRAINT partitions_released_check CHECK (NOT released OR next_owner IS NOT NULL)
+);
+CREATE INDEX IF NOT EXISTS partitions_released ON leasering.partitions (ring) WHERE released;
+CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
+CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
+
+INSERT INTO leasering.schema_version (version) VALUES (7) ON CONFLICT (id) DO NOTHING;
