@@ -328,14 +328,14 @@ func TestInvariantsCatchBrokenState(t *testing.T) {
 			[]string{"unowned_with_live_member"}},
 		{"a lease past one TTL from now", []string{`UPDATE ` + sc + `.nodes SET expires_at = now() + interval '70 s' WHERE node_id = 'a'`},
 			[]string{"lease_beyond_ttl"}},
-		{"a hold past one TTL from now", []string{`UPDATE ` + sc + `.nodes SET report_from = now() + interval '70 s' WHERE node_id = 'a'`},
+		{"a hold past one TTL from now", []string{`UPDATE ` + sc + `.nodes SET hold_until = now() + interval '70 s' WHERE node_id = 'a'`},
 			[]string{"lease_beyond_ttl"}},
 		{"a lease that lapsed two TTLs before another's last grant",
 			[]string{`UPDATE ` + sc + `.nodes SET expires_at = now() - interval '125 s' WHERE node_id = 'c'`},
 			[]string{"lease_not_evicted"}},
 		{"a release during a hold that ended two TTLs before another's last grant", []string{
 			`UPDATE ` + sc + `.partitions SET released = true WHERE ` + part(pending),
-			`UPDATE ` + sc + `.nodes SET report_from = now() - interval '125 s' WHERE node_id = '` + pendingOwner + `'`},
+			`UPDATE ` + sc + `.nodes SET hold_until = now() - interval '125 s' WHERE node_id = '` + pendingOwner + `'`},
 			[]string{"release_not_handed_on"}},
 
 		// What the protocol leaves for a while, or for good when nobody is there.
@@ -348,11 +348,11 @@ func TestInvariantsCatchBrokenState(t *testing.T) {
 			nil},
 		{"a release during a hold", []string{
 			`UPDATE ` + sc + `.partitions SET released = true WHERE ` + part(pending),
-			`UPDATE ` + sc + `.nodes SET report_from = now() + interval '30 s' WHERE node_id = '` + pendingOwner + `'`},
+			`UPDATE ` + sc + `.nodes SET hold_until = now() + interval '30 s' WHERE node_id = '` + pendingOwner + `'`},
 			nil},
 		{"a release during a hold that ended a moment ago", []string{
 			`UPDATE ` + sc + `.partitions SET released = true WHERE ` + part(pending),
-			`UPDATE ` + sc + `.nodes SET report_from = now() - interval '1 s' WHERE node_id = '` + pendingOwner + `'`},
+			`UPDATE ` + sc + `.nodes SET hold_until = now() - interval '1 s' WHERE node_id = '` + pendingOwner + `'`},
 			nil},
 		{"no owners and no live member", []string{
 			`UPDATE ` + sc + `.nodes SET expires_at = now() - interval '1 s'`,
@@ -366,6 +366,16 @@ func TestInvariantsCatchBrokenState(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer tx.Rollback()
+			// The schema's CHECKs refuse many of these states outright
+			// (TestChecksRefuseBrokenRows); the query must find them all
+			// the same, so they go for the length of this transaction.
+			if _, err := tx.Exec(`DO $$ DECLARE c record; BEGIN
+				FOR c IN SELECT conrelid::regclass AS t, conname FROM pg_constraint
+				          WHERE contype = 'c' AND connamespace = '` + s.e.schema + `'::regnamespace LOOP
+					EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.t, c.conname);
+				END LOOP; END $$`); err != nil {
+				t.Fatal(err)
+			}
 			for _, q := range c.breaks {
 				if _, err := tx.Exec(q); err != nil {
 					t.Fatalf("%s: %v", q, err)
@@ -430,7 +440,7 @@ func TestInvariantsHoldThroughHandoffsHoldsAndEvictions(t *testing.T) {
 		t.Fatalf("nothing marked released during the hold: %v", s.rows())
 	}
 	s.e.mustHold(t, "after a released the rest during its hold")
-	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET report_from = now() WHERE node_id = 'a'`); err != nil {
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET hold_until = now() WHERE node_id = 'a'`); err != nil {
 		t.Fatal(err)
 	}
 	s.e.mustHold(t, "after a's hold ended")
@@ -627,7 +637,6 @@ func requireInvariants(t *testing.T, dsn, schema string, ttl time.Duration) {
 // ring with no live member, the renewal keeps the node's member row, and
 // reclaiming it (claim_vnodes) does not rebalance.
 func TestRejoinAfterEmptyRebalanceOwnsTheRing(t *testing.T) {
-	skip(t, "a protocol bug of schema version 6, not fixed yet: remove this skip with the fix")
 	t.Parallel()
 	s := newSQLNodes(t)
 	s.join("a", "b")

@@ -858,8 +858,13 @@ $$;
 -- rebalances. A member row left by an older incarnation, or by this one
 -- before its lease lapsed, is reclaimed: the epochs of the partitions the
 -- node owns there rise, so the fencing tokens handed out before die, and
--- nothing moves. Returns 'ok' or 'size_mismatch'; a mismatch writes
--- nothing.
+-- the ring is rebalanced. That moves nothing in a balanced ring, but a
+-- rebalance may have run while the lease had lapsed and the node counted
+-- as dead: it may have left the ring without owners (no other live
+-- member) or given the node's share to others, and nothing else would
+-- give it back until the members change (found by the invariant check,
+-- unowned_with_live_member). Returns 'ok' or 'size_mismatch'; a mismatch
+-- writes nothing.
 CREATE OR REPLACE FUNCTION leasering.claim_vnodes(p_node text, p_incarnation text, p_ring text, p_size integer, p_vnodes integer)
 RETURNS text
 LANGUAGE plpgsql
@@ -887,6 +892,7 @@ BEGIN
         UPDATE partitions SET epoch = epoch + 1 WHERE ring = p_ring AND owner = p_node;
         UPDATE members SET claimed_by = p_incarnation WHERE ring = p_ring AND node_id = p_node;
         IF m.vnodes = p_vnodes THEN
+            PERFORM rebalance(p_ring);
             PERFORM bump_version(p_ring);
             RETURN 'ok';
         END IF;

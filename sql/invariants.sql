@@ -1,4 +1,4 @@
--- leasering: the protocol's invariants, as one query (schema version 6).
+-- leasering: the protocol's invariants, as one query (schema version 7).
 --
 -- It lists the state in the schema that no run of sql/functions.sql can
 -- leave at any commit, one row per violation: kind, ring, partition, node
@@ -59,11 +59,12 @@
 --       a ring with partitions that have no owner while a member's lease
 --       is live. A rebalance leaves a partition without owner only when
 --       the ring has no live member, and a node that becomes a live member
---       again must be given them. Schema version 6 breaks this one: a node
---       that renews a lapsed lease before anyone evicts it keeps its
---       member rows, and reclaiming them does not rebalance, so after a
---       rebalance that found no live member (the other member left) the
---       ring stays without owners.
+--       again must be given them, when join_rings reclaims its member row
+--       (claim_vnodes rebalances; until then the row is not claimed by the
+--       node's incarnation and does not count). Schema version 6 broke
+--       this one: reclaiming did not rebalance, so after a rebalance that
+--       found no live member (the other member left) while a node's lease
+--       had lapsed, the ring stayed without owners once it renewed.
 --   lease_beyond_ttl
 --       a lease, or a hold, that ends more than one TTL from now: a
 --       heartbeat grants at most one TTL from its own start.
@@ -103,6 +104,7 @@ live_members AS (
       FROM leasering.members m
       JOIN leasering.nodes n ON n.node_id OPERATOR(pg_catalog.=) m.node_id, clock c
      WHERE n.expires_at OPERATOR(pg_catalog.>) c.now
+       AND m.claimed_by OPERATOR(pg_catalog.=) n.incarnation  -- a row to reclaim gets its share when join_rings reclaims it
      GROUP BY m.ring
 ),
 violation (kind, ring, partition, node, detail) AS (
@@ -199,9 +201,9 @@ violation (kind, ring, partition, node, detail) AS (
 
     UNION ALL
     SELECT 'lease_beyond_ttl', NULL, NULL, n.node_id,
-           pg_catalog.format('lease ends at %s, hold at %s; now %s, TTL %s', n.expires_at, n.report_from, c.now, c.ttl)
+           pg_catalog.format('lease ends at %s, hold at %s; now %s, TTL %s', n.expires_at, n.hold_until, c.now, c.ttl)
       FROM leasering.nodes n, clock c
-     WHERE n.expires_at OPERATOR(pg_catalog.>) c.horizon OR n.report_from OPERATOR(pg_catalog.>) c.horizon
+     WHERE n.expires_at OPERATOR(pg_catalog.>) c.horizon OR n.hold_until OPERATOR(pg_catalog.>) c.horizon
 
     UNION ALL
     SELECT 'lease_not_evicted', NULL, NULL, n.node_id,
@@ -216,13 +218,13 @@ violation (kind, ring, partition, node, detail) AS (
     UNION ALL
     SELECT 'release_not_handed_on', p.ring, p.partition, p.owner,
            pg_catalog.format('owner %s released it to %s during a hold that ended at %s; %s''s lease was granted at %s or later; TTL %s',
-                             p.owner, p.next_owner, h.report_from, o.node_id, o.granted, c.ttl)
+                             p.owner, p.next_owner, h.hold_until, o.node_id, o.granted, c.ttl)
       FROM leasering.partitions p
       JOIN leasering.nodes h ON h.node_id OPERATOR(pg_catalog.=) p.owner, clock c,
            LATERAL (SELECT l.node_id, l.granted, l.settled FROM latest l
                      WHERE l.node_id OPERATOR(pg_catalog.<>) p.owner
                      ORDER BY l.granted DESC LIMIT 1) AS o
-     WHERE p.released AND h.report_from OPERATOR(pg_catalog.<) o.settled
+     WHERE p.released AND h.hold_until OPERATOR(pg_catalog.<) o.settled
 )
 SELECT kind, ring, partition, node, detail
   FROM violation
