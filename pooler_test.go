@@ -152,7 +152,7 @@ func TestHeartbeatPoolerErrorLoggedOnce(t *testing.T) {
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "the failures and a renewal after them", func() bool { return met(db, mock) && c.Stats().Renewals == 2 })
+	c.runUntil(time.Second, "the failures and a renewal after them", func() bool { return met(db, mock) && c.Stats().Renewals == 2 })
 	if s := c.Stats(); s.RenewFailures != 4 {
 		t.Errorf("RenewFailures = %d, want 4", s.RenewFailures)
 	}
