@@ -32,9 +32,11 @@ func TestPoolerAdvice(t *testing.T) {
 		{errCachedMissing, adviceSplitStatements},
 		{errCachedExists, adviceSplitStatements},
 		{errBindMismatch, adviceSplitStatements},
-		{errStatementMode, adviceStatementMode},
+		{errStatementMode, adviceSplitStatements}, // not from a BEGIN: a split call
 		{fmt.Errorf("leasering: checking schema: %w", classifyDBError(errUnnamedMissing)), adviceSplitStatements},
-		{&pgError{"08P01", "invalid startup packet layout"}, ""},
+		{&pgError{"08P01", "invalid startup packet layout"}, adviceSplitStatements}, // by SQLSTATE: any protocol violation
+		{&beginError{errStatementMode}, adviceStatementMode},
+		{&beginError{&pgError{"08006", "connection failure"}}, ""},
 		{&pgError{"28P01", "password authentication failed"}, ""},
 		{&pgError{"40P01", "deadlock detected"}, ""},
 		{refused(), ""},
