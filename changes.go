@@ -26,7 +26,7 @@ func (l *Lease) deliverChanges() {
 	defer close(l.changes)
 	var seen []int // what the reader has been told
 	for {
-		err, changed := l.state()
+		changed, err := l.state()
 		if err != nil {
 			return
 		}

@@ -147,7 +147,7 @@ func (ld *Leader) run() {
 	var told int64 // the term the reader believes we lead, 0 for none
 	l := ld.lease
 	for {
-		err, changed := l.state()
+		changed, err := l.state()
 		term, leader := l.Epoch(0)
 		var pending []LeaderEvent
 		if told != 0 && (!leader || term != told) {
@@ -207,7 +207,7 @@ func (ld *Leader) deliver(ev LeaderEvent, changed <-chan struct{}, final bool) b
 			if t, ok := ld.lease.Epoch(0); !ok || t != ev.Term {
 				return false
 			}
-			_, changed = ld.lease.state()
+			changed, _ = ld.lease.state()
 		}
 	}
 }

@@ -157,15 +157,15 @@ func (l *Lease) Epoch(p int) (int64, bool) {
 // Err returns why the lease stopped for good (ErrRingSizeMismatch,
 // ErrFenced, ErrClosed), or nil while it is working.
 func (l *Lease) Err() error {
-	err, _ := l.state()
+	_, err := l.state()
 	return err
 }
 
-// state is the lease's error, and a channel closed on its next change.
-func (l *Lease) state() (error, <-chan struct{}) {
+// state is a channel closed on the lease's next change, and its error.
+func (l *Lease) state() (<-chan struct{}, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.err, l.changed
+	return l.changed, l.err
 }
 
 // Wait blocks until the lease owns at least one partition, the lease fails
@@ -173,7 +173,7 @@ func (l *Lease) state() (error, <-chan struct{}) {
 // has fewer partitions than members; Wait then waits for ctx.
 func (l *Lease) Wait(ctx context.Context) error {
 	for {
-		err, ch := l.state()
+		ch, err := l.state()
 		if err != nil {
 			return err
 		}

@@ -191,8 +191,9 @@ func useLoop(ctx context.Context, orders *Lease, pause func() <-chan time.Time, 
 	changes := orders.Changes()
 	for {
 		var processed []int
+		process := func(p int) { processed = append(processed, p) }
 		for _, p := range orders.Values() {
-			processed = append(processed, p)
+			process(p)
 		}
 		passed(processed)
 		select {

@@ -17,9 +17,11 @@ import (
 //
 // # States
 //
-// A node is in one of these states. The lifecycle ones are Client.state;
-// the heartbeat loop tells the others apart by its schedule (see
-// schedule.state).
+// A node is in one of these states. new, starting and closed are
+// Client.state, fenced is Client.fatal; held, live, late, probing and
+// lapsed are the heartbeat schedule's (schedule.state, in the Debug log
+// of each heartbeat); rejoining is each lease's, until its view comes
+// again (Lease.forget).
 //
 //	state      its leases report            it leaves for
 //	---------  ---------------------------  ---------------------------------------------

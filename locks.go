@@ -33,7 +33,7 @@ type heldLock struct {
 func (l *Lease) Lock(ctx context.Context, key string) (context.Context, error) {
 	p := l.PartitionOf(key)
 	for {
-		err, changed := l.state()
+		changed, err := l.state()
 		if err != nil {
 			return nil, err
 		}
