@@ -26,9 +26,7 @@ func (l *Lease) deliverChanges() {
 	defer close(l.changes)
 	var seen []int // what the reader has been told
 	for {
-		l.mu.Lock()
-		err, changed := l.err, l.changed
-		l.mu.Unlock()
+		changed, err := l.state()
 		if err != nil {
 			return
 		}

@@ -137,5 +137,32 @@
 // was given on its next heartbeat; the survivors renew just after a lease
 // ends, so after a crash the new owners usually hear at once, and pqnotify
 // wakes them for every other change. With a Debug logger the client logs
-// every heartbeat (round trip, lease left, scan, next event).
+// every heartbeat (state, round trip, lease left, scan, next event).
+//
+// # Reading the code
+//
+// One heartbeat, from the timer to the SQL and back, in these files in
+// this order:
+//
+//   - leasering.go: the Client, the states of a node, NewClient, Lease,
+//     Start and Close.
+//   - start.go: Start's part: the schema, the first heartbeat (which takes
+//     the node id over), the wait until every lease has its view.
+//   - loop.go: the heartbeat loop: it wakes on the clock, launches a
+//     heartbeat when the schedule says so, takes the answer, publishes.
+//   - schedule.go: when the next heartbeat goes and what it asks for; a
+//     pure function of what the loop recorded. clock.go: the clock it reads.
+//   - protocol.go: one heartbeat on the wire: renew_and_read's arguments
+//     and answer (the SQL is sql/functions.sql, embedded by migrate.go).
+//   - answer.go: what an answer does: a failure, a probe, the fencing, the
+//     rings that changed.
+//   - lease.go: a ring's lease: the snapshot Values reads, the view it
+//     comes from. drain.go: when a revoked partition may be handed on.
+//   - sidecalls.go: join_rings and read_views, which the loop runs beside
+//     the heartbeats.
+//
+// Then, by concern: locks.go (Lock), changes.go (Changes), leader.go
+// (Leader), routing.go (Owner, Successors), partition.go (PartitionOf),
+// errors.go and pooler.go (errors, by SQLSTATE), options.go, stats.go,
+// dbiface.go (DB), migrate.go (the schema).
 package leasering

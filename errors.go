@@ -81,6 +81,21 @@ const (
 	stateEncoding        = "LR006"
 )
 
+// lrStates says what each of them means to the client: the sentinel a
+// database error with that SQLSTATE wraps, or that a retry may cure it.
+// Every code the SQL raises is here (TestEveryRaisedStateIsMapped).
+var lrStates = map[string]struct {
+	sentinel error
+	retry    bool
+}{
+	stateRingSize:        {sentinel: ErrRingSizeMismatch},
+	stateSchemaNewer:     {sentinel: ErrSchemaVersion},
+	stateSchemaCurrent:   {},            // the migration's guard: the schema is current, ensureSchema is done
+	stateConcurrentStart: {retry: true}, // two processes started one node id at once
+	stateNotReadCommit:   {retry: true}, // the client retries in a READ COMMITTED transaction (inTx)
+	stateEncoding:        {sentinel: ErrUnsupported},
+}
+
 // sqlState is the SQLSTATE of a database error, "" for any other error.
 // Both lib/pq's *pq.Error and pgx's *pgconn.PgError have this method, so
 // the library needs neither driver.
@@ -93,18 +108,17 @@ func sqlState(err error) string {
 }
 
 // transientStates are the SQLSTATEs a retry can cure: the server is
-// starting, stopping or full, or the transaction lost a race.
+// starting, stopping or full, or the transaction lost a race (and the LR
+// states marked retry).
 var transientStates = map[string]bool{
-	"40001":              true, // serialization_failure
-	"40P01":              true, // deadlock_detected
-	"55P03":              true, // lock_not_available (lock_timeout)
-	"57014":              true, // query_canceled (statement_timeout; a cancel of ours)
-	"57P01":              true, // admin_shutdown
-	"57P02":              true, // crash_shutdown
-	"57P03":              true, // cannot_connect_now (starting up, in recovery)
-	"53300":              true, // too_many_connections
-	stateConcurrentStart: true, // two processes started one node id at once
-	stateNotReadCommit:   true, // the client retries in a READ COMMITTED transaction
+	"40001": true, // serialization_failure
+	"40P01": true, // deadlock_detected
+	"55P03": true, // lock_not_available (lock_timeout)
+	"57014": true, // query_canceled (statement_timeout; a cancel of ours)
+	"57P01": true, // admin_shutdown
+	"57P02": true, // crash_shutdown
+	"57P03": true, // cannot_connect_now (starting up, in recovery)
+	"53300": true, // too_many_connections
 }
 
 // transient reports whether another try may succeed where err failed: a
@@ -118,7 +132,7 @@ func transient(err error) bool {
 		// Class 08 is the connection's: refused, broken, failed; but a
 		// protocol violation (08P01) is a client that sends what the server
 		// cannot read, such as a malformed DSN option.
-		return transientStates[state] || (strings.HasPrefix(state, "08") && state != "08P01")
+		return transientStates[state] || lrStates[state].retry || (strings.HasPrefix(state, "08") && state != "08P01")
 	}
 	var dns *net.DNSError
 	if errors.As(err, &dns) {
@@ -164,15 +178,8 @@ func classifyDBError(err error) error {
 	if err == nil {
 		return nil
 	}
-	var sentinel error
-	switch sqlState(err) {
-	case stateRingSize:
-		sentinel = ErrRingSizeMismatch
-	case stateSchemaNewer:
-		sentinel = ErrSchemaVersion
-	case stateEncoding:
-		sentinel = ErrUnsupported
-	default:
+	sentinel := lrStates[sqlState(err)].sentinel
+	if sentinel == nil {
 		if transient(err) || errors.Is(err, context.Canceled) {
 			return err
 		}

@@ -111,7 +111,7 @@ func FuzzDecodeChanges(f *testing.F) {
 				t.Fatalf("accepted a malformed change %+v", ch)
 			}
 			l.applyView(ch, time.Now())
-			for _, p := range l.current.values {
+			for _, p := range l.view.current.values {
 				if p < 0 || p >= 16 {
 					t.Fatalf("snapshot holds partition %d of 16", p)
 				}

@@ -124,6 +124,6 @@ func TestJoinAnswerForgetsTheView(t *testing.T) {
 	})
 	c.Wake()
 	// Well before the lease's deadline (1.8 s after the last renewal).
-	waitUntil(t, 500*time.Millisecond, "Values to empty after the join answer", func() bool { return len(l.Values()) == 0 })
+	c.runUntil(500*time.Millisecond, "Values to empty after the join answer", func() bool { return len(l.Values()) == 0 })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }

@@ -147,9 +147,7 @@ func (ld *Leader) run() {
 	var told int64 // the term the reader believes we lead, 0 for none
 	l := ld.lease
 	for {
-		l.mu.Lock()
-		err, changed := l.err, l.changed
-		l.mu.Unlock()
+		changed, err := l.state()
 		term, leader := l.Epoch(0)
 		var pending []LeaderEvent
 		if told != 0 && (!leader || term != told) {
@@ -209,9 +207,7 @@ func (ld *Leader) deliver(ev LeaderEvent, changed <-chan struct{}, final bool) b
 			if t, ok := ld.lease.Epoch(0); !ok || t != ev.Term {
 				return false
 			}
-			ld.lease.mu.Lock()
-			changed = ld.lease.changed
-			ld.lease.mu.Unlock()
+			changed, _ = ld.lease.state()
 		}
 	}
 }

@@ -33,55 +33,66 @@ func newSnapshot(size int, values []int, epochs []int64) *snapshot {
 // Lease is this node's share of one ring. All of its methods are safe from
 // any goroutine; the read methods cost an atomic load and never block.
 type Lease struct {
-	c      *Client
+	c      *Client // nil for a Lease tested alone
 	name   string
 	size   int
 	vnodes int
 
-	snap  atomic.Pointer[snapshot]
-	route atomic.Pointer[routeTable]
+	snap  atomic.Pointer[snapshot]   // what Values and Owns report
+	route atomic.Pointer[routeTable] // what Owner and Successors read
 
+	// mu guards err, changed, paused and hidden. publish and fail hold it
+	// while they replace the snapshot, so that one is never lost to the
+	// other, and resign's pause takes effect before its publish.
 	mu      sync.Mutex
 	err     error         // set once the lease has failed for good
 	changed chan struct{} // closed and replaced on every new snapshot or error
-
-	lockMu   sync.Mutex
-	locks    map[string]*heldLock
-	held     map[int]int   // partition -> locks held on its keys
-	lockFree chan struct{} // closed and replaced on every Unlock
-
-	changesOnce sync.Once
-	changes     chan Change
-
-	pubMu sync.Mutex // orders publish against resign; guards hidden
-	// hidden is what was reported until the lease was lost, and when: a
-	// partition revoked meanwhile still drains from then, and waits for
-	// its locks (their contexts ended, but the holders may still work).
+	paused  bool          // resigned: report nothing until a view read after the resign
+	// hidden is what was reported until the node's lease lapsed, and
+	// when: a partition revoked meanwhile still drains from then, and
+	// waits for its locks (their contexts ended, but the holders may still
+	// work).
 	hidden struct {
 		snap *snapshot
 		at   time.Time
 	}
-	paused      atomic.Bool // resigning: report nothing until a fresh view comes
-	rejoin      atomic.Bool // the next heartbeat asks for the whole view
-	awaitRejoin bool        // owned by the loop: that request is in flight
 
-	// Owned by the heartbeat loop.
-	needJoin  bool              // the last heartbeat said this node is not a member: join_rings
-	joinBusy  bool              // and join_rings could not lock the ring in time: it tries again later
-	needView  bool              // the last heartbeat said the view is big: read_views
-	version   int64             // ring version of view, 0 before the first
-	current   *snapshot         // what the view allows, published while the lease is live
-	revokedAt map[int]time.Time // partitions to give up, and when we first heard (zero: not reported, no drain)
-	// releaseNow is set when a view revokes a partition this node is not
-	// reporting: nothing can be using it, so the next heartbeat goes at once
-	// and carries its release without a drain.
-	releaseNow bool
+	rejoin atomic.Bool // the next heartbeat asks for the whole view
+
+	locks keyLocks // its own mutex, taken after mu
+
+	changesOnce sync.Once
+	changes     chan Change
+
+	view ringState // owned by the heartbeat loop
 }
 
+// ringState is what the heartbeat loop knows of the lease's ring. The loop
+// alone touches it (Start before the loop runs).
+type ringState struct {
+	version   int64             // of the view, 0 before the first
+	current   *snapshot         // what the view allows, published while the node is live
+	revokedAt map[int]time.Time // partitions to give up, and when this node stopped reporting them (zero: never did)
+	join      joinState         // the last heartbeat said this node is not a member
+	read      bool              // the last heartbeat said the view is big: read it with read_views
+	// awaitRejoin: a request for the whole view (rejoin) went; the view
+	// that answers it ends a resign's pause.
+	awaitRejoin bool
+}
+
+// joinState says whether a ring waits to be joined with join_rings.
+type joinState int
+
+const (
+	joined     joinState = iota
+	toJoin               // join it
+	toJoinBusy           // join_rings could not lock it in time: again later, without holding Start back
+)
+
 func newLease(c *Client, name string, size, vnodes int) *Lease {
-	l := &Lease{c: c, name: name, size: size, vnodes: vnodes,
-		changed: make(chan struct{}), current: emptySnapshot, revokedAt: map[int]time.Time{},
-		locks: map[string]*heldLock{}, held: map[int]int{}, lockFree: make(chan struct{})}
+	l := &Lease{c: c, name: name, size: size, vnodes: vnodes, changed: make(chan struct{}),
+		locks: keyLocks{held: map[string]*heldLock{}, free: make(chan struct{})},
+		view:  ringState{current: emptySnapshot, revokedAt: map[int]time.Time{}}}
 	l.snap.Store(emptySnapshot)
 	l.route.Store(emptyRoute)
 	return l
@@ -146,9 +157,15 @@ func (l *Lease) Epoch(p int) (int64, bool) {
 // Err returns why the lease stopped for good (ErrRingSizeMismatch,
 // ErrFenced, ErrClosed), or nil while it is working.
 func (l *Lease) Err() error {
+	_, err := l.state()
+	return err
+}
+
+// state is a channel closed on the lease's next change, and its error.
+func (l *Lease) state() (<-chan struct{}, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.err
+	return l.changed, l.err
 }
 
 // Wait blocks until the lease owns at least one partition, the lease fails
@@ -156,9 +173,7 @@ func (l *Lease) Err() error {
 // has fewer partitions than members; Wait then waits for ctx.
 func (l *Lease) Wait(ctx context.Context) error {
 	for {
-		l.mu.Lock()
-		err, ch := l.err, l.changed
-		l.mu.Unlock()
+		ch, err := l.state()
 		if err != nil {
 			return err
 		}
@@ -174,68 +189,86 @@ func (l *Lease) Wait(ctx context.Context) error {
 }
 
 // publish makes s the visible snapshot, then cancels the locks on
-// partitions it lacks with cause. Called by the heartbeat loop only.
+// partitions it lacks with cause. Called by the heartbeat loop, and by
+// resign.
 func (l *Lease) publish(s *snapshot, cause error) {
-	l.pubMu.Lock()
-	defer l.pubMu.Unlock()
-	if l.paused.Load() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.paused {
 		s, cause = emptySnapshot, ErrRevoked
 	}
-	old := l.snap.Load()
-	if old == s {
+	if l.err != nil || l.snap.Load() == s {
 		return
 	}
-	switch {
-	case cause == ErrLeaseLost && old != emptySnapshot:
-		l.hidden.snap, l.hidden.at = old, time.Now()
-	case s != emptySnapshot:
+	if s != emptySnapshot {
 		l.hidden.snap = nil
 	}
-	l.snap.Store(s)
-	l.cancelLocks(s, cause)
-	l.notify()
+	l.replace(s, cause)
+}
+
+// lose hides what the lease reports while the node is not live (its lease
+// lapsed, or the hold of a taken-over node id runs); the locks' contexts
+// end with ErrLeaseLost. Called by the loop.
+func (l *Lease) lose(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.snap.Load()
+	if l.err != nil || old == emptySnapshot {
+		return
+	}
+	l.hidden.snap, l.hidden.at = old, now
+	l.replace(emptySnapshot, ErrLeaseLost)
 }
 
 // fail stops the lease for good with err and hides its partitions.
 func (l *Lease) fail(err error) {
-	l.snap.Store(emptySnapshot)
-	l.cancelLocks(emptySnapshot, err)
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.err == nil {
 		l.err = err
 	}
-	l.mu.Unlock()
-	l.notify()
+	l.replace(emptySnapshot, err)
 }
 
-func (l *Lease) notify() {
-	l.mu.Lock()
+// replace shows s, cancels the locks on partitions it lacks with cause,
+// and tells the waiters. Caller holds l.mu.
+func (l *Lease) replace(s *snapshot, cause error) {
+	l.snap.Store(s)
+	l.locks.cancel(s, cause)
 	close(l.changed)
 	l.changed = make(chan struct{})
-	l.mu.Unlock()
 }
 
 // applyView takes the database's view of this ring. Partitions being handed
-// over are kept out of the visible snapshot from this moment.
-func (l *Lease) applyView(v ringChange, now time.Time) {
-	l.version = v.Version
+// over are kept out of the visible snapshot from this moment. It reports
+// whether a partition this node never reported was revoked: its release
+// may go at once.
+func (l *Lease) applyView(v ringChange, now time.Time) (releaseNow bool) {
+	l.view.version = v.Version
 	revoking := make(map[int]bool, len(v.Revoking))
+	var locked map[int]bool // read once, if needed
 	for _, p := range v.Revoking {
 		revoking[p] = true
-		if _, ok := l.revokedAt[p]; !ok {
-			at := l.reportedUntil(p, now)
-			if at.IsZero() && l.lockHeld(p) {
+		if _, ok := l.view.revokedAt[p]; ok {
+			continue
+		}
+		at := l.reportedUntil(p, now)
+		if at.IsZero() {
+			if locked == nil {
+				locked = l.locks.partitions()
+			}
+			if locked[p] {
 				at = now // a lock taken before: its holder may still work
 			}
-			// Zero: never reported (given and retargeted before this node
-			// heard, or given during a hold). Nothing to drain.
-			l.revokedAt[p] = at
-			l.releaseNow = l.releaseNow || at.IsZero()
 		}
+		// Zero: never reported (given and retargeted before this node
+		// heard, or given during a hold). Nothing to drain.
+		l.view.revokedAt[p] = at
+		releaseNow = releaseNow || at.IsZero()
 	}
-	for p := range l.revokedAt {
+	for p := range l.view.revokedAt {
 		if !revoking[p] {
-			delete(l.revokedAt, p)
+			delete(l.view.revokedAt, p)
 		}
 	}
 	values := make([]int, 0, len(v.Partitions))
@@ -247,16 +280,19 @@ func (l *Lease) applyView(v ringChange, now time.Time) {
 		values = append(values, p)
 		epochs = append(epochs, v.Epochs[i])
 	}
-	l.current = newSnapshot(l.size, values, epochs)
+	l.view.current = newSnapshot(l.size, values, epochs)
 	route := l.route.Load().update(l.size, v)
 	if route == emptyRoute && v.MemberIDs != nil {
 		l.rejoin.Store(true) // a member this node never heard of: ask for the whole view
 	}
 	l.route.Store(route)
-	if l.awaitRejoin && v.Version > 0 {
-		l.awaitRejoin = false
-		l.paused.Store(false) // this view was read after the resign
+	if l.view.awaitRejoin && v.Version > 0 {
+		l.view.awaitRejoin = false
+		l.mu.Lock()
+		l.paused = false // this view was read after the resign
+		l.mu.Unlock()
 	}
+	return releaseNow
 }
 
 // reportedUntil is when the node stopped reporting partition p: now if it
@@ -265,76 +301,48 @@ func (l *Lease) reportedUntil(p int, now time.Time) time.Time {
 	if l.snap.Load().has(p) {
 		return now
 	}
-	l.pubMu.Lock()
-	defer l.pubMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.hidden.snap != nil && l.hidden.snap.has(p) {
 		return l.hidden.at
 	}
 	return time.Time{}
 }
 
-// forget drops the lease's view after its node's lease lapsed: it reports
-// nothing, and the next heartbeat asks for the whole view.
+// forget drops the lease's view: whatever it gave may be another node's
+// now. The lease reports nothing, and the next heartbeat asks for the
+// whole view.
 func (l *Lease) forget() {
-	l.version = 0
-	l.current = emptySnapshot
-	clear(l.revokedAt)
-	l.pubMu.Lock()
+	l.view.version = 0
+	l.view.current = emptySnapshot
+	clear(l.view.revokedAt)
+	l.mu.Lock()
 	l.hidden.snap = nil
-	l.pubMu.Unlock()
+	l.mu.Unlock()
 }
 
 // resign stops reporting at once, leaves the ring so that the others take
-// its partitions now, and rejoins on the next heartbeat with nothing.
+// its partitions now, and rejoins on the next heartbeat with nothing. It
+// reports nothing until a view read after the rejoin request comes.
 func (l *Lease) resign(ctx context.Context) error {
 	if l.c == nil {
 		return ErrNotStarted
 	}
-	l.pubMu.Lock()
-	l.paused.Store(true)
-	l.pubMu.Unlock()
+	l.mu.Lock()
+	l.paused = true
+	l.mu.Unlock()
 	l.publish(emptySnapshot, ErrRevoked)
-	if err := l.c.inTx(ctx, l.c.db, func(q DB) error {
+	err := l.c.inTx(ctx, l.c.db, func(q DB) error {
 		_, err := q.ExecContext(ctx, l.c.q.leaveRing, l.c.cfg.nodeID, l.c.incarnation, l.name)
 		return err
-	}); err != nil {
-		l.rejoin.Store(true) // the lease stays paused until a view after this point
-		l.c.wakeUp()
-		return fmt.Errorf("leasering: resign %q: %w", l.name, err)
-	}
+	})
+	// Only now: a view read before the leave must not end the pause. On
+	// failure too: the lease stays paused until a view after this point.
 	l.rejoin.Store(true)
 	l.c.wakeUp()
+	if err != nil {
+		return fmt.Errorf("leasering: resign %q: %w", l.name, err)
+	}
 	l.c.announce(ringsJSON(l.name))
 	return nil
-}
-
-// released lists the revoked partitions that may be confirmed released.
-func (l *Lease) released(now time.Time, drain, maxDrain time.Duration) []int {
-	var out []int
-	for p, at := range l.revokedAt {
-		if l.releasable(p, at, now, drain, maxDrain) {
-			out = append(out, p)
-		}
-	}
-	sort.Ints(out)
-	return out
-}
-
-// nextDrainEnd is the earliest time a revoked partition not yet releasable
-// becomes so (Unlock wakes the loop sooner when a lock was the reason).
-func (l *Lease) nextDrainEnd(now time.Time, drain, maxDrain time.Duration) (time.Time, bool) {
-	var first time.Time
-	for p, at := range l.revokedAt {
-		t := at.Add(drain)
-		if !t.After(now) && l.lockHeld(p) {
-			t = at.Add(maxDrain)
-		}
-		if !t.After(now) {
-			continue // releasable now: the next heartbeat carries it
-		}
-		if first.IsZero() || t.Before(first) {
-			first = t
-		}
-	}
-	return first, !first.IsZero()
 }

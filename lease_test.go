@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -95,7 +93,13 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 	k := keyIn(t, 3, size)
 	bg := context.Background()
 
-	// Not owned: Lock waits until the partition is ours.
+	// Not owned: Lock waits until the partition is ours. (A Lock that may
+	// not take the key waits for ctx: an ended one says so at once.)
+	ended, cancel := context.WithCancel(bg)
+	cancel()
+	if _, err := l.Lock(ended, k); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Lock of a key of a partition not owned: %v, want to wait", err)
+	}
 	got := make(chan context.Context, 1)
 	go func() {
 		ctx, err := l.Lock(bg, k)
@@ -104,11 +108,6 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 		}
 		got <- ctx
 	}()
-	select {
-	case <-got:
-		t.Fatal("locked a key of a partition not owned")
-	case <-time.After(50 * time.Millisecond): // it must still be waiting
-	}
 	l.publish(snap(size, 3, 4), ErrRevoked)
 	var first context.Context
 	select {
@@ -118,6 +117,9 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 	}
 
 	// Held: a second Lock of the same key waits for Unlock.
+	if _, err := l.Lock(ended, k); !errors.Is(err, context.Canceled) {
+		t.Fatalf("second Lock of a held key: %v, want to wait", err)
+	}
 	go func() {
 		ctx, err := l.Lock(bg, k)
 		if err != nil {
@@ -125,11 +127,6 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 		}
 		got <- ctx
 	}()
-	select {
-	case <-got:
-		t.Fatal("two holders of one key")
-	case <-time.After(50 * time.Millisecond):
-	}
 	l.Unlock(k)
 	if !errors.Is(context.Cause(first), errUnlocked) {
 		t.Errorf("first lock's cause after Unlock: %v", context.Cause(first))
@@ -144,7 +141,7 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 	// Revoked: the context ends at once, and the release waits for Unlock
 	// unless the max drain has passed.
 	now := time.Now()
-	l.revokedAt[3] = now
+	l.view.revokedAt[3] = now
 	l.publish(snap(size, 4), ErrRevoked)
 	select {
 	case <-second.Done():
@@ -154,15 +151,15 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 	if !errors.Is(context.Cause(second), ErrRevoked) {
 		t.Errorf("cause %v, want ErrRevoked", context.Cause(second))
 	}
-	if r := l.released(now.Add(time.Second), 0, time.Hour); len(r) != 0 {
-		t.Errorf("released %v while a lock is held", r)
+	if r, next := l.releases(now.Add(time.Second), 0, time.Hour); len(r) != 0 || !next.Equal(now.Add(time.Hour)) {
+		t.Errorf("released %v while a lock is held, next at %v; want none until the max drain", r, next.Sub(now))
 	}
-	if r := l.released(now.Add(2*time.Hour), 0, time.Hour); !reflect.DeepEqual(r, []int{3}) {
+	if r, _ := l.releases(now.Add(2*time.Hour), 0, time.Hour); !reflect.DeepEqual(r, []int{3}) {
 		t.Errorf("released %v after the max drain, want [3]", r)
 	}
 	l.Unlock(k)
-	if r := l.released(now.Add(time.Second), 0, time.Hour); !reflect.DeepEqual(r, []int{3}) {
-		t.Errorf("released %v after Unlock, want [3]", r)
+	if r, next := l.releases(now.Add(time.Second), 0, time.Hour); !reflect.DeepEqual(r, []int{3}) || !next.IsZero() {
+		t.Errorf("released %v after Unlock, next at %v; want [3], nothing next", r, next)
 	}
 
 	// Lease lost and closed.
@@ -171,7 +168,7 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.publish(emptySnapshot, ErrLeaseLost)
+	l.lose(time.Now())
 	<-ctx4.Done()
 	if !errors.Is(context.Cause(ctx4), ErrLeaseLost) {
 		t.Errorf("cause %v, want ErrLeaseLost", context.Cause(ctx4))
@@ -180,25 +177,25 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 	if _, err := l.Lock(bg, k4); !errors.Is(err, ErrClosed) {
 		t.Errorf("Lock on a closed lease: %v", err)
 	}
-	cctx, cancel := context.WithCancel(bg)
-	cancel()
 	l2 := newLease(nil, "r", size, 8)
-	if _, err := l2.Lock(cctx, k); !errors.Is(err, context.Canceled) {
+	if _, err := l2.Lock(ended, k); !errors.Is(err, context.Canceled) {
 		t.Errorf("Lock with a cancelled ctx: %v", err)
 	}
 }
 
 // useLoop is the loop of the README's "Use" section and of the package
-// example, with pass called at the top of each pass to count them: a pass
-// over Values, then a wait for a change, the next pass (after pause) or the
-// end.
-func useLoop(ctx context.Context, orders *Lease, pause time.Duration, pass func(), process func(p int)) error {
+// example, with its pause (time.After there) given by the test, and passed
+// told what each pass processed: a pass over Values, then a wait for a
+// change, the next pass (after the pause) or the end.
+func useLoop(ctx context.Context, orders *Lease, pause func() <-chan time.Time, passed func(processed []int)) error {
 	changes := orders.Changes()
 	for {
-		pass()
+		var processed []int
+		process := func(p int) { processed = append(processed, p) }
 		for _, p := range orders.Values() {
 			process(p)
 		}
+		passed(processed)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -206,7 +203,7 @@ func useLoop(ctx context.Context, orders *Lease, pause time.Duration, pass func(
 			if !ok {
 				return orders.Err()
 			}
-		case <-time.After(pause):
+		case <-pause():
 		}
 	}
 }
@@ -215,22 +212,43 @@ func useLoop(ctx context.Context, orders *Lease, pause time.Duration, pass func(
 // empty, makes a pass as soon as the assignment changes (not only at the
 // next pause), and returns when its context ends or the lease ends.
 func TestREADMEUseLoop(t *testing.T) {
-	loop := func(ctx context.Context, l *Lease, pause time.Duration) (passes *atomic.Int64, seen *sync.Map, done chan error) {
-		passes, seen, done = new(atomic.Int64), new(sync.Map), make(chan error, 1)
-		go func() {
-			done <- useLoop(ctx, l, pause, func() { passes.Add(1) }, func(p int) { seen.Store(p, true) })
-		}()
-		return passes, seen, done
+	type run struct {
+		passes chan []int
+		pause  chan time.Time
+		done   chan error
 	}
-	ended := func(t *testing.T, done chan error, want error) {
+	start := func(ctx context.Context, l *Lease) run {
+		r := run{passes: make(chan []int), pause: make(chan time.Time), done: make(chan error, 1)}
+		go func() {
+			r.done <- useLoop(ctx, l, func() <-chan time.Time { return r.pause }, func(ps []int) { r.passes <- ps })
+		}()
+		return r
+	}
+	pass := func(t *testing.T, r run, want []int) {
 		t.Helper()
 		select {
-		case err := <-done:
-			if !errors.Is(err, want) {
-				t.Errorf("loop returned %v, want %v", err, want)
+		case got := <-r.passes:
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("a pass over %v, want %v", got, want)
 			}
 		case <-time.After(5 * time.Second):
-			t.Fatalf("loop still running 5s after it should have returned %v", want)
+			t.Fatalf("no pass over %v within 5s", want)
+		}
+	}
+	ended := func(t *testing.T, r run, want error) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case <-r.passes: // a last pass over what the end revoked
+			case err := <-r.done:
+				if !errors.Is(err, want) {
+					t.Errorf("loop returned %v, want %v", err, want)
+				}
+				return
+			case <-deadline:
+				t.Fatalf("loop still running 5s after it should have returned %v", want)
+			}
 		}
 	}
 
@@ -238,26 +256,31 @@ func TestREADMEUseLoop(t *testing.T) {
 		l := newLease(nil, "r", 64, 8)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		const pause = 20 * time.Millisecond
-		start := time.Now()
-		passes, _, done := loop(ctx, l, pause)
-		waitUntil(t, 5*time.Second, "6 passes", func() bool { return passes.Load() >= 6 })
-		if took := time.Since(start); took < 5*pause {
-			t.Errorf("6 passes over an empty Values in %v: want a pause of %v between passes", took, pause)
+		r := start(ctx, l)
+		for i := 0; i < 6; i++ {
+			pass(t, r, nil)
+			// Then it waits for the pause: it takes the pause's end, and
+			// makes no pass before.
+			select {
+			case <-r.passes:
+				t.Fatal("a pass over an empty Values without a pause")
+			case r.pause <- time.Time{}:
+			}
 		}
+		pass(t, r, nil)
 		cancel()
-		ended(t, done, context.Canceled)
+		ended(t, r, context.Canceled)
 	})
 
 	t.Run("changes wake it, the lease's end stops it", func(t *testing.T) {
 		l := newLease(nil, "r", 64, 8)
-		passes, seen, done := loop(context.Background(), l, time.Hour)
-		waitUntil(t, 5*time.Second, "the first pass", func() bool { return passes.Load() >= 1 })
+		r := start(context.Background(), l)
+		pass(t, r, nil)
 		l.publish(snap(64, 5), ErrRevoked)
-		waitUntil(t, 5*time.Second, "a pass over partition 5", func() bool { _, ok := seen.Load(5); return ok })
+		pass(t, r, []int{5}) // no pause ends meanwhile
 		l.publish(snap(64, 5, 9), ErrRevoked)
-		waitUntil(t, 5*time.Second, "a pass over partition 9", func() bool { _, ok := seen.Load(9); return ok })
+		pass(t, r, []int{5, 9})
 		l.fail(ErrClosed)
-		ended(t, done, ErrClosed)
+		ended(t, r, ErrClosed)
 	})
 }

@@ -2,8 +2,16 @@ package leasering
 
 import (
 	"context"
-	"time"
+	"sync"
 )
+
+// keyLocks are the Locks held on a lease's keys. Its mutex guards its
+// fields.
+type keyLocks struct {
+	mu   sync.Mutex
+	held map[string]*heldLock // by key
+	free chan struct{}        // closed and replaced on every Unlock
+}
 
 // heldLock is one Lock on a key.
 type heldLock struct {
@@ -25,22 +33,19 @@ type heldLock struct {
 func (l *Lease) Lock(ctx context.Context, key string) (context.Context, error) {
 	p := l.PartitionOf(key)
 	for {
-		l.mu.Lock()
-		err, changed := l.err, l.changed
-		l.mu.Unlock()
+		changed, err := l.state()
 		if err != nil {
 			return nil, err
 		}
-		l.lockMu.Lock()
-		if l.Owns(p) && l.locks[key] == nil {
+		l.locks.mu.Lock()
+		if l.Owns(p) && l.locks.held[key] == nil {
 			lctx, cancel := context.WithCancelCause(ctx)
-			l.locks[key] = &heldLock{partition: p, cancel: cancel}
-			l.held[p]++
-			l.lockMu.Unlock()
+			l.locks.held[key] = &heldLock{partition: p, cancel: cancel}
+			l.locks.mu.Unlock()
 			return lctx, nil
 		}
-		free := l.lockFree
-		l.lockMu.Unlock()
+		free := l.locks.free
+		l.locks.mu.Unlock()
 		select {
 		case <-free:
 		case <-changed:
@@ -52,50 +57,42 @@ func (l *Lease) Lock(ctx context.Context, key string) (context.Context, error) {
 
 // Unlock releases key. Unlocking a key that is not locked does nothing.
 func (l *Lease) Unlock(key string) {
-	l.lockMu.Lock()
-	lk, ok := l.locks[key]
+	l.locks.mu.Lock()
+	lk, ok := l.locks.held[key]
 	if !ok {
-		l.lockMu.Unlock()
+		l.locks.mu.Unlock()
 		return
 	}
-	delete(l.locks, key)
-	if l.held[lk.partition]--; l.held[lk.partition] == 0 {
-		delete(l.held, lk.partition)
-	}
-	close(l.lockFree)
-	l.lockFree = make(chan struct{})
-	l.lockMu.Unlock()
+	delete(l.locks.held, key)
+	close(l.locks.free)
+	l.locks.free = make(chan struct{})
+	l.locks.mu.Unlock()
 	lk.cancel(errUnlocked)
 	if !l.Owns(lk.partition) && l.c != nil {
 		l.c.wakeUp() // the partition may be waiting on this lock to be handed over
 	}
 }
 
-// cancelLocks cancels the locks whose partition s does not hold, with
-// cause. Their keys stay locked until Unlock.
-func (l *Lease) cancelLocks(s *snapshot, cause error) {
-	l.lockMu.Lock()
-	defer l.lockMu.Unlock()
-	for _, lk := range l.locks {
+// cancel cancels the locks whose partition s does not hold, with cause.
+// Their keys stay locked until Unlock.
+func (k *keyLocks) cancel(s *snapshot, cause error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, lk := range k.held {
 		if !s.has(lk.partition) {
 			lk.cancel(cause)
 		}
 	}
 }
 
-// lockHeld reports whether any lock on partition p is held.
-func (l *Lease) lockHeld(p int) bool {
-	l.lockMu.Lock()
-	defer l.lockMu.Unlock()
-	return l.held[p] > 0
-}
-
-// releasable reports whether revoked partition p, revoked at at, may be
-// confirmed released at now: after the drain, once no lock on its keys is
-// held or maxDrain has passed.
-func (l *Lease) releasable(p int, at, now time.Time, drain, maxDrain time.Duration) bool {
-	if at.IsZero() { // not reported when revoked
-		return true
+// partitions is the set of partitions with a lock held on one of their
+// keys.
+func (k *keyLocks) partitions() map[int]bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make(map[int]bool, len(k.held))
+	for _, lk := range k.held {
+		out[lk.partition] = true
 	}
-	return now.Sub(at) >= drain && (now.Sub(at) >= maxDrain || !l.lockHeld(p))
+	return out
 }

@@ -1,8 +1,6 @@
 package leasering
 
-import (
-	"strings"
-)
+import "errors"
 
 // A connection pooler in transaction or statement mode (PgBouncer's
 // pool_mode = transaction or statement) hands each transaction, or each
@@ -22,10 +20,12 @@ const (
 	// "stmtcache_…" already exists" (pgx's statement cache meets a server
 	// connection another client prepared the same statement on).
 	statePreparedExists = "42P05"
-	// 08P01 protocol_violation. From the server: "bind message supplies 8
-	// parameters, but prepared statement "" requires 2" (the Bind met
-	// another client's unnamed statement). From PgBouncer in statement
-	// mode: "transaction blocks not allowed in statement pooling mode".
+	// 08P01 protocol_violation: the server could not follow what the
+	// driver sent. From the server: "bind message supplies 8 parameters,
+	// but prepared statement "" requires 2" (the Bind met another client's
+	// unnamed statement). From PgBouncer in statement mode, refusing the
+	// BEGIN of an explicit transaction: "transaction blocks not allowed in
+	// statement pooling mode".
 	stateProtocolViolation = "08P01"
 )
 
@@ -41,21 +41,20 @@ const (
 )
 
 // poolerAdvice returns what to do about err when it is the mark of a
-// connection pooler that splits what the driver sends, else "". The 08P01
-// errors are told apart by their text, as that SQLSTATE also marks other
-// protocol violations.
+// connection pooler that splits what the driver sends, else "". Like every
+// database error, it is judged by its SQLSTATE, never its text: a protocol
+// violation is the statement mode's refusal when it answered the BEGIN of
+// an explicit transaction (see inTx), and a split call otherwise.
 func poolerAdvice(err error) string {
 	switch sqlState(err) {
 	case statePreparedMissing, statePreparedExists:
 		return adviceSplitStatements
 	case stateProtocolViolation:
-		msg := err.Error()
-		switch {
-		case strings.Contains(msg, "bind message supplies"):
-			return adviceSplitStatements
-		case strings.Contains(msg, "statement pooling mode"):
+		var begin *beginError
+		if errors.As(err, &begin) {
 			return adviceStatementMode
 		}
+		return adviceSplitStatements
 	}
 	return ""
 }

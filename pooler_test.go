@@ -32,9 +32,11 @@ func TestPoolerAdvice(t *testing.T) {
 		{errCachedMissing, adviceSplitStatements},
 		{errCachedExists, adviceSplitStatements},
 		{errBindMismatch, adviceSplitStatements},
-		{errStatementMode, adviceStatementMode},
+		{errStatementMode, adviceSplitStatements}, // not from a BEGIN: a split call
 		{fmt.Errorf("leasering: checking schema: %w", classifyDBError(errUnnamedMissing)), adviceSplitStatements},
-		{&pgError{"08P01", "invalid startup packet layout"}, ""},
+		{&pgError{"08P01", "invalid startup packet layout"}, adviceSplitStatements}, // by SQLSTATE: any protocol violation
+		{&beginError{errStatementMode}, adviceStatementMode},
+		{&beginError{&pgError{"08006", "connection failure"}}, ""},
 		{&pgError{"28P01", "password authentication failed"}, ""},
 		{&pgError{"40P01", "deadlock detected"}, ""},
 		{refused(), ""},
@@ -152,7 +154,7 @@ func TestHeartbeatPoolerErrorLoggedOnce(t *testing.T) {
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "the failures and a renewal after them", func() bool { return met(db, mock) && c.Stats().Renewals == 2 })
+	c.runUntil(time.Second, "the failures and a renewal after them", func() bool { return met(db, mock) && c.Stats().Renewals == 2 })
 	if s := c.Stats(); s.RenewFailures != 4 {
 		t.Errorf("RenewFailures = %d, want 4", s.RenewFailures)
 	}

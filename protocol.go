@@ -82,15 +82,16 @@ type renewResult struct {
 	err        error
 }
 
-// renew makes one call of renew_and_read; scan asks it for the earliest
-// other lease end (and to evict lapsed nodes); probe asks only how long the
-// lease has left, extending nothing.
+// renew makes one call of renew_and_read, the heartbeat: it extends the
+// node's lease, confirms the releases and reads the rings that changed
+// (see renewOpts for what else it may ask).
 //
 // sentAt is when the call is sent on the database's clock, estimated from
 // the last answer; a call the database finds older than a quarter of a
 // lease extends nothing.
-func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan, probe bool) renewResult {
-	res := renewResult{sent: time.Now(), scanned: scan && !probe, probe: probe}
+func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts) renewResult {
+	scan := opts.scan && !opts.probe
+	res := renewResult{sent: c.clock.Now(), scanned: scan, probe: opts.probe}
 	q := c.db
 	if pool, ok := c.db.(*sql.DB); ok {
 		// Take the connection first, so that the time a call waited in the
@@ -98,18 +99,18 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan, pr
 		// would take a call delayed by a busy pool for a late one.
 		conn, err := pool.Conn(ctx)
 		if err != nil {
-			res.recv, res.err = time.Now(), err
+			res.recv, res.err = c.clock.Now(), err
 			return res
 		}
 		defer conn.Close()
-		q, res.sent = conn, time.Now()
+		q, res.sent = conn, c.clock.Now()
 	}
 	var sentAt sql.NullTime
 	if clock := c.dbClock.Load(); clock != nil {
 		sentAt = sql.NullTime{Time: clock.db.Add(res.sent.Sub(clock.local)), Valid: true}
 	}
 	ttl := c.cfg.ttl.Milliseconds()
-	if probe {
+	if opts.probe {
 		ttl, rings = 0, []ringRequest{}
 	}
 	arg, err := json.Marshal(rings)
@@ -123,10 +124,10 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, claim, scan, pr
 	var dbTime sql.NullTime
 	err = c.inTx(ctx, q, func(q DB) error {
 		return q.QueryRowContext(ctx, c.q.renew,
-			c.cfg.nodeID, c.incarnation, ttl, c.cfg.metadata, string(arg), claim, scan && !probe, sentAt,
+			c.cfg.nodeID, c.incarnation, ttl, c.cfg.metadata, string(arg), opts.claim, scan, sentAt,
 		).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce, &dbTime)
 	})
-	res.recv = time.Now()
+	res.recv = c.clock.Now()
 	if err == nil && dbTime.Valid {
 		c.dbClock.Store(&dbClock{db: dbTime.Time, local: res.recv})
 	}
@@ -199,7 +200,7 @@ func (c *Client) inTx(ctx context.Context, q DB, fn func(DB) error) error {
 	}
 	tx, err := b.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
-		return err
+		return &beginError{err}
 	}
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback()
@@ -212,3 +213,11 @@ func (c *Client) inTx(ctx context.Context, q DB, fn func(DB) error) error {
 type txBeginner interface {
 	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
 }
+
+// beginError is the failure of an explicit transaction's BEGIN, which a
+// pooler in statement mode refuses (see poolerAdvice). Its text is the
+// driver's.
+type beginError struct{ err error }
+
+func (e *beginError) Error() string { return e.err.Error() }
+func (e *beginError) Unwrap() error { return e.err }

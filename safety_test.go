@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -251,6 +254,52 @@ func TestValidSQLKey(t *testing.T) {
 		p := PartitionOf(key, 1024)
 		if p < 0 || p >= 1024 || p != PartitionOf(key, 1024) {
 			t.Errorf("PartitionOf(%q, 1024) = %d", key, p)
+		}
+	}
+}
+
+// TestEveryRaisedStateIsMapped: every SQLSTATE the SQL raises on purpose
+// (the files under sql/, and the migration's guard) means something to the
+// client, by code: a sentinel, or a retry. A code added to the SQL without
+// a line in lrStates fails here.
+func TestEveryRaisedStateIsMapped(t *testing.T) {
+	raised := map[string]string{} // code -> where
+	errcode := regexp.MustCompile(`ERRCODE\s*=\s*'(LR[0-9A-Z]{3})'`)
+	note := func(where, text string) {
+		for _, m := range errcode.FindAllStringSubmatch(text, -1) {
+			raised[m[1]] = where
+		}
+	}
+	err := filepath.WalkDir("sql", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".sql") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		note(path, string(b))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	note("migrationScript", migrationScript(DefaultSchema))
+	if len(raised) == 0 {
+		t.Fatal("found no ERRCODE in the SQL")
+	}
+	for code, where := range raised {
+		if _, ok := lrStates[code]; !ok {
+			t.Errorf("%s raises SQLSTATE %s, which lrStates does not map", where, code)
+		}
+	}
+	for code, m := range lrStates {
+		if _, ok := raised[code]; !ok {
+			t.Errorf("lrStates maps %s, which no SQL raises", code)
+		}
+		err := classifyDBError(&pgError{code, "raised on purpose"})
+		switch {
+		case m.sentinel != nil && !errors.Is(err, m.sentinel):
+			t.Errorf("an error with SQLSTATE %s is classified %v, want %v", code, err, m.sentinel)
+		case m.retry && !transient(err):
+			t.Errorf("an error with SQLSTATE %s is not retried", code)
 		}
 	}
 }

@@ -44,9 +44,6 @@ func (s *stats) renewed(res renewResult, deadline time.Time, views int) {
 	s.ringChanges += int64(views)
 }
 
-// viewed counts a view read outside a heartbeat (read_views).
-func (s *stats) viewed() { s.addViews(1) }
-
 // addViews counts ring views received.
 func (s *stats) addViews(n int) {
 	s.mu.Lock()
@@ -68,7 +65,7 @@ func (s *stats) lost() {
 
 // Stats returns the client's counters and the partitions it owns now.
 func (c *Client) Stats() Stats {
-	now := time.Now()
+	now := c.clock.Now()
 	c.st.mu.Lock()
 	out := Stats{
 		NodeID:           c.cfg.nodeID,

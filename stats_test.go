@@ -35,18 +35,20 @@ func TestStatsAndHealth(t *testing.T) {
 		t.Errorf("Healthy after Start: %v", err)
 	}
 	rec := httptest.NewRecorder()
-	HealthHandler(c).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	HealthHandler(c.Client).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
 	if rec.Code != http.StatusOK {
 		t.Errorf("healthz %d", rec.Code)
 	}
-	waitUntil(t, 2*time.Second, "the lease to be lost", func() bool { return len(l.Values()) == 0 })
-	waitUntil(t, time.Second, "Healthy to fail", func() bool { return errors.Is(c.Healthy(), ErrLeaseLost) })
+	c.runUntil(time.Second, "the lease to be lost", func() bool { return len(l.Values()) == 0 })
+	if err := c.Healthy(); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Healthy once the lease is lost: %v, want ErrLeaseLost", err)
+	}
 	s = c.Stats()
 	if s.RenewFailures == 0 || s.LeaseLosses != 1 || s.LeaseLeft != 0 || s.Owned["orders"] != 0 {
 		t.Errorf("stats after the lease was lost: %+v", s)
 	}
 	rec = httptest.NewRecorder()
-	HealthHandler(c).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	HealthHandler(c.Client).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Errorf("healthz %d after the lease was lost", rec.Code)
 	}

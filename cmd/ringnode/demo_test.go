@@ -136,8 +136,9 @@ func TestDemoWithoutDSNStartsPrivateServer(t *testing.T) {
 	}
 }
 
-// TestConnectErrorsSayWhatHappened: refused, a wrong password, a missing
-// role and a missing database each get their own reason and advice.
+// TestConnectErrorsSayWhatHappened: refused, a wrong password, a role let
+// in by no rule and a missing database each get their own reason and
+// advice, told apart by SQLSTATE.
 func TestConnectErrorsSayWhatHappened(t *testing.T) {
 	const dsn = "postgres://app:s3cret@db.example:5432/app"
 	for _, tc := range []struct {
@@ -146,7 +147,8 @@ func TestConnectErrorsSayWhatHappened(t *testing.T) {
 	}{
 		{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, []string{"nothing listens at", "start PostgreSQL"}},
 		{&pq.Error{Code: "28P01", Message: `password authentication failed for user "app"`}, []string{"refused the password", "put the right one"}},
-		{&pq.Error{Code: "28000", Message: `role "app" does not exist`}, []string{"no such role", "createuser"}},
+		{&pq.Error{Code: "28000", Message: `role "app" does not exist`}, []string{"does not let this role in", "createuser", `role "app" does not exist`}},
+		{&pq.Error{Code: "28000", Message: `no pg_hba.conf entry for host "10.0.0.1", user "app"`}, []string{"does not let this role in", "pg_hba.conf"}},
 		{&pq.Error{Code: "3D000", Message: `database "app" does not exist`}, []string{"no such database", "createdb"}},
 	} {
 		msg := explainConnectError(dsn, tc.err).Error()

@@ -345,19 +345,21 @@ func openDB(dsn string) (*sql.DB, error) {
 	return db, nil
 }
 
-// explainConnectError says which of refused, authentication, missing role
-// or missing database kept us out, and what to do about it.
+// explainConnectError says which of refused, a wrong password, a role not
+// let in or a missing database kept us out, and what to do about it.
 func explainConnectError(dsn string, err error) error {
 	at := redact(dsn)
 	var pqErr *pq.Error
 	if errors.As(err, &pqErr) {
+		// By SQLSTATE alone: 28000 covers a missing role, a role without
+		// LOGIN and a pg_hba.conf that refuses it; the server's message
+		// (in err) says which.
 		switch {
-		case pqErr.Code == "28P01" || pqErr.Code == "28000" && strings.Contains(pqErr.Message, "authentication"):
+		case pqErr.Code == "28P01":
 			return fmt.Errorf("PostgreSQL at %s refused the password (%v): put the right one in -dsn or DATABASE_URL (postgres://user:password@host/db)", at, err)
-		case pqErr.Code == "28000" && strings.Contains(pqErr.Message, "does not exist"):
-			return fmt.Errorf("PostgreSQL at %s has no such role (%v): name an existing user in -dsn, or create it (createuser --createdb NAME)", at, err)
 		case pqErr.Code == "28000":
-			return fmt.Errorf("PostgreSQL at %s does not let this role in (%v): check pg_hba.conf and the role's LOGIN right, or use another user in -dsn", at, err)
+			return fmt.Errorf("PostgreSQL at %s does not let this role in (%v): name an existing user in -dsn or create it (createuser --createdb NAME), "+
+				"and check its LOGIN right and pg_hba.conf", at, err)
 		case pqErr.Code == "3D000":
 			return fmt.Errorf("PostgreSQL at %s has no such database (%v): name an existing one in -dsn, or create it (createdb NAME)", at, err)
 		}

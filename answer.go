@@ -1,0 +1,180 @@
+package leasering
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+)
+
+// apply takes one heartbeat's outcome, at now: a failure, a probe's
+// answer, or the node's status with the rings that changed.
+func (c *Client) apply(res renewResult, now time.Time) {
+	switch {
+	case res.err != nil:
+		late := res.recv.Sub(res.sent) >= c.cfg.renewTimeout || errors.Is(res.err, context.DeadlineExceeded)
+		c.failed(now, res.err, late)
+	case res.probe:
+		// It came back in time: the database is within reach again, and
+		// the next heartbeat, at once, renews (or rejoins, if the lease
+		// lapsed meanwhile).
+		c.hb.probed(now)
+		c.log.Debug("leasering: probe answered in time; renewing", "status", res.status, "lease_left", res.lease)
+	case res.status == statusLapsed: // it arrived too late to extend the lease, which has run out
+		c.failed(now, errors.New("leasering: heartbeat reached the database too late to extend the lease"), false)
+	case res.status == statusFenced:
+		c.fence(res.other)
+	default:
+		c.renewed(res, now)
+	}
+}
+
+// failed records a failed heartbeat; late says its answer did not come in
+// time (the next calls are probes).
+func (c *Client) failed(now time.Time, err error, late bool) {
+	if late {
+		c.hb.timedOut(now)
+	} else {
+		c.hb.failed(now)
+	}
+	c.st.failed()
+	c.checkPooler(err)
+	if c.hb.failures == 1 || c.hb.failures%10 == 0 {
+		c.log.Warn("leasering: heartbeat failed", "err", err, "attempts", c.hb.failures,
+			"lease_left", max(c.hb.deadline.Sub(now), 0))
+	}
+}
+
+// errTimedOut is the failure of a heartbeat whose answer did not come in
+// time.
+func errTimedOut(after time.Duration) error { return fmt.Errorf("heartbeat timed out after %v", after) }
+
+// fence stops the client for good: another process took the node id over.
+func (c *Client) fence(other string) {
+	c.log.Error("leasering: node id taken over by another process; stopping", "other_incarnation", other)
+	c.mu.Lock() // the leases fail before Err reports the fencing
+	for _, l := range c.leaseList() {
+		l.fail(fmt.Errorf("%w: node %q now belongs to incarnation %s", ErrFenced, c.cfg.nodeID, other))
+	}
+	c.fatal = ErrFenced
+	c.mu.Unlock()
+}
+
+// renewed takes an answered renewal ("ok" or "rejoined").
+func (c *Client) renewed(res renewResult, now time.Time) {
+	if res.status == statusRejoined {
+		c.log.Warn("leasering: lease had lapsed; rejoined")
+	}
+	if c.hb.failures > 0 {
+		c.log.Info("leasering: heartbeat recovered", "failed_attempts", c.hb.failures)
+	}
+	c.hb.lastRTT, c.hb.lastLease = res.recv.Sub(res.sent), res.lease
+	views, release, revoking := c.applyChanges(res, now)
+	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold,
+		scanned: res.scanned, nextExpiry: res.nextExpiry, release: release, revoking: revoking})
+	c.st.renewed(res, c.hb.deadline, views)
+	c.announce(res.announce)
+	if c.hb.lost && c.hb.deadline.After(now) {
+		c.hb.lost = false
+		c.lost.Store(false)
+		c.log.Info("leasering: lease regained")
+	}
+	if c.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.log.Debug("leasering: heartbeat", "status", res.status, "state", c.hb.state(now), "round_trip", res.recv.Sub(res.sent),
+			"lease", res.lease, "scanned", res.scanned, "next_event_in", res.nextExpiry, "next_renew_in", c.hb.next().Sub(now))
+	}
+}
+
+// applyChanges applies a renewal's ring changes to the leases. It returns
+// the number of views it applied, when a revoked partition may next be
+// released (now: at once; zero: none waits), and whether partitions wait
+// to be handed on.
+func (c *Client) applyChanges(res renewResult, now time.Time) (views int, release time.Time, revoking bool) {
+	releaseNow := false
+	c.mu.Lock()
+	for _, ch := range res.changes {
+		l, ok := c.leases[ch.Ring]
+		if !ok {
+			continue
+		}
+		switch ch.Status {
+		case ringSizeMismatch:
+			c.sizeMismatch(l, ch.Size)
+		case ringToJoin:
+			// Not a member (evicted while cut off, the answer that said
+			// "rejoined" lost on the way) or not reclaimed by this
+			// incarnation yet: whatever the last view gave may be another
+			// node's now. Report nothing of the ring until a fresh view.
+			l.forget()
+			if l.view.join == joined {
+				l.view.join = toJoin // the loop joins it, then a heartbeat reads its view
+			}
+		case ringLater:
+			c.hb.wake(now) // the next heartbeat brings the view
+		case ringView:
+			l.view.read = true // the loop reads it with read_views
+		default:
+			views++
+			before := len(l.view.current.values)
+			releaseNow = l.applyView(ch, now) || releaseNow
+			c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,
+				"owned_before", before, "owned", len(l.view.current.values), "revoking_partitions", ch.Revoking, "partitions", l.view.current.values)
+		}
+	}
+	if res.status == statusRejoined {
+		// What a node held before its lease lapsed may have gone to others:
+		// a ring whose fresh view did not come in this answer (its work was
+		// skipped on a busy lock) reports nothing until one does.
+		for name, l := range c.leases {
+			if !slices.ContainsFunc(res.changes, func(ch ringChange) bool { return ch.Ring == name && ch.Status == statusOK }) {
+				l.forget()
+			}
+		}
+	}
+	leases := c.leaseList()
+	c.mu.Unlock()
+
+	if releaseNow {
+		release = now
+	}
+	for _, l := range leases {
+		if _, next := l.releases(now, c.cfg.drain, c.cfg.maxDrain); !next.IsZero() && (release.IsZero() || next.Before(release)) {
+			release = next
+		}
+		revoking = revoking || len(l.view.revokedAt) > 0
+	}
+	return views, release, revoking
+}
+
+// sizeMismatch fails a lease whose ring exists with another size. Caller
+// holds c.mu.
+func (c *Client) sizeMismatch(l *Lease, size int) {
+	delete(c.leases, l.name)
+	l.fail(fmt.Errorf("%w: ring %q has size %d, this lease asked for %d", ErrRingSizeMismatch, l.name, size, l.size))
+	c.log.Error("leasering: ring size mismatch", "ring", l.name, "ring_size", size, "lease_size", l.size)
+}
+
+// announce tells listeners (see pqnotify) which rings this node just
+// changed: NOTIFY in a statement of its own, after the heartbeat's commit,
+// so that the heartbeat never waits on PostgreSQL's cluster-wide
+// notification lock. It does not wait for the answer; a lost announcement
+// only costs the listeners their next heartbeat.
+func (c *Client) announce(rings string) {
+	if rings == "" || rings == "[]" {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.heartbeat)
+		defer cancel()
+		_, _ = c.db.ExecContext(ctx, c.q.announce, c.NotifyChannel(), rings)
+	}()
+}
+
+// ringsJSON is names as a JSON array.
+func ringsJSON(names ...string) string {
+	b, _ := json.Marshal(names)
+	return string(b)
+}

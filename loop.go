@@ -1,0 +1,218 @@
+package leasering
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// heartbeat is the loop's own state. The loop alone touches it (Start
+// before the loop runs).
+type heartbeat struct {
+	schedule           // when the next heartbeat goes
+	beat      *attempt // the heartbeat in flight
+	join      sideCall // join_rings
+	views     sideCall // read_views
+	lost      bool     // the deadline passed without a renewal (reported once)
+	lastRTT   time.Duration
+	lastLease time.Duration // granted by the last renewal
+	unlive    int           // while starting: answered renewals in a row that left no live lease
+}
+
+// attempt is one heartbeat call in flight.
+type attempt struct {
+	result  chan renewResult
+	timeout time.Time
+	cancel  context.CancelFunc
+}
+
+// maxStuckRenews bounds the heartbeat attempts left running after their
+// timeout (a driver that ignores cancellation on a dead connection). Past
+// it, the client waits for one to return before it tries again.
+const maxStuckRenews = 4
+
+// run is the heartbeat loop. Each pass it times out a heartbeat that took
+// too long, launches the next one when the schedule says so (and the side
+// calls, join_rings and read_views, when a lease needs one), publishes what
+// the leases may report, then waits for the first of: an answer, the
+// schedule's next instant, a wake, Close. It never blocks on the database:
+// each call runs in its own goroutine, so the loop keeps the fencing
+// deadline even while a call hangs. Start has applied the first heartbeat.
+func (c *Client) run() {
+	defer close(c.done)
+	defer c.abandonStart()
+	c.hb.join = sideCall{what: "joining rings", rings: (*Client).joinRequests, call: (*Client).joinRings, apply: (*Client).joined}
+	c.hb.views = sideCall{what: "reading ring views", rings: (*Client).viewRequests, call: (*Client).readViews, apply: (*Client).viewed}
+	t := c.clock.NewTimer(time.Hour)
+	defer t.Stop()
+	renewed := true // Start's first heartbeat
+	for {
+		now := c.clock.Now()
+		if b := c.hb.beat; b != nil && !now.Before(b.timeout) {
+			b.cancel()
+			c.hb.beat = nil
+			c.failed(now, errTimedOut(c.cfg.renewTimeout), true)
+		}
+		if c.hb.beat == nil && c.hb.due(now) {
+			if c.calls.running() < maxStuckRenews {
+				c.hb.beat = c.launch(now)
+			} else {
+				c.hb.skipped(now)
+			}
+		}
+		c.hb.join.launch(c, now)
+		c.hb.views.launch(c, now)
+		c.publish(now)
+		if c.Err() != nil {
+			return
+		}
+		c.started(now, renewed)
+		renewed = false
+
+		t.Reset(max(c.wakeAt(now).Sub(now), 0))
+		var results chan renewResult
+		if c.hb.beat != nil {
+			results = c.hb.beat.result
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-c.wake:
+			c.hb.wake(c.clock.Now())
+		case <-t.C():
+		case res := <-results:
+			c.hb.beat = nil
+			c.apply(res, c.clock.Now())
+			renewed = res.err == nil && !res.probe
+		case res := <-c.hb.join.running:
+			c.hb.join.finish(c, res, c.clock.Now())
+		case res := <-c.hb.views.running:
+			c.hb.views.finish(c, res, c.clock.Now())
+		}
+	}
+}
+
+// wakeAt is when the loop must look again, whatever happens meanwhile.
+func (c *Client) wakeAt(now time.Time) time.Time {
+	var timeout time.Time
+	if c.hb.beat != nil {
+		timeout = c.hb.beat.timeout
+	}
+	t := c.hb.schedule.wakeAt(now, c.hb.beat != nil, timeout)
+	for _, s := range []*sideCall{&c.hb.join, &c.hb.views} {
+		if s.running == nil && s.after.After(now) {
+			t = earliest(t, s.after)
+		}
+	}
+	return t
+}
+
+// launch sends one heartbeat, in a goroutine of its own.
+func (c *Client) launch(now time.Time) *attempt {
+	opts := c.hb.launch(now)
+	rings := c.ringRequests(now)
+	ctx, cancel := context.WithTimeout(c.attempts, c.cfg.renewTimeout)
+	a := &attempt{result: make(chan renewResult, 1), timeout: now.Add(c.cfg.renewTimeout), cancel: cancel}
+	c.calls.run(func() {
+		defer cancel()
+		a.result <- c.renew(ctx, rings, opts)
+	})
+	return a
+}
+
+// ringRequests builds the heartbeat's argument: each lease's ring, the
+// version of the view it holds, and the releases the drain rule allows.
+//
+// A heartbeat confirms at most maxReleasesPerHeartbeat releases: each is a
+// row the database rewrites inside the heartbeat, and a node handing over
+// half of a ring of 65,536 has 32,768. The rest go with the next
+// heartbeats, which the loop sends at once (the wake spacing, a twentieth
+// of a heartbeat, apart).
+func (c *Client) ringRequests(now time.Time) []ringRequest {
+	c.mu.Lock()
+	leases := c.leaseList()
+	c.mu.Unlock()
+	rings := make([]ringRequest, 0, len(leases))
+	room := maxReleasesPerHeartbeat
+	for _, l := range leases {
+		version := l.view.version
+		if l.rejoin.Swap(false) { // ask for the whole view again
+			version, l.view.awaitRejoin = 0, true
+		}
+		released, _ := l.releases(now, c.cfg.drain, c.cfg.maxDrain)
+		if len(released) > room {
+			released = released[:room]
+			c.hb.wake(now) // more to confirm
+		}
+		room -= len(released)
+		rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
+			Version: version, Released: released})
+	}
+	return rings
+}
+
+// randomJitter is the schedule's jitter: uniform in [0, n].
+func randomJitter(n time.Duration) time.Duration { return rand.N(n + 1) }
+
+// maxReleasesPerHeartbeat bounds the releases one heartbeat confirms.
+const maxReleasesPerHeartbeat = 1024
+
+// publish shows each lease's current view while the node is live, and
+// nothing otherwise (see Lease.lose).
+func (c *Client) publish(now time.Time) {
+	live := c.hb.live(now)
+	if !now.Before(c.hb.deadline) && !c.hb.lost && !c.hb.deadline.IsZero() {
+		c.hb.lost = true
+		c.lost.Store(true)
+		c.st.lost()
+		c.log.Warn("leasering: lease deadline passed without a renewal; reporting nothing until the database answers")
+	}
+	c.mu.Lock()
+	leases := c.leaseList()
+	c.mu.Unlock()
+	for _, l := range leases {
+		switch {
+		case l.Err() != nil:
+		case live:
+			l.publish(l.view.current, ErrRevoked)
+		default:
+			l.lose(now)
+		}
+	}
+}
+
+// calls counts the database calls running off the loop (heartbeats,
+// joins, view reads), including those past their timeout.
+type calls struct {
+	n  atomic.Int32
+	wg sync.WaitGroup
+}
+
+func (k *calls) run(f func()) {
+	k.n.Add(1)
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		defer k.n.Add(-1)
+		f()
+	}()
+}
+
+func (k *calls) running() int32 { return k.n.Load() }
+
+// wait waits until no call runs, or ctx ends; it reports which.
+func (k *calls) wait(ctx context.Context) bool {
+	done := make(chan struct{})
+	go func() {
+		k.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,246 @@
+package leasering
+
+import "time"
+
+// The heartbeat schedule: when the next heartbeat goes, what it asks for,
+// and when the loop must wake.
+//
+// The loop records what happened (an answer, a failure, a probe's answer,
+// a wake, a launch) and asks next when to send the next heartbeat. next is
+// the one place that decides, and it reads only those records: no clock
+// and no randomness (the jitter is drawn when a record is made), so
+// schedule_test.go checks each rule at chosen instants.
+//
+// The rules, in next:
+//
+//   - After a renewal: one heartbeat after it was sent; sooner, just after
+//     another node's lease ends (jittered), so that a dead node's
+//     partitions are taken over at once; when a revoked partition's drain
+//     ends; at once when a revoked partition was never reported; just
+//     after a hold ends while partitions wait to be handed on.
+//   - After a failure: a jittered exponential backoff, an eighth of a
+//     heartbeat doubling up to one heartbeat.
+//   - After a probe answered in time: at once, to renew.
+//   - After a launch refused because calls hang: one heartbeat later.
+//   - A wake (a new lease, an Unlock, a ring announced changed, a "later"
+//     answer, more releases than one heartbeat carries) brings the next
+//     heartbeat forward, but never to less than a twentieth of a heartbeat
+//     after the last launch.
+
+// outcome is what the last heartbeat came to, as far as the schedule cares.
+type outcome int
+
+const (
+	outcomeNone    outcome = iota // nothing yet: a heartbeat at once
+	outcomeRenewed                // a renewal was answered
+	outcomeFailed                 // failed, timed out, or answered too late to count
+	outcomeProbed                 // a probe was answered in time
+	outcomeSkipped                // not launched: too many calls hang
+)
+
+// schedule is the heartbeat loop's record of time. Owned by the loop (and
+// by Start before the loop runs).
+type schedule struct {
+	heartbeat time.Duration
+	margin    time.Duration                       // the deadline is this much before the granted lease ends
+	jitter    func(n time.Duration) time.Duration // uniform in [0, n]
+
+	// The lease the last renewal granted.
+	deadline  time.Time // report nothing from this time on
+	holdUntil time.Time // nor before this (a node id taken over from a live process)
+
+	// The earliest end of another node's lease, as an early and a late
+	// estimate (zero: unknown). No scan before the early one (nothing
+	// could be evicted); a renewal just after the late one.
+	scanAfter, otherExpiry time.Time
+
+	probe    bool // a heartbeat went unanswered in time: extend nothing until a probe is answered in time
+	failures int  // in a row
+
+	// The last outcome, and what it says about the next heartbeat.
+	last     outcome
+	at       time.Time     // when the loop took it
+	sent     time.Time     // renewed: when that heartbeat was sent
+	recv     time.Time     // renewed: when its answer came
+	spread   time.Duration // the jitter drawn for it
+	release  time.Time     // renewed: when a revoked partition may next be confirmed released (zero: none)
+	revoking bool          // renewed: partitions wait to be handed on
+
+	launched time.Time // the last heartbeat's launch
+	woken    time.Time // the first wake since then (zero: none)
+}
+
+// renewal is what an answered renewal tells the schedule.
+type renewal struct {
+	sent, recv time.Time
+	lease      time.Duration // granted, counted from sent
+	hold       time.Duration // report nothing for this long after recv
+	scanned    bool          // nextExpiry is known
+	nextExpiry time.Duration // another node's lease ends this long after the answer (-1: none)
+	release    time.Time     // see schedule.release
+	revoking   bool
+}
+
+// renewOpts says what one renew_and_read call asks for.
+type renewOpts struct {
+	claim bool // take the node id over (Start's first heartbeat)
+	scan  bool // evict lapsed nodes and report the earliest other lease end
+	probe bool // only ask how long the lease has left, extending nothing
+}
+
+// renewed records an answered renewal taken at now.
+func (s *schedule) renewed(now time.Time, r renewal) {
+	s.failures = 0
+	s.deadline = r.sent.Add(r.lease - s.margin)
+	s.holdUntil = r.recv.Add(r.hold)
+	if r.scanned {
+		// No other node: scan every time (it is cheap then).
+		s.scanAfter, s.otherExpiry = time.Time{}, time.Time{}
+		if r.nextExpiry >= 0 {
+			s.scanAfter, s.otherExpiry = r.sent.Add(r.nextExpiry), r.recv.Add(r.nextExpiry)
+		}
+	}
+	s.last, s.at, s.sent, s.recv = outcomeRenewed, now, r.sent, r.recv
+	s.release, s.revoking = r.release, r.revoking
+	s.spread = s.jitter(s.heartbeat / 10)
+}
+
+// failed records a failed heartbeat.
+func (s *schedule) failed(now time.Time) {
+	s.failures++
+	s.last, s.at = outcomeFailed, now
+	s.spread = s.jitter(s.backoff() / 2)
+}
+
+// timedOut records a heartbeat whose answer did not come in time: it may
+// have extended the lease unknown to us, so only probes go until one is
+// answered in time.
+func (s *schedule) timedOut(now time.Time) {
+	s.probe = true
+	s.failed(now)
+}
+
+// probed records a probe answered in time.
+func (s *schedule) probed(now time.Time) {
+	s.probe = false
+	s.last, s.at = outcomeProbed, now
+}
+
+// skipped records a heartbeat not launched because calls hang.
+func (s *schedule) skipped(now time.Time) {
+	s.last, s.at = outcomeSkipped, now
+	s.woken = time.Time{}
+}
+
+// wake asks for a heartbeat soon.
+func (s *schedule) wake(now time.Time) {
+	if s.woken.IsZero() {
+		s.woken = now
+	}
+}
+
+// launch records a heartbeat launched at now and says what it asks for.
+func (s *schedule) launch(now time.Time) renewOpts {
+	s.launched, s.woken = now, time.Time{}
+	return renewOpts{scan: s.scanAfter.IsZero() || !now.Before(s.scanAfter), probe: s.probe}
+}
+
+// backoff is the delay after the failures so far, before jitter: the
+// retry goes between half of it and all of it.
+func (s *schedule) backoff() time.Duration {
+	return min(s.heartbeat/8<<min(s.failures-1, 3), s.heartbeat)
+}
+
+// next is when the next heartbeat goes.
+func (s *schedule) next() time.Time {
+	var t time.Time // outcomeNone: at once
+	switch s.last {
+	case outcomeRenewed:
+		t = s.sent.Add(s.heartbeat)
+		if !s.otherExpiry.IsZero() {
+			// Just after another lease ends, so that if its node died we
+			// take over at once; the jitter keeps the survivors from all
+			// arriving in the same instant.
+			t = earliest(t, latest(s.otherExpiry.Add(time.Millisecond), s.recv.Add(s.heartbeat/20)).Add(s.spread))
+		}
+		if !s.release.IsZero() {
+			t = earliest(t, s.release)
+		}
+		if s.revoking && s.holdUntil.After(s.at) {
+			// Releases sent during a hold only mark the partitions; one
+			// sent once it is over hands them on.
+			t = earliest(t, s.holdUntil.Add(time.Millisecond))
+		}
+	case outcomeFailed:
+		t = s.at.Add(s.backoff()/2 + s.spread)
+	case outcomeProbed:
+		t = s.at
+	case outcomeSkipped:
+		t = s.at.Add(s.heartbeat)
+	}
+	if !s.woken.IsZero() {
+		t = earliest(t, latest(s.launched.Add(s.heartbeat/20), s.woken))
+	}
+	return t
+}
+
+// due reports whether the next heartbeat should go at now.
+func (s *schedule) due(now time.Time) bool { return !now.Before(s.next()) }
+
+// live reports whether the leases may report their views at now.
+func (s *schedule) live(now time.Time) bool {
+	return now.Before(s.deadline) && !now.Before(s.holdUntil)
+}
+
+// wakeAt is when the loop must look again: the next heartbeat (or the
+// timeout of the one in flight), the deadline, the end of the hold.
+func (s *schedule) wakeAt(now time.Time, inflight bool, timeout time.Time) time.Time {
+	t := s.next()
+	if inflight {
+		t = timeout
+	}
+	for _, u := range []time.Time{s.deadline, s.holdUntil} {
+		if u.After(now) {
+			t = earliest(t, u)
+		}
+	}
+	return t
+}
+
+// Node states, as the package documentation's table names them.
+const (
+	stateLive    = "live"    // the lease runs: the leases report their views
+	stateHeld    = "held"    // the lease runs, but the node id's previous process may still report
+	stateLate    = "late"    // heartbeats fail; the lease still runs
+	stateProbing = "probing" // a heartbeat timed out; only probes go until one is answered in time
+	stateLapsed  = "lapsed"  // the deadline passed without a renewal: nothing is reported
+)
+
+// state is the node's heartbeat state at now (once started).
+func (s *schedule) state(now time.Time) string {
+	switch {
+	case !now.Before(s.deadline):
+		return stateLapsed
+	case s.probe:
+		return stateProbing
+	case s.failures > 0:
+		return stateLate
+	case now.Before(s.holdUntil):
+		return stateHeld
+	}
+	return stateLive
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
