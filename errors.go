@@ -94,6 +94,9 @@ var lrStates = map[string]struct {
 	stateConcurrentStart: {retry: true}, // two processes started one node id at once
 	stateNotReadCommit:   {retry: true}, // the client retries in a READ COMMITTED transaction (inTx)
 	stateEncoding:        {sentinel: ErrUnsupported},
+	// Another process migrated between our reading the version and our
+	// migration taking its lock: ensureSchema reads the version again.
+	stateSchemaOtherVersion: {retry: true},
 }
 
 // sqlState is the SQLSTATE of a database error, "" for any other error.

@@ -51,6 +51,11 @@ func InvariantsSQL(schema string) (string, error) {
 	return strings.ReplaceAll(invariantsSQL, sqlSchemaQualifier, quoteIdent(schema)+"."), nil
 }
 
+// Querier is what CheckInvariants needs: a *sql.DB, *sql.Conn or *sql.Tx.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
 // CheckInvariants runs InvariantsSQL(schema) on db and returns the
 // violations it finds, none for a healthy schema. ttl is the longest TTL
 // of the schema's clients (DefaultTTL unless they set WithTTL), which three
@@ -58,13 +63,22 @@ func InvariantsSQL(schema string) (string, error) {
 // heartbeats would have cleaned up two TTLs ago): a ttl shorter than a
 // client's flags healthy state. db may be a *sql.Tx (the query only
 // reads), which then sees its own changes.
-func CheckInvariants(ctx context.Context, db DB, schema string, ttl time.Duration) ([]Violation, error) {
-	if tx, ok := db.(*sql.Tx); !ok {
-		if err := checkDB(db); err != nil {
-			return nil, err
+func CheckInvariants(ctx context.Context, db Querier, schema string, ttl time.Duration) ([]Violation, error) {
+	switch d := db.(type) {
+	case nil:
+		return nil, fmt.Errorf("%w: db is nil", ErrInvalidArgument)
+	case *sql.DB:
+		if d == nil {
+			return nil, fmt.Errorf("%w: db is a nil *sql.DB", ErrInvalidArgument)
 		}
-	} else if tx == nil {
-		return nil, fmt.Errorf("%w: db is a nil *sql.Tx", ErrInvalidArgument)
+	case *sql.Conn:
+		if d == nil {
+			return nil, fmt.Errorf("%w: db is a nil *sql.Conn", ErrInvalidArgument)
+		}
+	case *sql.Tx:
+		if d == nil {
+			return nil, fmt.Errorf("%w: db is a nil *sql.Tx", ErrInvalidArgument)
+		}
 	}
 	if ttl < MinTTL {
 		return nil, fmt.Errorf("%w: TTL %v is below the minimum %v", ErrInvalidArgument, ttl, MinTTL)

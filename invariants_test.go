@@ -71,15 +71,15 @@ func TestCheckInvariantsRefusesBadArguments(t *testing.T) {
 	var nilTx *sql.Tx
 	for _, c := range []struct {
 		name   string
-		db     DB
+		db     Querier
 		schema string
 		ttl    time.Duration
 		says   string
 	}{
 		{"nil db", nil, DefaultSchema, DefaultTTL, "db is nil"},
 		{"nil tx", nilTx, DefaultSchema, DefaultTTL, "nil *sql.Tx"},
-		{"bad schema", db, "Bad-Schema", DefaultTTL, `"Bad-Schema"`},
-		{"short TTL", db, DefaultSchema, MinTTL - 1, "TTL 99.999999ms"},
+		{"bad schema", db.db, "Bad-Schema", DefaultTTL, `"Bad-Schema"`},
+		{"short TTL", db.db, DefaultSchema, MinTTL - 1, "TTL 99.999999ms"},
 	} {
 		_, err := CheckInvariants(ctx, c.db, c.schema, c.ttl)
 		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), c.says) {
@@ -94,7 +94,7 @@ func TestCheckInvariantsReadsViolations(t *testing.T) {
 		sqlmock.NewRows([]string{"kind", "ring", "partition", "node", "detail"}).
 			AddRow("owner_not_member", "orders", 7, "ghost", "owner ghost, epoch 3; no member row").
 			AddRow("lease_not_evicted", nil, nil, "n1", "lease ended at ..."))
-	vs, err := CheckInvariants(context.Background(), db, "ops", 2500*time.Millisecond)
+	vs, err := CheckInvariants(context.Background(), db.db, "ops", 2500*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestCheckInvariantsReadsViolations(t *testing.T) {
 func TestCheckInvariantsClassifiesErrors(t *testing.T) {
 	db, mock := newMock(t)
 	mock.ExpectQuery(`FROM "leasering".partitions`).WillReturnError(&pgError{code: "42501", msg: "permission denied for table partitions"})
-	_, err := CheckInvariants(context.Background(), db, DefaultSchema, DefaultTTL)
+	_, err := CheckInvariants(context.Background(), db.db, DefaultSchema, DefaultTTL)
 	if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), `schema "leasering"`) {
 		t.Errorf("a refused read: %v, want ErrPermanent naming the schema", err)
 	}

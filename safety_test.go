@@ -281,7 +281,11 @@ func TestEveryRaisedStateIsMapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	note("migrationScript", migrationScript(DefaultSchema))
+	script, err := migrationScript(DefaultSchema, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	note("migrationScript", script)
 	if len(raised) == 0 {
 		t.Fatal("found no ERRCODE in the SQL")
 	}
