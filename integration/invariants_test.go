@@ -235,7 +235,7 @@ func databaseOf(dsn string) string {
 
 // kindsOf runs the check on db (a transaction sees its own changes) and
 // returns the kinds it found, sorted, each once.
-func kindsOf(t *testing.T, db leasering.DB, schema string, ttl time.Duration) ([]string, []leasering.Violation) {
+func kindsOf(t *testing.T, db leasering.Querier, schema string, ttl time.Duration) ([]string, []leasering.Violation) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
