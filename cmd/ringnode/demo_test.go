@@ -82,12 +82,15 @@ func freshDatabase(t *testing.T) string {
 	return dsn + " dbname=" + name // key=value: the last value of a key counts
 }
 
-// TestDemoRunsEndToEnd runs the README's first command, faster, against
-// the test database: every step converges and the summary is printed. Then
-// status shows the demo's ring in its schema.
+// TestDemoRunsEndToEnd runs the README's first command against the test
+// database, on a smaller ring: every step converges and the summary is
+// printed. Then status shows the demo's ring in its schema. It keeps the
+// demo's TTL: at 500 ms a heartbeat that takes over 125 ms to arrive
+// extends nothing, which a busy CI machine reached often enough that the
+// demo failed there in 2 of 2 runs.
 func TestDemoRunsEndToEnd(t *testing.T) {
 	dsn := freshDatabase(t)
-	code, out, errOut := run(t, "demo", "-dsn", dsn, "-ttl", "500ms", "-size", "32")
+	code, out, errOut := run(t, "demo", "-dsn", dsn, "-size", "32")
 	if code != 0 {
 		t.Fatalf("demo exited %d: %s\n%s", code, errOut, out)
 	}
@@ -121,7 +124,7 @@ func TestDemoWithoutDSNStartsPrivateServer(t *testing.T) {
 		t.Skip(err)
 	}
 	t.Setenv("DATABASE_URL", "")
-	code, out, errOut := run(t, "demo", "-ttl", "500ms", "-size", "16")
+	code, out, errOut := run(t, "demo", "-size", "16") // the demo's TTL: see TestDemoRunsEndToEnd
 	if code != 0 {
 		t.Fatalf("demo exited %d: %s\n%s", code, errOut, out)
 	}
