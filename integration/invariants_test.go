@@ -129,6 +129,17 @@ func (e *env) invariantViolations() ([]string, error) {
 	if !migrated {
 		return nil, nil
 	}
+	// The check reads the tables of this library's version: a schema a
+	// test left at another (the upgrade tests, the files of older
+	// releases) has other columns.
+	var version int
+	if err := db.QueryRowContext(ctx, `SELECT version FROM `+s+`.schema_version`).Scan(&version); err != nil {
+		return nil, err
+	}
+	if version != leasering.SchemaVersion {
+		e.t.Logf("invariant check skipped: schema %s is at version %d, the check reads version %d", e.schema, version, leasering.SchemaVersion)
+		return nil, nil
+	}
 	e.inv.mu.Lock()
 	defer e.inv.mu.Unlock()
 	ttl := e.inv.ttl
