@@ -18,6 +18,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -79,7 +80,9 @@ func runTests(m *testing.M) int {
 	testDSN = srv.DSN
 	fmt.Fprintf(os.Stderr, "integration: PostgreSQL from %s\n", srv.Source)
 	code := m.Run()
-	if n := skipped.Load(); n > 0 {
+	if n := skipped.Load(); n == 1 {
+		fmt.Fprintln(os.Stderr, "integration: 1 test skipped (run with -v to see why)")
+	} else if n > 1 {
 		fmt.Fprintf(os.Stderr, "integration: %d tests skipped (run with -v to see why)\n", n)
 	}
 	return code
@@ -148,6 +151,29 @@ func skip(t testing.TB, args ...any) {
 	t.Skip(args...)
 }
 
+// privateCluster starts a private cluster for t alone, stopped at its end,
+// for tests that change the server (its configuration, a restart). It
+// skips t (counted) when this machine has no PostgreSQL binaries, as when
+// the test server comes from a DSN or Docker.
+func privateCluster(t testing.TB) *localpg.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := localpg.Start(ctx)
+	if errors.Is(err, localpg.ErrNoPostgres) {
+		skip(t, err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return c
+}
+
 // needDB returns the test server's DSN. It reads the variables that choose
 // the server again, inside the test, so that go test's cache, which keys a
 // result on the variables a test reads, runs the tests again when they
@@ -194,9 +220,15 @@ type node struct {
 	down   atomic.Bool                 // crashed or closed: not expected to report
 }
 
+// newEnv makes an env on the test server.
 func newEnv(t testing.TB, ttl, heartbeat time.Duration) *env {
 	t.Helper()
-	dsn := needDB(t)
+	return newEnvOn(t, needDB(t), ttl, heartbeat)
+}
+
+// newEnvOn makes an env on the server at dsn (a private cluster, say).
+func newEnvOn(t testing.TB, dsn string, ttl, heartbeat time.Duration) *env {
+	t.Helper()
 	admin := openDB(t, dsn)
 	e := &env{t: t, dsn: dsn, schema: "lrt_" + randomSuffix(), admin: admin, ttl: ttl, heartbeat: heartbeat}
 	t.Cleanup(func() {

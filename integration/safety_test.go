@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/leasering/leasering"
-	"github.com/leasering/leasering/internal/localpg"
 )
 
 // The tests of this file try the library as a hostile or careless user
@@ -590,16 +589,7 @@ func epochOf(l *leasering.Lease, p int) (int64, error) {
 // private cluster of its own and turns on password authentication there.
 func TestWrongPasswordFailsFast(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cluster, err := localpg.Start(ctx)
-	if errors.Is(err, localpg.ErrNoPostgres) { // a server from a DSN or Docker, no local binaries
-		skip(t, err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop() })
+	cluster := privateCluster(t)
 	admin := openPool(t, cluster.DSN)
 	execAll(t, admin, `CREATE ROLE lrt_pw LOGIN PASSWORD 'right'`)
 	hba := "host all lrt_pw 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\nlocal all all trust\n"

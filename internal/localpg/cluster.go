@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -33,13 +34,22 @@ type Cluster struct {
 	// took connections.
 	StartTime time.Duration
 
-	lock    *os.File      // held while the cluster lives; see sweepStale
-	cmd     *exec.Cmd     // the postmaster
-	exited  chan struct{} // closed when the postmaster has exited
-	waitErr error         // its exit status, set before exited is closed
+	user runAs    // who initdb and postgres run as
+	lock *os.File // held while the cluster lives; see sweepStale
+
+	mu      sync.Mutex // guards srv and stopped; held by Shutdown, Restart and Stop throughout
+	srv     *server    // the running postmaster; nil while shut down
+	stopped bool       // Stop was called
 
 	once    sync.Once
 	stopErr error
+}
+
+// server is one run of the postmaster.
+type server struct {
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when the postmaster has exited
+	waitErr error         // its exit status, set before exited is closed
 }
 
 const (
@@ -101,8 +111,8 @@ func start(ctx context.Context, s search) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("localpg: %w", err)
 	}
-	c := &Cluster{Dir: dir, BinDir: bin}
-	if err := c.setup(ctx, u); err != nil {
+	c := &Cluster{Dir: dir, BinDir: bin, user: u}
+	if err := c.setup(ctx); err != nil {
 		_ = c.Stop()
 		return nil, err
 	}
@@ -111,7 +121,8 @@ func start(ctx context.Context, s search) (*Cluster, error) {
 }
 
 // setup does Start's work in c.Dir.
-func (c *Cluster) setup(ctx context.Context, u runAs) error {
+func (c *Cluster) setup(ctx context.Context) error {
+	u := c.user
 	f, err := os.OpenFile(filepath.Join(c.Dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("localpg: %w", err)
@@ -145,29 +156,26 @@ func (c *Cluster) setup(ctx context.Context, u runAs) error {
 
 	// A free port may be taken before postgres binds it: then try another.
 	for attempt := 1; ; attempt++ {
-		err := c.startServer(ctx, u, data)
+		port, err := freePort()
+		if err != nil {
+			return fmt.Errorf("localpg: %w", err)
+		}
+		c.mu.Lock()
+		err = c.startServer(ctx, port, 0)
+		c.mu.Unlock()
 		if err == nil {
+			c.Port = port
 			break
 		}
 		log, _ := os.ReadFile(filepath.Join(c.Dir, logName))
 		if attempt < 5 && ctx.Err() == nil && bytes.Contains(log, []byte("could not bind")) {
-			c.killServer()
 			continue
 		}
 		return fmt.Errorf("localpg: %s: %v%s", filepath.Join(c.BinDir, "postgres"), err, lastLines("server log", log))
 	}
 
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port))
-	for {
-		err := execSQL(ctx, addr, "postgres", "postgres", "CREATE DATABASE test")
-		if err == nil {
-			break
-		}
-		var pe *pgError
-		if ctx.Err() == nil && errors.As(err, &pe) && pe.Code == cannotConnectNow {
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
+	if err := whileStarting(ctx, func() error { return execSQL(ctx, addr, "postgres", "postgres", "CREATE DATABASE test") }); err != nil {
 		log, _ := os.ReadFile(filepath.Join(c.Dir, logName))
 		return fmt.Errorf("localpg: creating database test on %s: %v%s", addr, err, lastLines("server log", log))
 	}
@@ -175,23 +183,44 @@ func (c *Cluster) setup(ctx context.Context, u runAs) error {
 	return nil
 }
 
-// startServer starts the postmaster on a free port and waits until its
-// postmaster.pid says it is ready.
-func (c *Cluster) startServer(ctx context.Context, u runAs, data string) error {
-	port, err := freePort()
-	if err != nil {
-		return err
+// whileStarting calls f until it does not fail with "the database system is
+// starting up" or ctx is done, and returns its last error.
+func whileStarting(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		var pe *pgError
+		if err == nil || ctx.Err() != nil || !errors.As(err, &pe) || pe.Code != cannotConnectNow {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
-	c.Port = port
+}
+
+// startServer starts the postmaster on port and waits until its
+// postmaster.pid says it is ready. The server log is appended to from
+// logFrom on (0: a new log). On failure the postmaster is ended and c.srv
+// is nil. The caller holds c.mu.
+func (c *Cluster) startServer(ctx context.Context, port int, logFrom int64) error {
+	data := filepath.Join(c.Dir, "data")
 	sockDir := c.Dir
 	if len(filepath.Join(sockDir, ".s.PGSQL.65535")) > 100 { // sun_path is 104 bytes on macOS
 		sockDir = ""
 	}
-	logf, err := os.OpenFile(filepath.Join(c.Dir, logName), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	logf, err := os.OpenFile(filepath.Join(c.Dir, logName), os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
+	if err := logf.Truncate(logFrom); err != nil {
+		return err
+	}
+	if _, err := logf.Seek(logFrom, io.SeekStart); err != nil {
+		return err
+	}
 
 	cmd := exec.Command(filepath.Join(c.BinDir, "postgres"), "-D", data,
 		"-c", "listen_addresses=127.0.0.1",
@@ -204,9 +233,8 @@ func (c *Cluster) startServer(ctx context.Context, u runAs, data string) error {
 	cmd.Env = childEnv()
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.SysProcAttr = procAttr(u, true)
-	c.cmd = cmd
-	c.exited = make(chan struct{})
+	cmd.SysProcAttr = procAttr(c.user, true)
+	s := &server{cmd: cmd, exited: make(chan struct{})}
 
 	// The parent-death signal (Linux) fires when the thread that forked the
 	// child exits, not the process. Go ends a thread only when a goroutine
@@ -220,13 +248,13 @@ func (c *Cluster) startServer(ctx context.Context, u runAs, data string) error {
 			return
 		}
 		started <- nil
-		c.waitErr = cmd.Wait()
-		close(c.exited)
+		s.waitErr = cmd.Wait()
+		close(s.exited)
 	}()
 	if err := <-started; err != nil {
-		c.cmd = nil
 		return err
 	}
+	c.srv = s
 
 	t0 := time.Now()
 	pidFile := filepath.Join(data, "postmaster.pid")
@@ -237,9 +265,13 @@ func (c *Cluster) startServer(ctx context.Context, u runAs, data string) error {
 			return nil
 		}
 		select {
-		case <-c.exited:
-			return fmt.Errorf("exited before taking connections: %v", c.waitErr)
+		case <-s.exited:
+			c.srv.kill()
+			c.srv = nil
+			return fmt.Errorf("exited before taking connections: %v", s.waitErr)
 		case <-ctx.Done():
+			c.srv.kill()
+			c.srv = nil
 			return fmt.Errorf("not ready after %v: %w", time.Since(t0).Round(time.Millisecond), ctx.Err())
 		case <-tick.C:
 		}
@@ -267,9 +299,15 @@ func (c *Cluster) Stop() error {
 }
 
 func (c *Cluster) stop() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopped = true
 	var errs []error
-	if c.cmd != nil && !c.killServer() {
-		errs = append(errs, fmt.Errorf("postgres (pid %d) ignored SIGQUIT for %v and was killed", c.cmd.Process.Pid, stopWait))
+	if s := c.srv; s != nil {
+		c.srv = nil
+		if !s.kill() {
+			errs = append(errs, fmt.Errorf("postgres (pid %d) ignored SIGQUIT for %v and was killed", s.cmd.Process.Pid, stopWait))
+		}
 	}
 	if c.lock != nil {
 		_ = c.lock.Close()
@@ -283,32 +321,136 @@ func (c *Cluster) stop() error {
 	return nil
 }
 
-// killServer sends SIGQUIT (immediate shutdown) to the postmaster, waits
-// for it to exit, SIGKILLs its process group when it does not in stopWait
-// and, in any case, once it has exited, to take stray backends down too.
-// It returns false when SIGKILL was needed.
-func (c *Cluster) killServer() bool {
-	if c.cmd == nil {
-		return true
-	}
-	defer func() { c.cmd = nil }()
+// kill sends SIGQUIT (immediate shutdown) to the postmaster, waits for it
+// to exit, SIGKILLs its process group when it does not in stopWait and, in
+// any case, once it has exited, to take stray backends down too. It
+// returns false when SIGKILL was needed.
+func (s *server) kill() bool {
 	clean := true
 	select {
-	case <-c.exited:
+	case <-s.exited:
 	default:
-		_ = quit(c.cmd.Process)
+		_ = quit(s.cmd.Process)
 		t := time.NewTimer(stopWait)
 		defer t.Stop()
 		select {
-		case <-c.exited:
+		case <-s.exited:
 		case <-t.C:
 			clean = false
-			killGroup(c.cmd.Process.Pid)
-			<-c.exited
+			killGroup(s.cmd.Process.Pid)
+			<-s.exited
 		}
 	}
-	killGroup(c.cmd.Process.Pid)
+	killGroup(s.cmd.Process.Pid)
 	return clean
+}
+
+// ErrStopped is returned by Shutdown and Restart after Stop.
+var ErrStopped = errors.New("localpg: cluster stopped")
+
+// Shutdown stops the server with PostgreSQL's fast shutdown (SIGINT: open
+// sessions are ended, a checkpoint is written) and keeps the data
+// directory, for Restart. Until then connections to Port are refused.
+// When the server has not exited by ctx's deadline, it is killed
+// (immediate shutdown, then SIGKILL), its data is still kept, and the
+// error wraps ctx.Err(). Shutdown of a server already shut down does
+// nothing; after Stop it returns ErrStopped.
+func (c *Cluster) Shutdown(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return ErrStopped
+	}
+	return c.shutdown(ctx)
+}
+
+// shutdown is Shutdown with c.mu held.
+func (c *Cluster) shutdown(ctx context.Context) error {
+	s := c.srv
+	if s == nil {
+		return nil
+	}
+	c.srv = nil
+	t0 := time.Now()
+	select {
+	case <-s.exited:
+	default:
+		_ = fastShutdown(s.cmd.Process)
+		select {
+		case <-s.exited:
+		case <-ctx.Done():
+			s.kill()
+			return fmt.Errorf("localpg: shutting down the server at %s: not down after %v, killed: %w",
+				c.Dir, time.Since(t0).Round(time.Millisecond), ctx.Err())
+		}
+	}
+	killGroup(s.cmd.Process.Pid)
+	return nil
+}
+
+// Restart shuts the server down as Shutdown does, if it runs, and starts it
+// again on the same data directory, port and socket directory; it returns
+// when database test takes connections. Sessions are lost, data is kept.
+// The server log goes on in the same file. Restart fails when another
+// process has taken the port meanwhile; the server then stays shut down
+// (Stop still removes everything). Without a deadline in ctx, Restart gives
+// up after a minute. After Stop it returns ErrStopped.
+func (c *Cluster) Restart(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return ErrStopped
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultWait)
+		defer cancel()
+	}
+	if err := c.shutdown(ctx); err != nil {
+		return err
+	}
+	logPath := filepath.Join(c.Dir, logName)
+	var logFrom int64
+	if fi, err := os.Stat(logPath); err == nil {
+		logFrom = fi.Size()
+	}
+	// The port may be held for a moment by another process looking for a
+	// free one (see freePort): try again for up to bindRetry.
+	bindUntil := time.Now().Add(bindRetry)
+	for {
+		err := c.startServer(ctx, c.Port, logFrom)
+		if err == nil {
+			break
+		}
+		log := readFrom(logPath, logFrom)
+		if bytes.Contains(log, []byte("could not bind")) {
+			if ctx.Err() == nil && time.Now().Before(bindUntil) {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			err = fmt.Errorf("port %d is taken by another process: %v", c.Port, err)
+		}
+		return fmt.Errorf("localpg: restarting %s: %v%s", filepath.Join(c.BinDir, "postgres"), err, lastLines("server log", log))
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port))
+	if err := whileStarting(ctx, func() error { return execSQL(ctx, addr, "postgres", "test", "SELECT 1") }); err != nil {
+		return fmt.Errorf("localpg: connecting to %s after the restart: %v%s", addr, err,
+			lastLines("server log", readFrom(logPath, logFrom)))
+	}
+	return nil
+}
+
+// bindRetry is how long Restart tries to bind a port held by another
+// process.
+const bindRetry = time.Second
+
+// readFrom returns the file at path from offset on, or nothing.
+func readFrom(path string, offset int64) []byte {
+	b, _ := os.ReadFile(path)
+	if offset > int64(len(b)) {
+		return nil
+	}
+	return b[offset:]
 }
 
 // sweepStale removes the directories that earlier Starts left behind in the

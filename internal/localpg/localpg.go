@@ -10,7 +10,9 @@
 //
 // A private cluster listens only on 127.0.0.1 (and a Unix socket inside its
 // directory), trusts every local connection, runs with fsync off and is
-// deleted by Stop. Ask StopOnSignal to stop it on Ctrl-C or SIGTERM too. On
+// deleted by Stop. Its server can be shut down and started again on the
+// same port and data (Cluster.Shutdown, Cluster.Restart), for tests of a
+// database restart. Ask StopOnSignal to stop it on Ctrl-C or SIGTERM too. On
 // Linux the postmaster is also killed when the process that started it dies,
 // and a later Start removes directories left behind by such processes.
 //
@@ -78,6 +80,11 @@ func (s *Server) Stop() error {
 // Server.Stop. The error wraps ErrNoPostgres when no PostgreSQL binaries
 // were found and no other source gave a server.
 func Find(ctx context.Context, opts Options) (*Server, error) {
+	return find(ctx, opts, defaultSearch())
+}
+
+// find is Find with the binaries looked for as s says.
+func find(ctx context.Context, opts Options, s search) (*Server, error) {
 	if opts.DSN != "" {
 		return &Server{DSN: opts.DSN, Source: "dsn given explicitly"}, nil
 	}
@@ -94,14 +101,14 @@ func Find(ctx context.Context, opts Options) (*Server, error) {
 		case err != nil:
 			dockerErr = err
 		case dsn != "":
-			s := &Server{DSN: dsn, Source: fmt.Sprintf("docker: %.2fs", time.Since(t0).Seconds())}
+			srv := &Server{DSN: dsn, Source: fmt.Sprintf("docker: %.2fs", time.Since(t0).Seconds())}
 			if stop != nil {
-				s.stop = func() error { stop(); return nil }
+				srv.stop = func() error { stop(); return nil }
 			}
-			return s, nil
+			return srv, nil
 		}
 	}
-	c, err := Start(ctx)
+	c, err := start(ctx, s)
 	if err != nil {
 		if errors.Is(err, ErrNoPostgres) && len(opts.DSNEnv) > 0 {
 			err = fmt.Errorf("%w; or set $%s to a server's DSN", err, opts.DSNEnv[0])
@@ -111,12 +118,12 @@ func Find(ctx context.Context, opts Options) (*Server, error) {
 		}
 		return nil, err
 	}
-	s := &Server{DSN: c.DSN, Cluster: c, stop: c.Stop,
+	srv := &Server{DSN: c.DSN, Cluster: c, stop: c.Stop,
 		Source: fmt.Sprintf("private cluster at %s: %.2fs", c.Dir, c.StartTime.Seconds())}
 	if dockerErr != nil {
-		s.Source += fmt.Sprintf(" (docker failed: %v)", dockerErr)
+		srv.Source += fmt.Sprintf(" (docker failed: %v)", dockerErr)
 	}
-	return s, nil
+	return srv, nil
 }
 
 // StopOnSignal stops s when the process gets SIGINT (Ctrl-C) or SIGTERM and

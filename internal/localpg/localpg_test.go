@@ -2,6 +2,7 @@ package localpg
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -99,7 +100,7 @@ func TestStartStop(t *testing.T) {
 		t.Errorf("connecting to a missing database: %v, want SQLSTATE 3D000", err)
 	}
 
-	pid := c.cmd.Process.Pid
+	pid := pidOf(c)
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +116,140 @@ func TestStartStop(t *testing.T) {
 	}
 	if err := c.Stop(); err != nil {
 		t.Errorf("second Stop: %v", err)
+	}
+}
+
+// pidOf returns the pid of c's postmaster, or 0 while it is shut down.
+func pidOf(c *Cluster) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.srv == nil {
+		return 0
+	}
+	return c.srv.cmd.Process.Pid
+}
+
+// TestRestart: Restart and Shutdown keep the port, the DSN and the data,
+// end the sessions and the old postmaster, and refuse after Stop; a port
+// taken meanwhile makes Restart fail with a message that says so, and a
+// later Restart works.
+func TestRestart(t *testing.T) {
+	needServer(t)
+	isolateTemp(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	dsn, port, addr := c.DSN, c.Port, net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port))
+	db, err := sql.Open("postgres", c.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "CREATE TABLE t (k int PRIMARY KEY); INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	session, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	var backend int
+	if err := session.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
+		t.Fatal(err)
+	}
+	// rowsLeft reads t through a new connection.
+	rowsLeft := func() int {
+		t.Helper()
+		db.SetMaxIdleConns(0) // no connection from before the restart
+		db.SetMaxIdleConns(2)
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil {
+			t.Fatalf("reading t: %v", err)
+		}
+		return n
+	}
+
+	pid := pidOf(c)
+	t0 := time.Now()
+	if err := c.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restarted in %v", time.Since(t0).Round(time.Millisecond))
+	if c.Port != port || c.DSN != dsn {
+		t.Errorf("port, DSN = %d, %s after Restart; want %d, %s", c.Port, c.DSN, port, dsn)
+	}
+	if processRuns(pid) {
+		t.Errorf("old postmaster %d still runs after Restart", pid)
+	}
+	if pidOf(c) == pid || !processRuns(pidOf(c)) {
+		t.Errorf("postmaster %d after Restart, was %d", pidOf(c), pid)
+	}
+	if err := session.PingContext(ctx); err == nil {
+		t.Errorf("backend %d's session still answers after Restart", backend)
+	}
+	if n := rowsLeft(); n != 1 {
+		t.Errorf("%d rows in t after Restart, want 1", n)
+	}
+	if log, err := os.ReadFile(filepath.Join(c.Dir, logName)); err != nil ||
+		bytes.Count(log, []byte("database system is ready to accept connections")) != 2 {
+		t.Errorf("the server log does not show both starts (%v):\n%s", err, log)
+	}
+
+	// Shutdown, then Restart: nothing listens in between.
+	pid = pidOf(c)
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if processRuns(pid) || pidOf(c) != 0 {
+		t.Errorf("postmaster %d still runs after Shutdown", pid)
+	}
+	if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("%s takes connections after Shutdown", addr)
+	}
+	if err := c.Shutdown(ctx); err != nil {
+		t.Errorf("second Shutdown: %v", err)
+	}
+
+	// A port taken meanwhile: Restart says so and leaves the server down.
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Restart(ctx)
+	l.Close()
+	if want := fmt.Sprintf("port %d is taken by another process", port); err == nil || !strings.Contains(err.Error(), want) ||
+		!strings.Contains(err.Error(), "could not bind") {
+		t.Errorf("Restart on a taken port: %v; want an error saying %q with the server log", err, want)
+	} else {
+		t.Log(err)
+	}
+	if pidOf(c) != 0 {
+		t.Errorf("postmaster %d runs after a failed Restart", pidOf(c))
+	}
+	if err := c.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := rowsLeft(); n != 1 {
+		t.Errorf("%d rows in t after Shutdown and Restart, want 1", n)
+	}
+
+	pid = pidOf(c)
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if processRuns(pid) {
+		t.Errorf("postmaster %d still runs after Stop", pid)
+	}
+	if err := c.Restart(ctx); !errors.Is(err, ErrStopped) {
+		t.Errorf("Restart after Stop: %v, want ErrStopped", err)
+	}
+	if err := c.Shutdown(ctx); !errors.Is(err, ErrStopped) {
+		t.Errorf("Shutdown after Stop: %v, want ErrStopped", err)
 	}
 }
 
@@ -288,6 +423,33 @@ func TestNothingFound(t *testing.T) {
 	}
 }
 
+// TestFindNothing: with no DSN, no Docker and no binaries, Find's error is
+// one line that says what is missing, the command that installs it and the
+// variable that names a server instead, and what Docker said.
+func TestFindNothing(t *testing.T) {
+	empty := t.TempDir()
+	s := search{path: empty, globs: []string{filepath.Join(empty, "*/bin")}}
+	t.Setenv("LOCALPG_TEST_UNSET", "")
+	_, err := find(context.Background(), Options{
+		DSNEnv: []string{"LOCALPG_TEST_UNSET"},
+		Docker: func(context.Context) (string, func(), error) { return "", nil, errors.New("pull refused") },
+	}, s)
+	if !errors.Is(err, ErrNoPostgres) {
+		t.Fatalf("err = %v, want ErrNoPostgres", err)
+	}
+	t.Log(err)
+	msg := err.Error()
+	if strings.Contains(msg, "\n") {
+		t.Errorf("error is more than one line: %q", msg)
+	}
+	for _, want := range []string{"initdb and postgres", "install them with: " + installHint(),
+		"or set $LOCALPG_TEST_UNSET to a server's DSN", "docker failed too: pull refused"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not say %q", msg, want)
+		}
+	}
+}
+
 // TestStartFailures: the error carries the program's own output, hung
 // programs are ended at the context's deadline, and the directory is
 // removed.
@@ -333,10 +495,12 @@ func TestStartFailures(t *testing.T) {
 }
 
 // TestHelperProcess is the child of the signal tests: it starts a cluster,
-// prints its directory and postmaster pid, and waits to be signalled.
+// prints its directory and postmaster pid, and waits to be signalled. Run
+// on its own it does nothing (and passes rather than skips, so that a skip
+// in CI's output always means a test that did not run).
 func TestHelperProcess(t *testing.T) {
 	if os.Getenv("LOCALPG_HELPER") != "1" {
-		t.Skip("helper process for other tests")
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -346,7 +510,7 @@ func TestHelperProcess(t *testing.T) {
 		os.Exit(2)
 	}
 	StopOnSignal(c)
-	fmt.Println("CLUSTER", c.Dir, c.cmd.Process.Pid, c.Port)
+	fmt.Println("CLUSTER", c.Dir, pidOf(c), c.Port)
 	time.Sleep(time.Minute) // the parent signals long before
 	_ = c.Stop()
 	os.Exit(3)

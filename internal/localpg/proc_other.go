@@ -17,6 +17,7 @@ var errUnsupported = errors.New("localpg: not supported on this system")
 func serverUser() (runAs, error)                { return runAs{}, errUnsupported }
 func procAttr(runAs, bool) *syscall.SysProcAttr { return nil }
 func quit(p *os.Process) error                  { return p.Kill() }
+func fastShutdown(p *os.Process) error          { return p.Kill() }
 func killGroup(int)                             {}
 func pidAlive(int) bool                         { return true }
 func lockFile(*os.File) error                   { return errUnsupported }

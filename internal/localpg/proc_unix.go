@@ -51,6 +51,9 @@ func procAttr(u runAs, server bool) *syscall.SysProcAttr {
 // quit asks the postmaster for an immediate shutdown.
 func quit(p *os.Process) error { return p.Signal(syscall.SIGQUIT) }
 
+// fastShutdown asks the postmaster for a fast shutdown.
+func fastShutdown(p *os.Process) error { return p.Signal(syscall.SIGINT) }
+
 // killGroup SIGKILLs the process group pgid.
 func killGroup(pgid int) { _ = syscall.Kill(-pgid, syscall.SIGKILL) }
 
