@@ -13,7 +13,7 @@ var functionsSQL string
 
 // SchemaVersion is the version of sql/functions.sql this library speaks.
 // Bump it with every change to that file.
-const SchemaVersion = 6
+const SchemaVersion = 7
 
 // functions.sql names its schema "leasering" in these forms only: as the
 // qualifier of every object, in every function's search_path and in the

@@ -1,4 +1,4 @@
--- leasering: the whole protocol, schema version 6.
+-- leasering: the whole protocol, schema version 7.
 --
 -- Apply in one transaction (the Go client does; with psql use `psql -1 -f`).
 -- Every object is qualified with the schema and every function pins its
@@ -53,8 +53,8 @@ GRANT SELECT ON leasering.schema_version TO PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 6 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this library (6)',
+    IF (SELECT version FROM leasering.schema_version) > 7 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this library (7)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
     END IF;
@@ -139,6 +139,69 @@ ALTER TABLE leasering.rings ALTER COLUMN created_at SET DEFAULT now(),
     DROP CONSTRAINT IF EXISTS rings_size_check, ADD CONSTRAINT rings_size_check CHECK (size BETWEEN 1 AND 65536);
 ALTER TABLE leasering.members
     DROP CONSTRAINT IF EXISTS members_vnodes_check, ADD CONSTRAINT members_vnodes_check CHECK (vnodes BETWEEN 1 AND 256);
+
+-- G9 (from version 7): a server that is not the one that kept the leases
+-- evicts nobody for one TTL. -------------------------------------------------
+-- A lease is a row, as durable as its commit. A replica promoted after the
+-- primary died, or a copy restored to an earlier point, may lack the last
+-- renewals: there every lease looks older than its node believes, and a
+-- lease that looks lapsed may still be in use. Such a server is not the one
+-- that wrote the rows: its postmaster started at another time (also after
+-- a plain restart, which thus costs a grace too). server_identity records
+-- the start time of the server that keeps the leases; failover_grace
+-- compares it with this server's where a lease's end decides a takeover.
+-- Each node's TTL is on its row, written by the update its heartbeat makes
+-- anyway, since a grace must outlast the longest lease.
+ALTER TABLE leasering.nodes ADD COLUMN IF NOT EXISTS ttl_ms integer;  -- the TTL of the node's last heartbeat
+CREATE TABLE IF NOT EXISTS leasering.server_identity (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    started_at  timestamptz NOT NULL,  -- pg_postmaster_start_time() of the server that keeps the leases
+    noticed_at  timestamptz NOT NULL,  -- when that server first saw the leases were not its own (its clock)
+    grace_until timestamptz NOT NULL   -- until then it evicts nobody and takes nothing over
+);
+-- A new schema, or one upgraded on the server that keeps its leases: this
+-- server, no grace.
+INSERT INTO leasering.server_identity (started_at, noticed_at, grace_until)
+VALUES (pg_postmaster_start_time(), now(), now())
+ON CONFLICT (id) DO NOTHING;
+
+-- failover_grace: the end of this server's grace, in the past when there is
+-- none. The first call on another server than the one recorded (a promoted
+-- replica, a restored copy, the same one restarted) records this one and
+-- starts a grace of the longest TTL on the nodes' rows, on its own clock
+-- from now: every lease counts as live until then. A node renewed on the old
+-- server, at the latest, just before this one took over, so by then every
+-- lease the old server granted has ended, however many renewals this one
+-- lacks and whatever the old server's clock said. A row with no TTL (from
+-- before version 7) counts as the default TTL, 10 s. Called only where a
+-- lease's end decides a takeover, never by a steady heartbeat.
+CREATE OR REPLACE FUNCTION leasering.failover_grace()
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    s     server_identity;
+    grace timestamptz;
+BEGIN
+    SELECT * INTO s FROM server_identity;
+    IF FOUND AND s.started_at = pg_postmaster_start_time() THEN
+        RETURN s.grace_until;
+    END IF;
+    SELECT now() + coalesce(max(coalesce(ttl_ms, 10000)), 0) * interval '1 millisecond' INTO grace FROM nodes;
+    INSERT INTO server_identity AS si (started_at, noticed_at, grace_until)
+    VALUES (pg_postmaster_start_time(), now(), grace)
+    ON CONFLICT (id) DO UPDATE
+       SET started_at = excluded.started_at, noticed_at = excluded.noticed_at, grace_until = excluded.grace_until
+     WHERE si.started_at IS DISTINCT FROM excluded.started_at
+    RETURNING si.grace_until INTO grace;
+    IF NOT FOUND THEN  -- another transaction recorded this server first
+        SELECT grace_until INTO grace FROM server_identity;
+    END IF;
+    RETURN grace;
+END
+$$;
+-- End of G9's objects. ---------------------------------------------------------
 
 -- Ring geometry. The circle is [0, 2^32). Partition p of Q starts at
 -- p * 2^32 / Q; a member's vnode i sits at the first 32 bits of
@@ -257,14 +320,19 @@ DECLARE
     steady     text[];     -- members whose row we share-locked: their seen is final
     steady_seen bigint[];  -- and that seen
     dead       text[];     -- nodes whose lease has lapsed, their rows locked by us
+    in_grace   boolean;    -- G9: see failover_grace
 BEGIN
     SELECT size, version + 1 INTO q, stamp FROM rings WHERE name = p_ring;
     -- A node whose lease has lapsed is dead only if we can lock its row. One
     -- locked by another transaction may be renewing it this instant (and
     -- reading a view that still gives it its partitions), or be evicted by
     -- someone who rebalances after us: it counts as live.
+    -- G9: in a grace nobody is dead, and every owner counts as told of its
+    -- partitions (seen, written by heartbeats, may be older here than the
+    -- views the owners read): nothing is taken over, only handed over.
+    in_grace := now() < failover_grace();
     SELECT coalesce(array_agg(d.node_id), '{}') INTO dead
-      FROM (SELECT node_id FROM nodes WHERE expires_at <= now() FOR SHARE SKIP LOCKED) AS d;
+      FROM (SELECT node_id FROM nodes WHERE expires_at <= now() AND NOT in_grace FOR SHARE SKIP LOCKED) AS d;
     -- Step 5 reads each live member's seen, so share-lock those rows (a view
     -- being read finishes first) and read seen with the lock. Never wait for
     -- one: a leave or an eviction that deleted it waits for this ring, and a
@@ -358,7 +426,7 @@ BEGIN
                    CASE WHEN x.keep THEN x.owner ELSE ids[x.h] END AS new_owner,
                    CASE WHEN x.keep AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
               FROM (SELECT u.h, u.ord, pp.owner,
-                           u.live AND (st.id IS NULL OR pp.granted <= st.seen) AS keep  -- busy counts as told
+                           u.live AND (in_grace OR st.id IS NULL OR pp.granted <= st.seen) AS keep  -- busy counts as told
                       FROM unnest(holder, owner_live) WITH ORDINALITY AS u (h, live, ord)
                       JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1
                       LEFT JOIN unnest(steady, steady_seen) AS st (id, seen) ON st.id = pp.owner) AS x) AS t
@@ -708,6 +776,7 @@ DECLARE
     next_expiry timestamptz;  -- the earliest other lease end
     next_event  timestamptz;  -- that, or the end of another node's hold, if earlier
     hold_over   boolean := false;  -- partitions released during a hold that is over await handing on
+    grace_end   timestamptz;       -- G9: see failover_grace
     dead_ring   text;
     dead_rings  text[];
     alive       boolean;
@@ -769,15 +838,15 @@ BEGIN
 
     -- greatest: a stale attempt (sent earlier, landing after a newer one)
     -- never shortens the lease the newer one granted.
-    UPDATE nodes SET expires_at = greatest(expires_at, lease_from + ttl)
+    UPDATE nodes SET expires_at = greatest(expires_at, lease_from + ttl), ttl_ms = p_ttl_ms
      WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
     RETURNING * INTO me;
 
     IF NOT FOUND THEN
         SELECT * INTO me FROM nodes WHERE node_id = p_node FOR UPDATE;
         IF NOT FOUND THEN
-            INSERT INTO nodes (node_id, incarnation, expires_at, report_from, metadata)
-            VALUES (p_node, p_incarnation, lease_from + ttl, now(), p_metadata)
+            INSERT INTO nodes (node_id, incarnation, expires_at, report_from, metadata, ttl_ms)
+            VALUES (p_node, p_incarnation, lease_from + ttl, now(), p_metadata, p_ttl_ms)
             ON CONFLICT (node_id) DO NOTHING
             RETURNING * INTO me;
             IF NOT FOUND THEN  -- a racing start of the same id won; settle it on the next call
@@ -798,12 +867,16 @@ BEGIN
                 UPDATE members m SET changed = r.version + 1 FROM rings r WHERE r.name = m.ring AND m.node_id = p_node;
                 PERFORM bump_version(m.ring, true) FROM members m WHERE m.node_id = p_node;
             END IF;
+            -- G9: an older incarnation's lease may be longer than its row
+            -- says here, if this server lacks its last renewals: it ends by
+            -- the grace's end at the latest.
             UPDATE nodes
                SET incarnation = p_incarnation,
                    report_from = CASE WHEN me.incarnation = p_incarnation THEN now()
-                                      ELSE greatest(now(), me.expires_at) END,
+                                      ELSE greatest(now(), me.expires_at, failover_grace()) END,
                    expires_at = lease_from + ttl,
-                   metadata = p_metadata
+                   metadata = p_metadata,
+                   ttl_ms = p_ttl_ms
              WHERE node_id = p_node
             RETURNING * INTO me;
             -- The epochs rise ring by ring as join_rings reclaims each
@@ -838,8 +911,9 @@ BEGIN
         -- no owner until it is done), and it is rare: wait up to TTL/4 here.
         PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 1000) || 'ms', true);
         BEGIN
-            dead_rings := evict_expired(p_node);
-            IF cardinality(dead_rings) = 0
+            grace_end := failover_grace();  -- G9: in a grace, nobody is evicted
+            dead_rings := CASE WHEN now() < grace_end THEN '{}' ELSE evict_expired(p_node) END;
+            IF cardinality(dead_rings) = 0 AND now() >= grace_end
                AND EXISTS (SELECT 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node) THEN
                 -- Another heartbeat is evicting them (they were skipped as
                 -- locked). Wait for it, so that this heartbeat reads the
@@ -870,7 +944,8 @@ BEGIN
             NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
         END;
         PERFORM set_config('lock_timeout', least(greatest(p_ttl_ms / 4, 10), 20) || 'ms', true);
-        SELECT min(least(expires_at, CASE WHEN report_from > now() THEN report_from END))
+        -- G9: a lease that lapsed in a grace ends with the grace.
+        SELECT min(least(greatest(expires_at, grace_end), CASE WHEN report_from > now() THEN report_from END))
           INTO next_event
           FROM nodes WHERE node_id <> p_node;
     END IF;
@@ -1049,6 +1124,6 @@ SELECT m.ring,
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA leasering FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION leasering.partition_of(text, integer) TO PUBLIC;
 
-INSERT INTO leasering.schema_version (version) VALUES (6)
+INSERT INTO leasering.schema_version (version) VALUES (7)
 ON CONFLICT (id) DO UPDATE SET version = excluded.version, applied_at = now()
  WHERE leasering.schema_version.version < excluded.version;
