@@ -96,10 +96,11 @@ func TestGraceKeepsLapsedLeasesLive(t *testing.T) {
 	}
 	e.waitConverged("g", q, nil, 10*time.Second)
 	chk := e.startChecker("g", q, 3*ttl)
-	c := e.live()[2]
+	a, b, c := e.live()[0], e.live()[1], e.live()[2]
 	forged := time.Now()
 	c.crash()
 	forgeFailover(t, e, true, c.id)
+	renewals := a.client.Stats().Renewals + b.client.Stats().Renewals
 	e.startNode("d", "g", q) // joins during the grace
 	noticed, end := grace(t, e.admin, e.schema, forged.Add(-time.Second))
 	if got := end.Sub(noticed); got != ttl {
@@ -108,6 +109,12 @@ func TestGraceKeepsLapsedLeasesLive(t *testing.T) {
 	ev := waitEvicted(t, e.admin, e.schema, c.id, 3*ttl)
 	if ev.goneAt.Before(end) {
 		t.Errorf("%s evicted %v after the grace began, before its end (%v)", c.id, ev.goneAt.Sub(noticed).Round(time.Millisecond), ttl)
+	}
+	// The scans find the lapsed lease all through the grace: they are
+	// told to come back at its end, not at once, again and again.
+	renewals = a.client.Stats().Renewals + b.client.Stats().Renewals - renewals
+	if most := 3*int64(time.Since(forged)/hb) + 4; renewals > most { // two nodes: 2 a heartbeat, and the join's
+		t.Errorf("%s and %s renewed %d times in %v, heartbeat %v", a.id, b.id, renewals, time.Since(forged).Round(time.Millisecond), hb)
 	}
 	e.waitConverged("g", q, nil, 3*ttl)
 	late := time.Since(end)
@@ -176,8 +183,15 @@ func TestRestartStartsAGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	restarted := time.Now()
-	noticed, end := grace(t, e.admin, e.schema, cut)
+	var up time.Time
+	if err := e.admin.QueryRow(`SELECT pg_postmaster_start_time()`).Scan(&up); err != nil {
+		t.Fatal(err)
+	}
 	ev := waitEvicted(t, e.admin, e.schema, victim.id, 4*ttl)
+	if ev.goneAt.Before(up.Add(ttl)) {
+		t.Errorf("%s evicted %v after the server started again, less than one TTL", victim.id, ev.goneAt.Sub(up).Round(time.Millisecond))
+	}
+	noticed, end := grace(t, e.admin, e.schema, cut)
 	t.Logf("restart took %v; the grace began %v after the cut; %s evicted %v after the cut",
 		restarted.Sub(cut).Round(time.Millisecond), noticed.Sub(cut).Round(time.Millisecond), victim.id, ev.goneAt.Sub(cut).Round(time.Millisecond))
 	if ev.goneAt.Before(end) {
