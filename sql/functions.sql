@@ -167,14 +167,15 @@ ON CONFLICT (id) DO NOTHING;
 
 -- failover_grace: the end of this server's grace, in the past when there is
 -- none. The first call on another server than the one recorded (a promoted
--- replica, a restored copy, the same one restarted) records this one and
--- starts a grace of the longest TTL on the nodes' rows, on its own clock
--- from now: every lease counts as live until then. A node renewed on the old
--- server, at the latest, just before this one took over, so by then every
--- lease the old server granted has ended, however many renewals this one
--- lacks and whatever the old server's clock said. A row with no TTL (from
--- before version 7) counts as the default TTL, 10 s. Called only where a
--- lease's end decides a takeover, never by a steady heartbeat.
+-- replica, a restored copy, the same one restarted; or none recorded, the
+-- row deleted by hand) records this one and starts a grace of the longest
+-- TTL on the nodes' rows, on its own clock from now: every lease counts as
+-- live until then. A node renewed on the old server, at the latest, just
+-- before this one took over, so by then every lease the old server granted
+-- has ended, however many renewals this one lacks and whatever the old
+-- server's clock said. A row with no TTL (from before version 7) counts as
+-- the default TTL, 10 s. Called only where a lease's end decides a
+-- takeover, never by a steady heartbeat.
 CREATE OR REPLACE FUNCTION leasering.failover_grace()
 RETURNS timestamptz
 LANGUAGE plpgsql
