@@ -22,6 +22,8 @@
 // switch to Pass work normally.
 //
 // Mode and latency changes apply at once to existing and new connections.
+// SetTarget points the proxy at another server, as a failover manager moves
+// a service address: existing connections are reset, new ones go there.
 // All methods are safe for concurrent use. Close waits until every goroutine
 // started by the proxy has exited.
 package faultproxy
@@ -74,12 +76,12 @@ const (
 // Proxy is a TCP proxy listening on loopback. Create it with New.
 type Proxy struct {
 	ln     net.Listener
-	target string
 	ctx    context.Context // cancelled by Close; aborts dials
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine started by the proxy
 
 	mu      sync.Mutex
+	target  string
 	mode    Mode
 	latency time.Duration
 	closed  bool
@@ -139,6 +141,17 @@ func (p *Proxy) SetMode(m Mode) {
 				p.closeConnLocked(c, true)
 			}
 		}
+	}
+}
+
+// SetTarget makes new connections go to target (host:port) and resets the
+// existing ones, so that their clients reconnect, to target.
+func (p *Proxy) SetTarget(target string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.target = target
+	for c := range p.conns {
+		p.closeConnLocked(c, true)
 	}
 }
 
@@ -224,8 +237,11 @@ func (p *Proxy) handle(c *conn, blackholed bool) {
 		return
 	}
 
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
 	d := net.Dialer{Timeout: dialTimeout}
-	sc, err := d.DialContext(p.ctx, "tcp", p.target)
+	sc, err := d.DialContext(p.ctx, "tcp", target)
 	if err != nil {
 		p.closeConn(c, true)
 		return

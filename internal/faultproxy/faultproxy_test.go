@@ -482,3 +482,121 @@ func TestDialFailure(t *testing.T) {
 	defer c.Close()
 	expectClosed(t, c)
 }
+
+// startGreeter starts a server on loopback that writes name to each
+// connection, then echoes it, and returns its address.
+func startGreeter(t *testing.T, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				if _, err := c.Write([]byte(name)); err != nil {
+					return
+				}
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+// greeting reads the greeter's name from c.
+func greeting(t *testing.T, c net.Conn, n int) string {
+	t.Helper()
+	if err := c.SetReadDeadline(time.Now().Add(failWait)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, n)
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("read greeting: %v", err)
+	}
+	return string(got)
+}
+
+// TestSetTarget: a switch resets the connections to the old server, and
+// new ones reach the new server.
+func TestSetTarget(t *testing.T) {
+	p, err := New(startGreeter(t, "old"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	c := dial(t, p)
+	if g := greeting(t, c, 3); g != "old" {
+		t.Fatalf("greeting %q, want old", g)
+	}
+	p.SetTarget(startGreeter(t, "new"))
+	expectClosed(t, c)
+	c2 := dial(t, p)
+	if g := greeting(t, c2, 3); g != "new" {
+		t.Fatalf("greeting after the switch %q, want new", g)
+	}
+	roundTrip(t, c2, "hello")
+}
+
+// TestLatencyThenRefuseDropsQueued: bytes delayed on their way are never
+// delivered once the proxy refuses, so the server never sees what the
+// client sent during the delay (a replication stream cut in flight).
+func TestLatencyThenRefuseDropsQueued(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan struct{})
+	received := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(first)
+			received <- nil
+			return
+		}
+		defer c.Close()
+		b := make([]byte, len("sent"))
+		_, _ = io.ReadFull(c, b)
+		close(first)
+		rest, _ := io.ReadAll(c) // until the reset
+		received <- append(b, rest...)
+	}()
+	t.Cleanup(func() { ln.Close() })
+	p, err := New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	c := dial(t, p)
+	if _, err := c.Write([]byte("sent")); err != nil {
+		t.Fatal(err)
+	}
+	<-first
+	p.SetLatency(time.Second)
+	if _, err := c.Write([]byte("delayed")); err != nil {
+		t.Fatal(err)
+	}
+	// The chunk is either queued (waiting out its delay) or not yet read;
+	// either way it must never reach the server once the proxy refuses.
+	p.SetMode(Refuse)
+	select {
+	case b := <-received:
+		if string(b) != "sent" {
+			t.Fatalf("the server received %q, want only %q", b, "sent")
+		}
+	case <-time.After(failWait):
+		t.Fatal("the server's connection was not closed")
+	}
+}

@@ -34,8 +34,9 @@ type Cluster struct {
 	// took connections.
 	StartTime time.Duration
 
-	user runAs    // who initdb and postgres run as
-	lock *os.File // held while the cluster lives; see sweepStale
+	user     runAs    // who initdb and postgres run as
+	lock     *os.File // held while the cluster lives; see sweepStale
+	settings []string // server settings (name=value) after the defaults; see StartWith
 
 	mu      sync.Mutex // guards srv and stopped; held by Shutdown, Restart and Stop throughout
 	srv     *server    // the running postmaster; nil while shut down
@@ -87,7 +88,7 @@ func Start(ctx context.Context) (*Cluster, error) {
 	return start(ctx, defaultSearch())
 }
 
-func start(ctx context.Context, s search) (*Cluster, error) {
+func start(ctx context.Context, s search, settings ...string) (*Cluster, error) {
 	t0 := time.Now()
 	if !supported {
 		return nil, fmt.Errorf("localpg: private clusters need Linux or macOS, not %s", runtime.GOOS)
@@ -111,7 +112,7 @@ func start(ctx context.Context, s search) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("localpg: %w", err)
 	}
-	c := &Cluster{Dir: dir, BinDir: bin, user: u}
+	c := &Cluster{Dir: dir, BinDir: bin, user: u, settings: settings}
 	if err := c.setup(ctx); err != nil {
 		_ = c.Stop()
 		return nil, err
@@ -120,8 +121,8 @@ func start(ctx context.Context, s search) (*Cluster, error) {
 	return c, nil
 }
 
-// setup does Start's work in c.Dir.
-func (c *Cluster) setup(ctx context.Context) error {
+// claimDir locks c.Dir and gives it to the OS user the server runs as.
+func (c *Cluster) claimDir() error {
 	u := c.user
 	f, err := os.OpenFile(filepath.Join(c.Dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -135,6 +136,15 @@ func (c *Cluster) setup(ctx context.Context) error {
 		if err := os.Chown(c.Dir, u.uid, u.gid); err != nil {
 			return fmt.Errorf("localpg: giving %s to OS user %s: %w", c.Dir, u.name, err)
 		}
+	}
+	return nil
+}
+
+// setup does Start's work in c.Dir.
+func (c *Cluster) setup(ctx context.Context) error {
+	u := c.user
+	if err := c.claimDir(); err != nil {
+		return err
 	}
 
 	data := filepath.Join(c.Dir, "data")
@@ -154,6 +164,21 @@ func (c *Cluster) setup(ctx context.Context) error {
 		return fmt.Errorf("localpg: %s failed: %v%s", initdb.Path, err, lastLines("initdb output", out))
 	}
 
+	if err := c.startOnFreePort(ctx); err != nil {
+		return err
+	}
+
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port))
+	if err := whileStarting(ctx, func() error { return execSQL(ctx, addr, "postgres", "postgres", "CREATE DATABASE test") }); err != nil {
+		log, _ := os.ReadFile(filepath.Join(c.Dir, logName))
+		return fmt.Errorf("localpg: creating database test on %s: %v%s", addr, err, lastLines("server log", log))
+	}
+	c.DSN = fmt.Sprintf("postgres://postgres@%s/test?sslmode=disable", addr)
+	return nil
+}
+
+// startOnFreePort starts the server on a free port and sets c.Port.
+func (c *Cluster) startOnFreePort(ctx context.Context) error {
 	// A free port may be taken before postgres binds it: then try another.
 	for attempt := 1; ; attempt++ {
 		port, err := freePort()
@@ -165,7 +190,7 @@ func (c *Cluster) setup(ctx context.Context) error {
 		c.mu.Unlock()
 		if err == nil {
 			c.Port = port
-			break
+			return nil
 		}
 		log, _ := os.ReadFile(filepath.Join(c.Dir, logName))
 		if attempt < 5 && ctx.Err() == nil && bytes.Contains(log, []byte("could not bind")) {
@@ -173,14 +198,6 @@ func (c *Cluster) setup(ctx context.Context) error {
 		}
 		return fmt.Errorf("localpg: %s: %v%s", filepath.Join(c.BinDir, "postgres"), err, lastLines("server log", log))
 	}
-
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port))
-	if err := whileStarting(ctx, func() error { return execSQL(ctx, addr, "postgres", "postgres", "CREATE DATABASE test") }); err != nil {
-		log, _ := os.ReadFile(filepath.Join(c.Dir, logName))
-		return fmt.Errorf("localpg: creating database test on %s: %v%s", addr, err, lastLines("server log", log))
-	}
-	c.DSN = fmt.Sprintf("postgres://postgres@%s/test?sslmode=disable", addr)
-	return nil
 }
 
 // whileStarting calls f until it does not fail with "the database system is
@@ -229,6 +246,9 @@ func (c *Cluster) startServer(ctx context.Context, port int, logFrom int64) erro
 		"-c", "fsync=off",
 		"-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off")
+	for _, kv := range c.settings {
+		cmd.Args = append(cmd.Args, "-c", kv)
+	}
 	cmd.Dir = c.Dir
 	cmd.Env = childEnv()
 	cmd.Stdout = logf
