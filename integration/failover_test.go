@@ -1,0 +1,530 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leasering/leasering/internal/faultproxy"
+	"github.com/leasering/leasering/internal/localpg"
+)
+
+var (
+	failoverRuns = flag.Int("failover.runs", 1, "TestFailover: runs of each form (the measure in BENCHMARKS.md: 10)")
+	failoverLag  = flag.Duration("failover.lag", 1500*time.Millisecond,
+		"TestFailover: how late the replication stream reaches the standby")
+)
+
+// The scenario of issue 16: four nodes at TTL 2 s and heartbeat 300 ms on a
+// ring of 64, a standby whose WAL arrives 1.5 s late, and a failure
+// detection of 700 ms between the primary's death and the promotion.
+const (
+	failoverTTL       = 2 * time.Second
+	failoverHeartbeat = 300 * time.Millisecond
+	failoverRing      = "failover"
+	failoverSize      = 64
+	failoverNodes     = 4
+	failoverDetection = 700 * time.Millisecond
+)
+
+// failoverForm is one way the database changes under the nodes.
+type failoverForm struct {
+	name        string
+	detection   time.Duration // from the primary's death to the promotion
+	unreachable bool          // the last node never reaches the new primary
+	restore     bool          // a point-in-time restore instead of a promotion
+}
+
+var failoverForms = []failoverForm{
+	{name: "promotion at once"},
+	{name: "promotion after detection", detection: failoverDetection},
+	{name: "a node never reconnects", detection: failoverDetection, unreachable: true},
+	{name: "point-in-time restore", restore: true},
+}
+
+// failoverResult is what one run measured.
+type failoverResult struct {
+	lag         time.Duration // of the standby (or of the restore target) behind the primary, at the kill
+	holeNodes   int           // nodes past their stale row's end and before their own deadline, at the switch
+	doubled     int           // partitions reported by two nodes at once
+	doubleTime  time.Duration // partition-time reported twice
+	firstDouble time.Duration // after the switch; -1: none
+	graceFrom   time.Duration // the grace's start after the switch; -1: no grace recorded
+	balanced    time.Duration // the ring balanced again, after the grace's end (or the switch, without one)
+	failed      bool
+}
+
+// TestFailover: the database fails over to a copy that lost the last
+// heartbeats (issue 16). A standby whose WAL arrives -failover.lag late is
+// promoted (at once, or after a failure detection of 700 ms) when the
+// primary dies, and the replication relay is cut at the kill so that the
+// commits in flight are really lost; or the database is restored to a
+// point before the last heartbeats. The nodes reach the database through
+// one address, a proxy switched to the new primary. On the new primary
+// every node's lease row is older than the node believes: G9 says that
+// nobody is evicted and nothing taken over until one TTL after the new
+// primary noticed it is not the server it was. The checker fails on any
+// partition reported twice; the test also checks that a node that never
+// comes back is evicted no earlier than that, and that the ring is exactly
+// balanced again within TTL + heartbeat of the grace's end.
+func TestFailover(t *testing.T) {
+	all := map[string][]failoverResult{}
+	for run := 1; run <= *failoverRuns; run++ {
+		for _, f := range failoverForms {
+			name := f.name
+			if *failoverRuns > 1 {
+				name = fmt.Sprintf("%s/run %d", f.name, run)
+			}
+			t.Run(name, func(t *testing.T) {
+				r := runFailover(t, f)
+				r.failed = t.Failed()
+				all[f.name] = append(all[f.name], r)
+			})
+		}
+	}
+	if *failoverRuns > 1 {
+		for _, f := range failoverForms {
+			t.Logf("%s: %s", f.name, summarize(all[f.name]))
+		}
+	}
+}
+
+// summarize gives the ranges of a form's results over its runs.
+func summarize(rs []failoverResult) string {
+	if len(rs) == 0 {
+		return "no run finished"
+	}
+	span := func(get func(failoverResult) time.Duration) string {
+		lo, hi := get(rs[0]), get(rs[0])
+		for _, r := range rs {
+			lo, hi = min(lo, get(r)), max(hi, get(r))
+		}
+		return fmt.Sprintf("%v–%v", lo.Round(time.Millisecond), hi.Round(time.Millisecond))
+	}
+	doubled, holes, failed, runsDoubled := 0, 0, 0, 0
+	for _, r := range rs {
+		doubled = max(doubled, r.doubled)
+		if r.holeNodes == failoverNodes {
+			holes++
+		}
+		if r.failed {
+			failed++
+		}
+		if r.doubled > 0 {
+			runsDoubled++
+		}
+	}
+	return fmt.Sprintf("%d runs, %d failed; lag %s; the hole open for every node in %d; partitions reported twice in %d runs, at most %d, for %s partition-seconds; grace from %s after the switch; balanced %s after the grace's end",
+		len(rs), failed, span(func(r failoverResult) time.Duration { return r.lag }), holes, runsDoubled, doubled,
+		span(func(r failoverResult) time.Duration { return r.doubleTime }),
+		span(func(r failoverResult) time.Duration { return r.graceFrom }),
+		span(func(r failoverResult) time.Duration { return r.balanced }))
+}
+
+// failoverCluster starts a private primary for the scenario, stopped at the
+// test's end; it skips t (counted) without PostgreSQL binaries.
+func failoverCluster(t *testing.T, archive bool) *localpg.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Commits wait for their WAL to be written, as the README asks of
+	// users; fsync stays off (a private cluster's default) for speed.
+	c, err := localpg.StartWith(ctx, localpg.Config{Archive: archive, Settings: []string{"synchronous_commit=on"}})
+	if errors.Is(err, localpg.ErrNoPostgres) {
+		skip(t, err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return c
+}
+
+// newFrontProxy is the database's address as every node and the test's
+// admin connection see it: a failover manager's service address.
+func newFrontProxy(t *testing.T, target string) *faultproxy.Proxy {
+	t.Helper()
+	p, err := faultproxy.New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+func runFailover(t *testing.T, f failoverForm) failoverResult {
+	var res failoverResult
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	primary := failoverCluster(t, f.restore)
+	front := newFrontProxy(t, primary.Addr())
+
+	var relay *faultproxy.Proxy
+	var copyOf *localpg.Cluster // the standby, or the backup restored later
+	var err error
+	if f.restore {
+		if copyOf, err = primary.Backup(ctx); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		relay = newFrontProxy(t, primary.Addr())
+		if copyOf, err = primary.Standby(ctx, relay.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _ = copyOf.Stop() })
+
+	e := newEnvOn(t, proxiedDSN(t, primary.DSN, front.Addr()), failoverTTL, failoverHeartbeat)
+	nodes := make([]*node, failoverNodes)
+	for i := range nodes {
+		nodes[i] = e.startNode(fmt.Sprintf("n%d", i), failoverRing, failoverSize)
+	}
+	assigned, _ := e.waitConverged(failoverRing, failoverSize, nil, 10*time.Second)
+	chk := e.startChecker(failoverRing, failoverSize, 3*failoverTTL)
+	meter := startDoubleMeter(e, failoverRing, failoverSize)
+	nodesTable := `"` + e.schema + `".nodes`
+
+	var newPrimary *localpg.Cluster
+	var killed time.Time
+	if f.restore {
+		newPrimary, res.lag = restoreBeforeLastHeartbeats(t, ctx, e, primary, copyOf)
+	} else {
+		standby := openDB(t, copyOf.DSN)
+		defer standby.Close()
+		waitReplayed(t, standby, e.schema, assigned)
+		relay.SetLatency(*failoverLag)
+		// The standby now falls behind: nothing reaches it for the lag.
+		if !waitFor(*failoverLag+5*time.Second, func() bool {
+			err := standby.QueryRow(`SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())`).Scan(seconds(&res.lag))
+			return err == nil && res.lag >= *failoverLag
+		}) {
+			t.Fatalf("the standby is only %v behind", res.lag)
+		}
+		// The kill: the relay is cut first, so that what it holds back
+		// never reaches the standby, then the primary dies.
+		killed = time.Now()
+		relay.SetMode(faultproxy.Refuse)
+		if f.unreachable {
+			nodes[failoverNodes-1].crash()
+		}
+		if err := primary.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		// The failure detection the scenario models, not a wait for a
+		// condition.
+		time.Sleep(time.Until(killed.Add(f.detection)))
+		if err := copyOf.Promote(ctx); err != nil {
+			t.Fatal(err)
+		}
+		newPrimary = copyOf
+	}
+	db := openDB(t, newPrimary.DSN)
+	defer db.Close()
+	res.holeNodes = logHole(t, db, nodesTable, nodes)
+	front.SetTarget(newPrimary.Addr())
+	switched := time.Now()
+	if f.restore {
+		t.Logf("switched to a copy restored to %v before the switch", res.lag.Round(time.Millisecond))
+	} else {
+		t.Logf("switched %v after the kill; the standby was %v behind", switched.Sub(killed).Round(time.Millisecond), res.lag.Round(time.Millisecond))
+	}
+
+	// A node that never comes back is evicted one TTL after the grace
+	// starts, no earlier.
+	var gone evictionSeen
+	if f.unreachable {
+		gone = watchEviction(t, db, nodesTable, nodes[failoverNodes-1].id, 4*failoverTTL)
+	}
+	_, took := e.waitConverged(failoverRing, failoverSize, nil, 4*failoverTTL)
+	balancedAt := switched.Add(took)
+
+	res.graceFrom, res.balanced = -1, balancedAt.Sub(switched)
+	var noticed, graceEnd time.Time
+	err = db.QueryRow(`SELECT noticed_at, grace_until FROM "`+e.schema+`".server_identity`).Scan(&noticed, &graceEnd)
+	switch {
+	case err != nil:
+		t.Errorf("no grace recorded on the new primary: %v", err)
+	case noticed.Before(switched.Add(-time.Second)):
+		t.Errorf("the grace began at %v, before the switch at %v: the new primary did not notice", noticed, switched)
+	default:
+		res.graceFrom, res.balanced = noticed.Sub(switched), balancedAt.Sub(graceEnd)
+		t.Logf("grace from %v after the switch to %v after it (%v); ring balanced %v after its end",
+			res.graceFrom.Round(time.Millisecond), graceEnd.Sub(switched).Round(time.Millisecond),
+			graceEnd.Sub(noticed).Round(time.Millisecond), res.balanced.Round(time.Millisecond))
+		if bound := failoverTTL + failoverHeartbeat; res.balanced > bound {
+			t.Errorf("ring balanced %v after the grace's end, more than TTL + heartbeat (%v)", res.balanced.Round(time.Millisecond), bound)
+		}
+		if f.unreachable {
+			switch {
+			case !gone.seen:
+				t.Errorf("%s never evicted", nodes[failoverNodes-1].id)
+			case gone.goneAt.Before(noticed.Add(failoverTTL)):
+				t.Errorf("%s evicted by %v after the grace began, less than one TTL (%v)",
+					nodes[failoverNodes-1].id, gone.goneAt.Sub(noticed).Round(time.Millisecond), failoverTTL)
+			case gone.goneAt.After(graceEnd.Add(failoverHeartbeat)):
+				t.Errorf("%s evicted %v after the grace's end, more than a heartbeat", nodes[failoverNodes-1].id,
+					gone.goneAt.Sub(graceEnd).Round(time.Millisecond))
+			default:
+				t.Logf("%s evicted between %v and %v after the grace began", nodes[failoverNodes-1].id,
+					gone.present.Sub(noticed).Round(time.Millisecond), gone.goneAt.Sub(noticed).Round(time.Millisecond))
+			}
+		}
+	}
+
+	// The meter and the checker watch two more heartbeats of the settled
+	// ring (an observation, not a wait for a condition).
+	time.Sleep(2 * failoverHeartbeat)
+	m := meter.finish()
+	res.doubled, res.doubleTime, res.firstDouble = len(m.parts), m.total, -1
+	if len(m.parts) > 0 {
+		res.firstDouble = m.first.Sub(switched)
+		t.Logf("%d partitions reported by two nodes at once, for %.2f partition-seconds in all, the first %v after the switch",
+			len(m.parts), m.total.Seconds(), res.firstDouble.Round(time.Millisecond))
+	} else {
+		t.Logf("no partition reported by two nodes at once")
+	}
+	chk.finish()
+	return res
+}
+
+// seconds scans a number of seconds into a duration.
+type secondsScanner struct{ d *time.Duration }
+
+func seconds(d *time.Duration) secondsScanner { return secondsScanner{d} }
+
+func (s secondsScanner) Scan(v any) error {
+	var f sql.NullFloat64
+	if err := f.Scan(v); err != nil {
+		return err
+	}
+	*s.d = time.Duration(f.Float64 * float64(time.Second))
+	return nil
+}
+
+// waitReplayed waits until the standby shows the ring as assigned.
+func waitReplayed(t *testing.T, standby *sql.DB, schema string, assigned assignment) {
+	t.Helper()
+	want := strings.Join(assigned, ",")
+	var got string
+	if !waitFor(10*time.Second, func() bool {
+		err := standby.QueryRow(`SELECT string_agg(coalesce(owner, ''), ',' ORDER BY partition)
+			FROM "`+schema+`".partitions WHERE ring = $1`, failoverRing).Scan(&got)
+		return err == nil && got == want
+	}) {
+		t.Fatalf("the standby never showed the converged ring: %q", got)
+	}
+}
+
+// restoreBeforeLastHeartbeats restores backup, a base backup of primary,
+// to a point after the ring converged but before the nodes' last
+// heartbeats, starts it while the nodes still run on primary, and returns
+// once every lease row on the copy has run out (the nodes, renewing on
+// primary, are still live). lag is how far the copy is behind the primary
+// then.
+func restoreBeforeLastHeartbeats(t *testing.T, ctx context.Context, e *env, primary, backup *localpg.Cluster) (*localpg.Cluster, time.Duration) {
+	t.Helper()
+	pdb := openDB(t, primary.DSN)
+	defer pdb.Close()
+	var target string // the primary's now(), as text: recovery_target_time's form
+	if err := pdb.QueryRow(`SELECT now()::text`).Scan(&target); err != nil {
+		t.Fatal(err)
+	}
+	// WAL past the target, archived: a heartbeat that committed after it,
+	// then a segment switch.
+	if !waitFor(5*time.Second, func() bool {
+		var n int
+		err := pdb.QueryRow(`SELECT count(*) FROM "`+e.schema+`".nodes WHERE expires_at > $1::timestamptz + $2 * interval '1 ms'`,
+			target, failoverTTL.Milliseconds()).Scan(&n)
+		return err == nil && n > 0
+	}) {
+		t.Fatal("no heartbeat committed after the restore target")
+	}
+	var seg string
+	if err := pdb.QueryRow(`SELECT pg_walfile_name(pg_switch_wal())`).Scan(&seg); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool {
+		var n int
+		err := pdb.QueryRow(`SELECT count(*) FROM pg_stat_archiver WHERE last_archived_wal >= $1`, seg).Scan(&n)
+		return err == nil && n == 1
+	}) {
+		t.Fatalf("WAL segment %s not archived", seg)
+	}
+	if err := backup.Recover(ctx, primary, target); err != nil {
+		t.Fatal(err)
+	}
+	db := openDB(t, backup.DSN)
+	defer db.Close()
+	if !waitFor(2*failoverTTL, func() bool {
+		var over bool
+		err := db.QueryRow(`SELECT clock_timestamp() > max(expires_at) FROM "` + e.schema + `".nodes`).Scan(&over)
+		return err == nil && over
+	}) {
+		t.Fatal("the restored copy's lease rows never ran out")
+	}
+	var behind time.Duration
+	if err := db.QueryRow(`SELECT extract(epoch FROM clock_timestamp() - $1::timestamptz)`, target).Scan(seconds(&behind)); err != nil {
+		t.Fatal(err)
+	}
+	return backup, behind
+}
+
+// logHole logs, at the switch, each node's lease row on the new primary
+// against the node's own deadline, and returns how many nodes were in the
+// hole: past the row's end there, and before their own deadline.
+func logHole(t *testing.T, db *sql.DB, nodesTable string, nodes []*node) int {
+	t.Helper()
+	rows, err := db.Query(`SELECT node_id, extract(epoch FROM clock_timestamp() - expires_at) FROM ` + nodesTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	past := map[string]time.Duration{}
+	for rows.Next() {
+		var id string
+		var d time.Duration
+		if err := rows.Scan(&id, seconds(&d)); err != nil {
+			t.Fatal(err)
+		}
+		past[id] = d
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	open := 0
+	var lines []string
+	for _, n := range nodes {
+		left := n.client.Stats().LeaseLeft
+		d, ok := past[n.id]
+		switch {
+		case !ok:
+			lines = append(lines, fmt.Sprintf("%s: no row", n.id))
+		case d > 0 && left > 0:
+			open++
+			lines = append(lines, fmt.Sprintf("%s: row ended %v ago, own deadline in %v", n.id, d.Round(time.Millisecond), left.Round(time.Millisecond)))
+		default:
+			lines = append(lines, fmt.Sprintf("%s: row ends in %v, own deadline in %v", n.id, (-d).Round(time.Millisecond), left.Round(time.Millisecond)))
+		}
+	}
+	verdict := "the hole is open for every node: each is past its row's end on the new primary and before its own deadline"
+	if open < len(nodes) {
+		verdict = fmt.Sprintf("the hole is open for %d of %d nodes", open, len(nodes))
+	}
+	t.Logf("at the switch: %s; %s", strings.Join(lines, "; "), verdict)
+	return open
+}
+
+// evictionSeen is when a node's row was last seen and first seen gone, on
+// the database's clock.
+type evictionSeen struct {
+	seen            bool
+	present, goneAt time.Time
+}
+
+// watchEviction polls db for node id's lease row until it is gone or
+// within has passed.
+func watchEviction(t *testing.T, db *sql.DB, nodesTable, id string, within time.Duration) evictionSeen {
+	t.Helper()
+	var ev evictionSeen
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		var n int
+		var at time.Time
+		if err := db.QueryRow(`SELECT count(*), clock_timestamp() FROM `+nodesTable+` WHERE node_id = $1`, id).Scan(&n, &at); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			ev.seen, ev.goneAt = true, at
+			return ev
+		}
+		ev.present = at
+		time.Sleep(5 * time.Millisecond)
+	}
+	return ev
+}
+
+// doubleMeter polls every node's Values() and adds up, per partition, the
+// time two nodes or more reported it at once: between two polls that both
+// saw it so.
+type doubleMeter struct {
+	e          *env
+	ring       string
+	size       int
+	stop, done chan struct{}
+	mu         sync.Mutex
+	m          doubleMeasure
+}
+
+type doubleMeasure struct {
+	parts map[int]bool
+	total time.Duration
+	first time.Time
+}
+
+func startDoubleMeter(e *env, ring string, size int) *doubleMeter {
+	d := &doubleMeter{e: e, ring: ring, size: size, stop: make(chan struct{}), done: make(chan struct{}),
+		m: doubleMeasure{parts: map[int]bool{}}}
+	go d.run()
+	e.t.Cleanup(func() { d.finish() })
+	return d
+}
+
+func (d *doubleMeter) run() {
+	defer close(d.done)
+	prev := make([]bool, d.size)
+	var prevAt time.Time
+	for {
+		select {
+		case <-d.stop:
+			return
+		default:
+		}
+		d.e.mu.Lock()
+		nodes := append([]*node(nil), d.e.nodes...)
+		d.e.mu.Unlock()
+		now := time.Now()
+		cur := make([]bool, d.size)
+		for p, o := range owners(nodes, d.ring, d.size) {
+			cur[p] = len(o) > 1
+		}
+		d.mu.Lock()
+		for p := range cur {
+			if !cur[p] {
+				continue
+			}
+			if d.m.first.IsZero() {
+				d.m.first = now
+			}
+			d.m.parts[p] = true
+			if prev[p] {
+				d.m.total += now.Sub(prevAt)
+			}
+		}
+		d.mu.Unlock()
+		prev, prevAt = cur, now
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// finish stops the meter and returns what it measured.
+func (d *doubleMeter) finish() doubleMeasure {
+	select {
+	case <-d.stop:
+	default:
+		close(d.stop)
+	}
+	<-d.done
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.m
+}
