@@ -143,7 +143,8 @@ func (c *Cluster) Recover(ctx context.Context, from *Cluster, target string) err
 // Promote ends a standby's recovery (pg_promote) and returns once it takes
 // writes.
 func (c *Cluster) Promote(ctx context.Context) error {
-	if err := execSQL(ctx, c.Addr(), "postgres", "postgres", "SELECT pg_catalog.pg_promote(true, 60)"); err != nil {
+	// Without pg_promote's own wait, which looks every 100 ms.
+	if err := execSQL(ctx, c.Addr(), "postgres", "postgres", "SELECT pg_catalog.pg_promote(false)"); err != nil {
 		return fmt.Errorf("localpg: promoting %s: %w", c.Addr(), err)
 	}
 	if err := c.waitWritable(ctx); err != nil {
@@ -161,4 +162,22 @@ func (c *Cluster) waitWritable(ctx context.Context) error {
 	END IF;
 END $$`
 	return whileStarting(ctx, func() error { return execSQL(ctx, c.Addr(), "postgres", "postgres", check) })
+}
+
+// Kill kills the server and all its processes at once (SIGKILL), as a
+// machine dies, and keeps the data directory (Restart starts it again,
+// after crash recovery). Kill of a server that is not running does
+// nothing; after Stop it returns ErrStopped.
+func (c *Cluster) Kill() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return ErrStopped
+	}
+	if s := c.srv; s != nil {
+		c.srv = nil
+		killGroup(s.cmd.Process.Pid)
+		<-s.exited
+	}
+	return nil
 }
