@@ -55,8 +55,9 @@ type failoverResult struct {
 	doubled     int           // partitions reported by two nodes at once
 	doubleTime  time.Duration // partition-time reported twice
 	firstDouble time.Duration // after the switch; -1: none
-	graceFrom   time.Duration // the grace's start after the switch; -1: no grace recorded
-	balanced    time.Duration // the ring balanced again, after the grace's end (or the switch, without one)
+	graceFrom   time.Duration // the grace's start after the switch; -1: no grace began
+	evicted     time.Duration // the node that never came back, gone this long after the grace began; -1: none
+	balanced    time.Duration // the ring balanced again, after the grace's end (after the switch without a grace)
 	failed      bool
 }
 
@@ -76,13 +77,14 @@ type failoverResult struct {
 func TestFailover(t *testing.T) {
 	all := map[string][]failoverResult{}
 	for run := 1; run <= *failoverRuns; run++ {
-		for _, f := range failoverForms {
+		setups := prepareFailovers(t, failoverForms)
+		for i, f := range failoverForms {
 			name := f.name
 			if *failoverRuns > 1 {
 				name = fmt.Sprintf("%s/run %d", f.name, run)
 			}
 			t.Run(name, func(t *testing.T) {
-				r := runFailover(t, f)
+				r := runFailover(t, f, setups[i])
 				r.failed = t.Failed()
 				all[f.name] = append(all[f.name], r)
 			})
@@ -97,57 +99,132 @@ func TestFailover(t *testing.T) {
 
 // summarize gives the ranges of a form's results over its runs.
 func summarize(rs []failoverResult) string {
-	if len(rs) == 0 {
-		return "no run finished"
-	}
+	// span is the range of get over the runs where it is not negative.
 	span := func(get func(failoverResult) time.Duration) string {
-		lo, hi := get(rs[0]), get(rs[0])
+		lo, hi, n := time.Duration(0), time.Duration(0), 0
 		for _, r := range rs {
-			lo, hi = min(lo, get(r)), max(hi, get(r))
+			if d := get(r); d >= 0 {
+				if n == 0 || d < lo {
+					lo = d
+				}
+				hi, n = max(hi, d), n+1
+			}
 		}
-		return fmt.Sprintf("%v–%v", lo.Round(time.Millisecond), hi.Round(time.Millisecond))
+		if n == 0 {
+			return "none"
+		}
+		return fmt.Sprintf("%v–%v in %d", lo.Round(time.Millisecond), hi.Round(time.Millisecond), n)
 	}
-	doubled, holes, failed, runsDoubled := 0, 0, 0, 0
+	var failed, holes, doubledRuns, doubled int
 	for _, r := range rs {
-		doubled = max(doubled, r.doubled)
-		if r.holeNodes == failoverNodes {
-			holes++
-		}
 		if r.failed {
 			failed++
 		}
+		if r.holeNodes == failoverNodes {
+			holes++
+		}
 		if r.doubled > 0 {
-			runsDoubled++
+			doubledRuns++
+		}
+		doubled = max(doubled, r.doubled)
+	}
+	graced := func(want bool) func(failoverResult) time.Duration {
+		return func(r failoverResult) time.Duration {
+			if (r.graceFrom >= 0) != want {
+				return -1
+			}
+			return r.balanced
 		}
 	}
-	return fmt.Sprintf("%d runs, %d failed; lag %s; the hole open for every node in %d; partitions reported twice in %d runs, at most %d, for %s partition-seconds; grace from %s after the switch; balanced %s after the grace's end",
-		len(rs), failed, span(func(r failoverResult) time.Duration { return r.lag }), holes, runsDoubled, doubled,
-		span(func(r failoverResult) time.Duration { return r.doubleTime }),
+	return fmt.Sprintf("%d runs, %d failed; behind by %s; the hole open for every node in %d; partitions reported twice in %d (at most %d; partition-seconds %s); "+
+		"a grace began %s after the switch; the lost node evicted %s after it began; balanced %s after the grace's end, %s after the switch (no grace)",
+		len(rs), failed, span(func(r failoverResult) time.Duration { return r.lag }), holes, doubledRuns, doubled,
+		span(func(r failoverResult) time.Duration {
+			if r.doubled == 0 {
+				return -1
+			}
+			return r.doubleTime
+		}),
 		span(func(r failoverResult) time.Duration { return r.graceFrom }),
-		span(func(r failoverResult) time.Duration { return r.balanced }))
+		span(func(r failoverResult) time.Duration { return r.evicted }),
+		span(graced(true)), span(graced(false)))
 }
 
-// failoverCluster starts a private primary for the scenario, stopped at the
-// test's end; it skips t (counted) without PostgreSQL binaries.
-func failoverCluster(t *testing.T, archive bool) *localpg.Cluster {
+// failoverSetup is one form's servers, made before its run.
+type failoverSetup struct {
+	primary *localpg.Cluster
+	relay   *faultproxy.Proxy // the standby's way to the primary; nil for a restore
+	copy    *localpg.Cluster  // the standby, or the base backup a restore starts from
+}
+
+// prepareFailovers makes every form's servers at once, as starting them is
+// most of the test's time; each form's run then has the machine to itself.
+// It skips t (counted) without PostgreSQL binaries.
+func prepareFailovers(t *testing.T, forms []failoverForm) []*failoverSetup {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	// Commits wait for their WAL to be written, as the README asks of
-	// users; fsync stays off (a private cluster's default) for speed.
-	c, err := localpg.StartWith(ctx, localpg.Config{Archive: archive, Settings: []string{"synchronous_commit=on"}})
-	if errors.Is(err, localpg.ErrNoPostgres) {
-		skip(t, err)
+	setups := make([]*failoverSetup, len(forms))
+	errs := make([]error, len(forms))
+	var wg sync.WaitGroup
+	for i, f := range forms {
+		setups[i] = &failoverSetup{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = setups[i].start(ctx, f.restore)
+		}()
 	}
-	if err != nil {
-		t.Fatal(err)
+	wg.Wait()
+	for _, s := range setups {
+		t.Cleanup(func() { _ = s.stop() }) // runs stop them sooner
 	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Error(err)
+	for _, err := range errs {
+		if errors.Is(err, localpg.ErrNoPostgres) {
+			skip(t, err)
 		}
-	})
-	return c
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return setups
+}
+
+// start makes a private primary and its standby behind a relay, or, for a
+// restore, its base backup. Commits wait for their WAL to be written, as
+// the README asks of users; fsync stays off (a private cluster's default)
+// for speed.
+func (s *failoverSetup) start(ctx context.Context, restore bool) error {
+	var err error
+	cfg := localpg.Config{Archive: restore, Settings: []string{"synchronous_commit=on"}}
+	if s.primary, err = localpg.StartWith(ctx, cfg); err != nil {
+		return err
+	}
+	if restore {
+		s.copy, err = s.primary.Backup(ctx)
+		return err
+	}
+	if s.relay, err = faultproxy.New(s.primary.Addr()); err != nil {
+		return err
+	}
+	// A standby whose primary is gone tries the other WAL sources and waits
+	// this long between rounds, and a promotion may wait for that wait.
+	s.copy, err = s.primary.Standby(ctx, s.relay.Addr(), "wal_retrieve_retry_interval=100ms")
+	return err
+}
+
+// stop stops and removes everything start made; it may be called again.
+func (s *failoverSetup) stop() error {
+	var errs []error
+	if s.relay != nil {
+		errs = append(errs, s.relay.Close())
+	}
+	for _, c := range []*localpg.Cluster{s.copy, s.primary} {
+		if c != nil {
+			errs = append(errs, c.Stop())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // newFrontProxy is the database's address as every node and the test's
@@ -162,33 +239,25 @@ func newFrontProxy(t *testing.T, target string) *faultproxy.Proxy {
 	return p
 }
 
-func runFailover(t *testing.T, f failoverForm) failoverResult {
+func runFailover(t *testing.T, f failoverForm, s *failoverSetup) failoverResult {
 	var res failoverResult
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	primary := failoverCluster(t, f.restore)
+	t.Cleanup(func() {
+		if err := s.stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	primary, relay, copyOf := s.primary, s.relay, s.copy
 	front := newFrontProxy(t, primary.Addr())
-
-	var relay *faultproxy.Proxy
-	var copyOf *localpg.Cluster // the standby, or the backup restored later
-	var err error
-	if f.restore {
-		if copyOf, err = primary.Backup(ctx); err != nil {
-			t.Fatal(err)
-		}
-	} else {
-		relay = newFrontProxy(t, primary.Addr())
-		if copyOf, err = primary.Standby(ctx, relay.Addr()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { _ = copyOf.Stop() })
 
 	e := newEnvOn(t, proxiedDSN(t, primary.DSN, front.Addr()), failoverTTL, failoverHeartbeat)
 	nodes := make([]*node, failoverNodes)
 	for i := range nodes {
 		nodes[i] = e.startNode(fmt.Sprintf("n%d", i), failoverRing, failoverSize)
 	}
+	// The node that never comes back would wait its Close's leave out.
+	t.Cleanup(func() { nodes[failoverNodes-1].proxy.SetMode(faultproxy.Refuse) })
 	assigned, _ := e.waitConverged(failoverRing, failoverSize, nil, 10*time.Second)
 	chk := e.startChecker(failoverRing, failoverSize, 3*failoverTTL)
 	meter := startDoubleMeter(e, failoverRing, failoverSize)
@@ -235,6 +304,7 @@ func runFailover(t *testing.T, f failoverForm) failoverResult {
 	}
 	db := openDB(t, newPrimary.DSN)
 	defer db.Close()
+	var err error
 	res.holeNodes = logHole(t, db, nodesTable, nodes)
 	front.SetTarget(newPrimary.Addr())
 	front.SetMode(faultproxy.Pass)
@@ -257,7 +327,7 @@ func runFailover(t *testing.T, f failoverForm) failoverResult {
 	// The grace begins when the new primary first has a lease's end decide
 	// a takeover: a scan that finds a lapsed lease, a rebalance. If every
 	// node came back before any scan found one, it has not begun.
-	res.graceFrom, res.balanced = -1, balancedAt.Sub(switched)
+	res.graceFrom, res.evicted, res.balanced = -1, -1, balancedAt.Sub(switched)
 	bound := failoverTTL + failoverHeartbeat
 	var noticedHere bool
 	var noticed, graceEnd time.Time
@@ -284,6 +354,9 @@ func runFailover(t *testing.T, f failoverForm) failoverResult {
 			t.Errorf("ring balanced %v after the grace's end, more than TTL + heartbeat (%v)", res.balanced.Round(time.Millisecond), bound)
 		}
 		if f.unreachable {
+			if gone.seen {
+				res.evicted = gone.goneAt.Sub(noticed)
+			}
 			switch {
 			case !gone.seen:
 				t.Errorf("%s never evicted", nodes[failoverNodes-1].id)
