@@ -24,7 +24,7 @@ var (
 
 // SchemaVersion is the version of the schema in sql/ this library speaks.
 // Bump it with every change there, and add the migration that reaches it.
-const SchemaVersion = 7
+const SchemaVersion = 8
 
 // oldestUpgradable is the oldest schema version the migrations upgrade.
 const oldestUpgradable = 4

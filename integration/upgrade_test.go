@@ -20,7 +20,8 @@ import (
 
 // oldSchemas are the schema versions this library upgrades, each as its
 // release shipped sql/functions.sql (testdata holds copies from git
-// history: `git show <commit>:sql/functions.sql`).
+// history: `git show <commit>:sql/functions.sql`, and from version 7
+// sql/schema.sql before it).
 var oldSchemas = []struct {
 	name    string
 	version int
@@ -31,6 +32,9 @@ var oldSchemas = []struct {
 	{"v5-first", 5, "testdata/functions_v5_a9b1bc2.sql", oldClient{forgetOnRejoin: true}}, // no claimed_by yet
 	{"v5", 5, "testdata/functions_v5_ec05b67.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v6", 6, "testdata/functions_v6_d26a4fa.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	// From version 7 on, a release ships schema.sql and functions.sql:
+	// the copy is the two, one after the other.
+	{"v7", 7, "testdata/schema_and_functions_v7_a49746f.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's
@@ -551,18 +555,18 @@ func TestUpgradeWithLiveNodes(t *testing.T) {
 func TestSQLFilesRefuseOtherVersions(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2*time.Second, 200*time.Millisecond)
-	installOld(t, e, "testdata/functions_v6_d26a4fa.sql", 6)
+	installOld(t, e, "testdata/schema_and_functions_v7_a49746f.sql", 7)
 	fresh := must(leasering.MigrationSQL(0))
-	upgrade := must(leasering.MigrationSQL(6))
+	upgrade := must(leasering.MigrationSQL(7))
 	cases := []struct {
 		what, setup, script, state string
 	}{
-		{"schema.sql at version 6", "", fresh, "LR007"},
-		{"functions.sql at version 6", "", leasering.FunctionsSQL(), "LR007"},
-		{"migration 5 to 6 at version 6", "", must(leasering.MigrationSQL(5)), "LR007"},
-		{"migration 6 to 7 at version 7", "UPDATE S.schema_version SET version = 7", upgrade, "LR007"},
-		{"schema.sql at version 8", "UPDATE S.schema_version SET version = 8", fresh, "LR002"},
-		{"functions.sql at version 8", "UPDATE S.schema_version SET version = 8", leasering.FunctionsSQL(), "LR002"},
+		{"schema.sql at version 7", "", fresh, "LR007"},
+		{"functions.sql at version 7", "", leasering.FunctionsSQL(), "LR007"},
+		{"migration 6 to 7 at version 7", "", must(leasering.MigrationSQL(6)), "LR007"},
+		{"migration 7 to 8 at version 8", "UPDATE S.schema_version SET version = 8", upgrade, "LR007"},
+		{"schema.sql at version 9", "UPDATE S.schema_version SET version = 9", fresh, "LR002"},
+		{"functions.sql at version 9", "UPDATE S.schema_version SET version = 9", leasering.FunctionsSQL(), "LR002"},
 	}
 	for _, c := range cases {
 		tx, err := e.admin.Begin()
@@ -580,8 +584,8 @@ func TestSQLFilesRefuseOtherVersions(t *testing.T) {
 			t.Errorf("%s: %v, want SQLSTATE %s", c.what, err, c.state)
 		}
 	}
-	if v := schemaVersionOf(t, e.admin, e.schema); v != 6 {
-		t.Errorf("the schema is at version %d after the refusals, want 6", v)
+	if v := schemaVersionOf(t, e.admin, e.schema); v != 7 {
+		t.Errorf("the schema is at version %d after the refusals, want 7", v)
 	}
 }
 

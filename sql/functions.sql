@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 7.
+-- leasering: the protocol, schema version 8.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -137,12 +137,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 7 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (7)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 8 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (8)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 7 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 7: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 8 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 8: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -250,13 +250,15 @@ BEGIN
 
     -- greatest: a stale attempt (sent earlier, landing after a newer one)
     -- never shortens the lease the newer one granted.
-    UPDATE nodes SET expires_at = greatest(expires_at, lease_from + ttl)
+    -- ttl_ms: the grace of G9 outlasts the longest lease (HOT all the same:
+    -- no index covers it, and it rarely changes).
+    UPDATE nodes SET expires_at = greatest(expires_at, lease_from + ttl), ttl_ms = p_ttl_ms
      WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
     RETURNING * INTO me;
     IF FOUND THEN
         st := 'ok';
     ELSE
-        me := take_lease(p_node, p_incarnation, p_metadata, p_claim, lease_from + ttl);
+        me := take_lease(p_node, p_incarnation, p_metadata, p_claim, lease_from + ttl, p_ttl_ms);
         IF me.incarnation <> p_incarnation THEN
             RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text,
                                 jsonb_build_object('incarnation', me.incarnation), NULL::jsonb, clock_timestamp();
@@ -360,9 +362,11 @@ $$;
 -- (the heartbeat answers 'join' until then and reports nothing of the
 -- ring): for a node that owns 65,536 partitions that is most of a second,
 -- which a heartbeat must never spend. A new incarnation holds until the
--- older one's lease would have ended.
+-- older one's lease would have ended, and never before the end of a grace
+-- (G9): on a server that lacks the older one's last renewals, its lease
+-- may be longer than its row says.
 CREATE OR REPLACE FUNCTION leasering.take_lease(p_node text, p_incarnation text, p_metadata text, p_claim boolean,
-                                                p_expires_at timestamptz)
+                                                p_expires_at timestamptz, p_ttl_ms integer)
 RETURNS leasering.nodes
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
@@ -372,8 +376,8 @@ DECLARE
 BEGIN
     SELECT * INTO me FROM nodes WHERE node_id = p_node FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO nodes (node_id, incarnation, expires_at, hold_until, metadata)
-        VALUES (p_node, p_incarnation, p_expires_at, now(), p_metadata)
+        INSERT INTO nodes (node_id, incarnation, expires_at, hold_until, metadata, ttl_ms)
+        VALUES (p_node, p_incarnation, p_expires_at, now(), p_metadata, p_ttl_ms)
         ON CONFLICT (node_id) DO NOTHING
         RETURNING * INTO me;
         IF NOT FOUND THEN  -- a racing start of the same id won; settle it on the next call
@@ -394,9 +398,11 @@ BEGIN
     END IF;
     UPDATE nodes
        SET incarnation = p_incarnation,
-           hold_until = CASE WHEN me.incarnation = p_incarnation THEN now() ELSE greatest(now(), me.expires_at) END,
+           hold_until = CASE WHEN me.incarnation = p_incarnation THEN now()
+                             ELSE greatest(now(), me.expires_at, failover_grace()) END,
            expires_at = p_expires_at,
-           metadata = p_metadata
+           metadata = p_metadata,
+           ttl_ms = p_ttl_ms
      WHERE node_id = p_node
     RETURNING * INTO me;
     UPDATE members SET claimed_by = NULL WHERE node_id = p_node;
@@ -416,6 +422,10 @@ $$;
 -- at or before the true earliest end. Hold ends count too (they never
 -- move): whoever scans first after one hands on what the holder released
 -- meanwhile.
+--
+-- G9: on a server in its grace (failover_grace) nobody is evicted, and a
+-- lease that lapsed ends with the grace: scanners come back then, not at
+-- once.
 CREATE OR REPLACE FUNCTION leasering.scan_and_evict(p_node text, p_ttl_ms integer)
 RETURNS timestamptz
 LANGUAGE plpgsql
@@ -425,7 +435,8 @@ DECLARE
     next_expiry timestamptz;  -- the earliest other lease end
     next_event  timestamptz;  -- that, or the end of another node's hold, if earlier
     hold_over   boolean;      -- partitions released during a hold that is over await handing on
-    dead_rings  text[];
+    grace_end   timestamptz := '-infinity';  -- G9: the end of this server's grace
+    dead_rings  text[] := '{}';
     dead_ring   text;
 BEGIN
     SELECT min(expires_at), min(least(expires_at, CASE WHEN hold_until > now() THEN hold_until END))
@@ -437,9 +448,14 @@ BEGIN
         -- A takeover is worth waiting for (the dead node's partitions have
         -- no owner until it is done), and it is rare.
         PERFORM set_lock_wait(p_ttl_ms, 1000);
+        IF next_expiry <= now() THEN
+            grace_end := failover_grace();
+        END IF;
         BEGIN
-            dead_rings := evict_expired(p_node);
-            IF cardinality(dead_rings) = 0
+            IF now() >= grace_end THEN
+                dead_rings := evict_expired(p_node);
+            END IF;
+            IF cardinality(dead_rings) = 0 AND now() >= grace_end
                AND EXISTS (SELECT 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node) THEN
                 -- Another heartbeat is evicting them (they were skipped as
                 -- locked). Wait for it, so that this heartbeat reads the
@@ -470,7 +486,7 @@ BEGIN
             NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
         END;
         PERFORM set_lock_wait(p_ttl_ms, 20);
-        SELECT min(least(expires_at, CASE WHEN hold_until > now() THEN hold_until END))
+        SELECT min(least(greatest(expires_at, grace_end), CASE WHEN hold_until > now() THEN hold_until END))
           INTO next_event
           FROM nodes WHERE node_id <> p_node;
     END IF;
@@ -975,6 +991,45 @@ BEGIN
 END
 $$;
 
+-- failover_grace (G9): the end of this server's grace, in the past when
+-- there is none. The first call on another server than the one recorded in
+-- server_identity (a promoted replica, a restored copy, the same server
+-- restarted: its postmaster started at another time; or the row is gone)
+-- records this one and starts a grace of the longest TTL on the nodes'
+-- rows, on its own clock from now: every lease counts as live until then.
+-- A node renewed on the old server, at the latest, just before this one
+-- took over, so by then every lease the old server granted has ended,
+-- however many renewals this one lacks and whatever the old server's clock
+-- said. Called only where a lease's end decides a takeover (rebalance,
+-- scan_and_evict, take_lease over another incarnation), never by a steady
+-- heartbeat.
+CREATE OR REPLACE FUNCTION leasering.failover_grace()
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    s     server_identity;
+    grace timestamptz;
+BEGIN
+    SELECT * INTO s FROM server_identity;
+    IF FOUND AND s.started_at = pg_postmaster_start_time() THEN
+        RETURN s.grace_until;
+    END IF;
+    SELECT now() + coalesce(max(ttl_ms), 0) * interval '1 millisecond' INTO grace FROM nodes;
+    INSERT INTO server_identity AS si (started_at, noticed_at, grace_until)
+    VALUES (pg_postmaster_start_time(), now(), grace)
+    ON CONFLICT (id) DO UPDATE
+       SET started_at = excluded.started_at, noticed_at = excluded.noticed_at, grace_until = excluded.grace_until
+     WHERE si.started_at IS DISTINCT FROM excluded.started_at
+    RETURNING si.grace_until INTO grace;
+    IF NOT FOUND THEN  -- another transaction recorded this server first
+        SELECT grace_until INTO grace FROM server_identity;
+    END IF;
+    RETURN grace;
+END
+$$;
+
 -- evict_expired: remove every node whose lease has lapsed in database time
 -- (their member rows go with them) and return the rings they were in, for
 -- the caller to rebalance in name order. Nodes another transaction is
@@ -1046,14 +1101,19 @@ DECLARE
     steady     text[];     -- members whose row we share-locked: their seen is final
     steady_seen bigint[];  -- and that seen
     dead       text[];     -- nodes whose lease has lapsed, their rows locked by us
+    in_grace   boolean;    -- G9: see failover_grace
 BEGIN
     SELECT size INTO q FROM rings WHERE name = p_ring;
     -- A node whose lease has lapsed is dead only if we can lock its row. One
     -- locked by another transaction may be renewing it this instant (and
     -- reading a view that still gives it its partitions), or be evicted by
     -- someone who rebalances after us: it counts as live.
+    -- G9: in a grace nobody is dead, and every owner counts as told of its
+    -- partitions (seen, written by heartbeats, may be older here than the
+    -- views the owners read): nothing is taken over, only handed over.
+    in_grace := now() < failover_grace();
     SELECT coalesce(array_agg(d.node_id), '{}') INTO dead
-      FROM (SELECT node_id FROM nodes WHERE expires_at <= now() FOR SHARE SKIP LOCKED) AS d;
+      FROM (SELECT node_id FROM nodes WHERE expires_at <= now() AND NOT in_grace FOR SHARE SKIP LOCKED) AS d;
     -- Step 5 reads each live member's seen, so share-lock those rows (a view
     -- being read finishes first) and read seen with the lock. Never wait for
     -- one: a leave or an eviction that deleted it waits for this ring, and a
@@ -1146,7 +1206,7 @@ BEGIN
                    CASE WHEN x.keep THEN x.owner ELSE ids[x.h] END AS new_owner,
                    CASE WHEN x.keep AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
               FROM (SELECT u.h, u.ord, pp.owner,
-                           u.live AND (st.id IS NULL OR pp.granted <= st.seen) AS keep  -- busy counts as told
+                           u.live AND (in_grace OR st.id IS NULL OR pp.granted <= st.seen) AS keep  -- busy counts as told
                       FROM unnest(holder, owner_live) WITH ORDINALITY AS u (h, live, ord)
                       JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1
                       LEFT JOIN unnest(steady, steady_seen) AS st (id, seen) ON st.id = pp.owner) AS x) AS t

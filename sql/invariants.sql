@@ -1,4 +1,4 @@
--- leasering: the protocol's invariants, as one query (schema version 7).
+-- leasering: the protocol's invariants, as one query (schema version 8).
 --
 -- It lists the state in the schema that no run of sql/functions.sql can
 -- leave at any commit, one row per violation: kind, ring, partition, node
@@ -74,7 +74,10 @@
 --       which is no later). The other node's heartbeats since looked for
 --       lapsed leases (a client does once the earliest other lease end it
 --       knows of has passed) and evicted them; one that could not, for a
---       lock, tried again on the next.
+--       lock, tried again on the next. On a server in a grace (G9) the
+--       lease counts until the grace's end, and on one whose grace is due
+--       (server_identity names another server) not at all: the grace
+--       begins at the next scan.
 --   release_not_handed_on
 --       a partition its owner released during a hold that ended more than
 --       two TTLs before another node's lease was last granted: that node's
@@ -86,7 +89,12 @@ WITH clock AS MATERIALIZED (
     -- One reading of the clock, taken after the query's snapshot: every
     -- lease in the snapshot was granted before it, so none may end after
     -- horizon.
-    SELECT now, ttl, now OPERATOR(pg_catalog.+) ttl AS horizon
+    SELECT now, ttl, now OPERATOR(pg_catalog.+) ttl AS horizon,
+           coalesce((SELECT CASE WHEN s.grace_until OPERATOR(pg_catalog.>) s.noticed_at THEN s.grace_until
+                                 ELSE '-infinity' END  -- no grace
+                       FROM leasering.server_identity s
+                      WHERE s.started_at OPERATOR(pg_catalog.=) pg_catalog.pg_postmaster_start_time()),
+                    'infinity') AS grace_end  -- G9: the grace is due
       FROM (SELECT pg_catalog.clock_timestamp() AS now, $1::pg_catalog.interval AS ttl) AS t
 ),
 -- The two most recent lease grants (granted: no later than the grant, the
@@ -213,7 +221,7 @@ violation (kind, ring, partition, node, detail) AS (
            LATERAL (SELECT l.node_id, l.granted, l.settled FROM latest l
                      WHERE l.node_id OPERATOR(pg_catalog.<>) n.node_id
                      ORDER BY l.granted DESC LIMIT 1) AS o
-     WHERE n.expires_at OPERATOR(pg_catalog.<) o.settled
+     WHERE pg_catalog.timestamptz_larger(n.expires_at, c.grace_end) OPERATOR(pg_catalog.<) o.settled
 
     UNION ALL
     SELECT 'release_not_handed_on', p.ring, p.partition, p.owner,

@@ -1,4 +1,4 @@
--- leasering: the tables, schema version 7.
+-- leasering: the tables, schema version 8.
 --
 -- A new schema gets this file and then functions.sql; a schema at an older
 -- version gets the files of migrations/ above its version and then
@@ -30,11 +30,11 @@ GRANT SELECT ON leasering.schema_version TO PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 7 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (7)',
+    IF (SELECT version FROM leasering.schema_version) > 8 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (8)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) < 7 THEN
+    ELSIF (SELECT version FROM leasering.schema_version) < 8 THEN
         RAISE EXCEPTION 'the schema is at version %: upgrade it with the files of sql/migrations above that version, not schema.sql',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
@@ -49,8 +49,29 @@ CREATE TABLE IF NOT EXISTS leasering.nodes (
     incarnation text NOT NULL,         -- random per process start
     expires_at  timestamptz NOT NULL,  -- the lease; ownership is void past it
     hold_until  timestamptz NOT NULL,  -- a new incarnation reports and hands on nothing before the old one's lease end
-    metadata    text NOT NULL DEFAULT ''
+    metadata    text NOT NULL DEFAULT '',
+    ttl_ms      integer NOT NULL CHECK (ttl_ms > 0)  -- the TTL of its last heartbeat: a grace (G9) outlasts the longest
 ) WITH (fillfactor = 50);
+
+-- G9: the server that keeps the leases, by its postmaster's start time. A
+-- lease is a row, as durable as its commit: a promoted replica, a restored
+-- copy, or the same server restarted after losing commits may lack the last
+-- renewals, so there a lease may look lapsed while its node still uses it.
+-- Such a server started at another time. The first takeover decision on it
+-- (failover_grace, in functions.sql) records it here and starts a grace of
+-- the longest TTL on its own clock: until grace_until nobody is evicted and
+-- nothing is taken over.
+CREATE TABLE IF NOT EXISTS leasering.server_identity (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    started_at  timestamptz NOT NULL,  -- pg_postmaster_start_time() of the server that keeps the leases
+    noticed_at  timestamptz NOT NULL,  -- when it noticed the leases were not its own (its clock)
+    grace_until timestamptz NOT NULL,  -- until then it evicts nobody and takes nothing over
+    CONSTRAINT server_identity_grace_check CHECK (grace_until >= noticed_at)
+);
+-- A new schema: this server, no grace.
+INSERT INTO leasering.server_identity (started_at, noticed_at, grace_until)
+VALUES (pg_postmaster_start_time(), now(), now())
+ON CONFLICT (id) DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS leasering.rings (
     name            text PRIMARY KEY CHECK (name <> ''),
@@ -102,4 +123,4 @@ CREATE INDEX IF NOT EXISTS partitions_released ON leasering.partitions (ring) WH
 CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
 CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
 
-INSERT INTO leasering.schema_version (version) VALUES (7) ON CONFLICT (id) DO NOTHING;
+INSERT INTO leasering.schema_version (version) VALUES (8) ON CONFLICT (id) DO NOTHING;

@@ -1,0 +1,44 @@
+-- leasering: upgrade from schema version 7 to 8.
+--
+-- Apply the files of this directory above the schema's version, in order,
+-- then ../functions.sql, all in one transaction (see ../schema.sql).
+--
+-- Version 8 adds G9 (see ../schema.sql): each node's row keeps the TTL of
+-- its last heartbeat, and server_identity records the server that keeps the
+-- leases. take_lease takes the TTL too.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+DO $$
+BEGIN
+    IF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 7 THEN
+        RAISE EXCEPTION 'the schema is at version %: this step upgrades version 7',
+                        (SELECT version FROM leasering.schema_version)
+              USING ERRCODE = 'LR007';
+    END IF;
+END $$;
+
+-- A row's TTL is not known until its node's next heartbeat writes it: until
+-- then, the default TTL, or the lease's rest if longer, so that a grace
+-- that starts before that heartbeat still outlasts the lease.
+ALTER TABLE leasering.nodes ADD COLUMN ttl_ms integer;
+UPDATE leasering.nodes
+   SET ttl_ms = greatest(10000, ceil(extract(epoch FROM expires_at - now()) * 1000))::integer;
+ALTER TABLE leasering.nodes
+    ALTER COLUMN ttl_ms SET NOT NULL,
+    ADD CONSTRAINT nodes_ttl_ms_check CHECK (ttl_ms > 0);
+
+-- Upgraded on the server that keeps the leases: no grace.
+CREATE TABLE leasering.server_identity (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    started_at  timestamptz NOT NULL,
+    noticed_at  timestamptz NOT NULL,
+    grace_until timestamptz NOT NULL,
+    CONSTRAINT server_identity_grace_check CHECK (grace_until >= noticed_at)
+);
+INSERT INTO leasering.server_identity (started_at, noticed_at, grace_until)
+VALUES (pg_postmaster_start_time(), now(), now());
+
+-- Version 7's (the releases before it had none).
+DROP FUNCTION IF EXISTS leasering.take_lease(text, text, text, boolean, timestamptz);
+
+UPDATE leasering.schema_version SET version = 8;
