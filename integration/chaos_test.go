@@ -361,7 +361,9 @@ func (r *chaosRun) healDue(now time.Time) {
 }
 
 // restartPostgres restarts the server. No node can renew meanwhile, so G3
-// is suspended until the nodes have had a lease's time to come back.
+// is suspended until the nodes have had a lease's time to come back, and
+// one more: the restarted server takes nothing over until a TTL after it
+// noticed the restart (G9).
 func (r *chaosRun) restartPostgres() {
 	r.chk.paused.Store(true)
 	start := time.Now()
@@ -375,7 +377,7 @@ func (r *chaosRun) restartPostgres() {
 	r.t.Logf("PostgreSQL restarted in %v", time.Since(start).Round(time.Millisecond))
 	r.lastPG = time.Now()
 	r.counts["postgres restart"]++
-	time.AfterFunc(chaosTTL+2*chaosHeartbeat, func() { r.chk.paused.Store(false) })
+	time.AfterFunc(2*chaosTTL+2*chaosHeartbeat, func() { r.chk.paused.Store(false) })
 }
 
 // explain says who the database gives partition p to now, and, since the
