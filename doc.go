@@ -112,7 +112,8 @@
 //   - G2: a node reports a partition (Values, Owns, a held Lock) only while
 //     the database says it owns it.
 //   - G3: while a node is healthy, every partition has an owner in the
-//     database within TTL + heartbeat of any failure.
+//     database within TTL + heartbeat of any failure (after a failover or
+//     a restart of the database, of the end of its grace: G9).
 //   - G4: each node owns floor or ceil of its weighted share.
 //   - G5: a join or leave moves the fewest partitions that restore G4.
 //   - G6: every change of owner raises the partition's epoch, the fencing
@@ -120,6 +121,10 @@
 //   - G7: no decision uses a node's wall clock.
 //   - G8: the database is the source of truth: a restart loses no lease,
 //     and a node that reconnects resumes or rejoins by itself.
+//   - G9: a database that is not the server that kept the leases (a
+//     promoted replica that lost the last renewals, a restored copy, the
+//     same server restarted: its start time differs) evicts nobody and
+//     takes nothing over until one TTL of its own clock after it noticed.
 //
 // # Where it runs
 //
