@@ -48,6 +48,13 @@
 -- join_rings reclaims it (claim_vnodes: epochs + 1, so that the fencing
 -- tokens handed out before die).
 --
+-- A GRACE (G9) suspends the takeovers above: on a server other than the
+-- one server_identity records (a promoted replica, a restored copy, a
+-- restart), the first decision that a lease's end would settle starts one
+-- (failover_grace) of the longest TTL on the nodes' rows. Until its end no
+-- node goes lapsed -> absent, rebalance counts every member live and told
+-- of its partitions, and a new incarnation holds at least that long.
+--
 -- STATES OF A PARTITION: its row in partitions (schema.sql's checks admit
 -- these four and nothing else).
 --
@@ -167,8 +174,9 @@ END $$;
 -- (at most 100 ms): the rest answer 'later' and go with the next heartbeat,
 -- which the client sends at once.
 --
--- Steady state: one HOT update of the node's row and one ring version read
--- per ring; changes is NULL. With p_scan the call also scans the nodes for
+-- Steady state: one HOT update of the node's row (its lease end, and the
+-- TTL, which a grace of G9 outlasts: see failover_grace) and one ring
+-- version read per ring; changes is NULL. With p_scan the call also scans the nodes for
 -- the earliest other lease end or hold end (next_expiry_ms; NULL without
 -- p_scan or without another node): the client asks for it only once the
 -- last one it was told of has passed, that is about once per lease rather
@@ -242,16 +250,12 @@ BEGIN
               USING ERRCODE = 'LR005';
     END IF;
     PERFORM set_lock_wait(p_ttl_ms, 20);
-
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
         RETURN QUERY SELECT * FROM late_heartbeat(p_node, p_incarnation, p_ttl_ms, p_rings, ring_budget);
         RETURN;
     END IF;
-
     -- greatest: a stale attempt (sent earlier, landing after a newer one)
-    -- never shortens the lease the newer one granted.
-    -- ttl_ms: the grace of G9 outlasts the longest lease (HOT all the same:
-    -- no index covers it, and it rarely changes).
+    -- never shortens the lease the newer one granted. ttl_ms: for G9.
     UPDATE nodes SET expires_at = greatest(expires_at, lease_from + ttl), ttl_ms = p_ttl_ms
      WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
     RETURNING * INTO me;
@@ -260,16 +264,13 @@ BEGIN
     ELSE
         me := take_lease(p_node, p_incarnation, p_metadata, p_claim, lease_from + ttl, p_ttl_ms);
         IF me.incarnation <> p_incarnation THEN
-            RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text,
-                                jsonb_build_object('incarnation', me.incarnation), NULL::jsonb, clock_timestamp();
+            RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text, jsonb_build_object('incarnation', me.incarnation), NULL::jsonb, clock_timestamp();
             RETURN;
         END IF;
     END IF;
-
     IF p_scan THEN
         next_event := scan_and_evict(p_node, p_ttl_ms);
     END IF;
-
     -- The rings that need work, in name order, found by one statement.
     FOR r IN
         SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
@@ -296,7 +297,6 @@ BEGIN
             outs := array_append(outs, answer);
         END IF;
     END LOOP;
-
     RETURN QUERY SELECT
         floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint,
         greatest(ceil(extract(epoch FROM me.hold_until - clock_timestamp()) * 1000), 0)::bigint,
