@@ -106,6 +106,10 @@
 --     before one it took while evicting. That wait is a subtransaction's,
 --     bounded by set_lock_wait, and undone when it gives up: it can end a
 --     cycle, never keep one.
+--   - failover_grace writes server_identity's one row at any of these
+--     steps, but only once per server (the first decision on a new one);
+--     two that start the grace at once may deadlock, once, and one gives
+--     up, as on any busy lock.
 -- Every wait of a heartbeat is bounded by set_lock_wait (the lock-wait
 -- rule); every change to a ring follows next_version (the stamp contract).
 --
