@@ -72,12 +72,13 @@ func pooledNodes(t *testing.T, e *env, n int, rings []string, q int) []*node {
 	})
 	for i := range nodes {
 		id := fmt.Sprintf("n%03d", i)
+		warnings := &nodeLog{warnings: true}
 		c, err := leasering.NewClient(pool, leasering.WithNodeID(id), leasering.WithSchema(e.schema),
-			leasering.WithTTL(e.ttl), leasering.WithLogger(quietLogger()))
+			leasering.WithTTL(e.ttl), leasering.WithLogger(warnings.logger()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		nodes[i] = &node{id: id, client: c, leases: map[string]*leasering.Lease{}}
+		nodes[i] = &node{id: id, client: c, leases: map[string]*leasering.Lease{}, warnings: warnings}
 		for _, r := range rings {
 			l, err := c.Lease(r, q)
 			if err != nil {
@@ -95,7 +96,7 @@ func noLeaseLost(t *testing.T, nodes []*node) {
 	t.Helper()
 	for _, n := range nodes {
 		if s := n.client.Stats(); s.LeaseLosses > 0 || s.RenewFailures > 0 {
-			t.Errorf("%s: %d lease losses, %d failed heartbeats", n.id, s.LeaseLosses, s.RenewFailures)
+			t.Errorf("%s: %d lease losses, %d failed heartbeats; its last warnings:%s", n.id, s.LeaseLosses, s.RenewFailures, n.recent())
 		}
 	}
 }

@@ -79,8 +79,9 @@ type chaosRun struct {
 // nodeLog is a slog handler that keeps a client's last log lines (every
 // heartbeat, at debug level), for the first G3 report.
 type nodeLog struct {
-	mu      sync.Mutex
-	entries []logEntry
+	mu       sync.Mutex
+	entries  []logEntry
+	warnings bool // keep only warnings and errors
 }
 
 type logEntry struct {
@@ -88,7 +89,7 @@ type logEntry struct {
 	line string
 }
 
-func (l *nodeLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *nodeLog) Enabled(_ context.Context, lv slog.Level) bool { return !l.warnings || lv >= slog.LevelWarn }
 func (l *nodeLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
 func (l *nodeLog) WithGroup(string) slog.Handler            { return l }
 

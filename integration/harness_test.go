@@ -220,6 +220,37 @@ type node struct {
 	proxy  *faultproxy.Proxy
 	leases map[string]*leasering.Lease // filled before the node is registered
 	down   atomic.Bool                 // crashed or closed: not expected to report
+	// warnings keeps the client's recent warnings and errors, for a
+	// failure's message (nil when a test gave the client its own logger).
+	warnings *nodeLog
+}
+
+// logger is a client's logger that keeps its warnings and errors in l
+// (and, with LEASERING_TEST_LOG, writes every record to stderr).
+func (l *nodeLog) logger() *slog.Logger {
+	if os.Getenv("LEASERING_TEST_LOG") != "" {
+		return quietLogger()
+	}
+	return slog.New(l)
+}
+
+// recent is the node's last warnings and errors, one per line, for a
+// failure's message.
+func (n *node) recent() string {
+	if n.warnings == nil {
+		return "(no log kept)"
+	}
+	n.warnings.mu.Lock()
+	defer n.warnings.mu.Unlock()
+	es := n.warnings.entries[max(len(n.warnings.entries)-8, 0):]
+	if len(es) == 0 {
+		return "(no warning logged)"
+	}
+	var b strings.Builder
+	for _, e := range es {
+		fmt.Fprintf(&b, "\n\t%s %s", e.at.Format("15:04:05.000"), e.line)
+	}
+	return b.String()
 }
 
 // newEnv makes an env on the test server.
@@ -284,18 +315,19 @@ func (e *env) newNode(id string, opts ...leasering.Option) *node {
 		driver = testDriver
 	}
 	db := openDBWith(e.t, driver, proxiedDSN(e.t, e.dsn, p.Addr()))
+	warnings := &nodeLog{warnings: true}
 	all := append([]leasering.Option{
 		leasering.WithNodeID(id),
 		leasering.WithSchema(e.schema),
 		leasering.WithTTL(e.ttl),
 		leasering.WithHeartbeat(e.heartbeat),
-		leasering.WithLogger(quietLogger().With("test", e.t.Name())),
+		leasering.WithLogger(warnings.logger()),
 	}, opts...)
 	c, err := leasering.NewClient(db, all...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	n := &node{id: id, client: c, db: db, proxy: p, leases: map[string]*leasering.Lease{}}
+	n := &node{id: id, client: c, db: db, proxy: p, leases: map[string]*leasering.Lease{}, warnings: warnings}
 	e.mu.Lock()
 	e.all = append(e.all, n)
 	e.mu.Unlock()

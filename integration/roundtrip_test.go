@@ -32,9 +32,13 @@ var roundTripSettings = []struct {
 // sends Parse/Describe/Sync, then Bind/Execute/Sync: two. One node runs two
 // lives, short and long, each with one connection, from Start to Close;
 // the difference of their counts over the difference of their renewals is
-// the cost of a heartbeat, whatever Start and Close cost. Autovacuum is off
-// for the library's tables, so that the server's own work stays out of the
-// count.
+// the cost of a heartbeat, whatever Start and Close cost. The server's own
+// work stays out of the count: autovacuum is off for the library's tables,
+// and the catalogs, which the migration changed, are vacuumed and analyzed
+// before the count begins, so that no autovacuum worker visits them during
+// it (a CI run on a new private cluster counted 11 commits more in the long
+// life, 1.033 a heartbeat: the number of catalogs a worker's visit analyzes
+// after a migration).
 func TestOneRoundTripPerHeartbeat(t *testing.T) {
 	const short, long = 10, 160
 	admin := openPool(t, needDB(t))
@@ -45,6 +49,7 @@ func TestOneRoundTripPerHeartbeat(t *testing.T) {
 			dsn := dsnWith(t, testDSN, "", name, s.params...)
 			live(t, s.driver, dsn, 1) // migrates
 			noAutovacuum(t, dsnWith(t, testDSN, "", name))
+			vacuumAll(t, dsnWith(t, testDSN, "", name))
 
 			c0 := settledCommits(t, admin, name)
 			nShort := live(t, s.driver, dsn, short)
@@ -55,8 +60,8 @@ func TestOneRoundTripPerHeartbeat(t *testing.T) {
 			per := float64((c2-c1)-(c1-c0)) / float64(nLong-nShort)
 			t.Logf("%s: %.3f round trips per steady heartbeat (%d commits over %d renewals, %d over %d)",
 				s.name, per, c1-c0, nShort, c2-c1, nLong)
-			// The tolerance is for the server's own work in the database
-			// (an autovacuum worker's visit); the runs so far counted none.
+			// The tolerance is for the server's own work in the database,
+			// which the test keeps out (see above).
 			if math.Abs(per-s.want) > 0.03 {
 				t.Errorf("%s: %.3f round trips per heartbeat, want %.0f", s.name, per, s.want)
 			}
@@ -132,6 +137,15 @@ func noAutovacuum(t *testing.T, dsn string) {
 	for _, tb := range tables {
 		execAll(t, db, `ALTER TABLE `+tb+` SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)`)
 	}
+}
+
+// vacuumAll vacuums and analyzes every table of the database at dsn, the
+// catalogs included: autovacuum then finds nothing to do there for a while.
+func vacuumAll(t *testing.T, dsn string) {
+	t.Helper()
+	db := openDBWith(t, "postgres", dsn)
+	defer db.Close()
+	execAll(t, db, `VACUUM (ANALYZE)`)
 }
 
 // settledCommits returns the database's committed transactions once no
