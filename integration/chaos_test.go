@@ -89,9 +89,11 @@ type logEntry struct {
 	line string
 }
 
-func (l *nodeLog) Enabled(_ context.Context, lv slog.Level) bool { return !l.warnings || lv >= slog.LevelWarn }
-func (l *nodeLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
-func (l *nodeLog) WithGroup(string) slog.Handler            { return l }
+func (l *nodeLog) Enabled(_ context.Context, lv slog.Level) bool {
+	return !l.warnings || lv >= slog.LevelWarn
+}
+func (l *nodeLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *nodeLog) WithGroup(string) slog.Handler      { return l }
 
 func (l *nodeLog) Handle(_ context.Context, rec slog.Record) error {
 	var b strings.Builder
