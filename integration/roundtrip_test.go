@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,12 +35,12 @@ var roundTripSettings = []struct {
 // lives, short and long, each with one connection, from Start to Close;
 // the difference of their counts over the difference of their renewals is
 // the cost of a heartbeat, whatever Start and Close cost. The server's own
-// work stays out of the count: autovacuum is off for the library's tables,
-// and the catalogs, which the migration changed, are vacuumed and analyzed
-// before the count begins, so that no autovacuum worker visits them during
-// it (a CI run on a new private cluster counted 11 commits more in the long
-// life, 1.033 a heartbeat: the number of catalogs a worker's visit analyzes
-// after a migration).
+// work in the database adds commits: autovacuum is off for the library's
+// tables, the catalogs the migration changed are vacuumed and analyzed
+// before the count, and the long life runs twice, the lower count taken,
+// for what is left (an autovacuum worker's visit to a new database; two CI
+// runs on a new private cluster counted 5 and 7 commits more in one long
+// life, up to 1.047 a heartbeat).
 func TestOneRoundTripPerHeartbeat(t *testing.T) {
 	const short, long = 10, 160
 	admin := openPool(t, needDB(t))
@@ -54,12 +56,19 @@ func TestOneRoundTripPerHeartbeat(t *testing.T) {
 			c0 := settledCommits(t, admin, name)
 			nShort := live(t, s.driver, dsn, short)
 			c1 := settledCommits(t, admin, name)
-			nLong := live(t, s.driver, dsn, long)
-			c2 := settledCommits(t, admin, name)
-
-			per := float64((c2-c1)-(c1-c0)) / float64(nLong-nShort)
-			t.Logf("%s: %.3f round trips per steady heartbeat (%d commits over %d renewals, %d over %d)",
-				s.name, per, c1-c0, nShort, c2-c1, nLong)
+			// Two long lives: the fewer commits a heartbeat is the measure,
+			// since the server's work can only add some.
+			per := math.Inf(1)
+			var logs []string
+			for range 2 {
+				before := settledCommits(t, admin, name)
+				nLong := live(t, s.driver, dsn, long)
+				commits := settledCommits(t, admin, name) - before
+				per = min(per, float64(commits-(c1-c0))/float64(nLong-nShort))
+				logs = append(logs, fmt.Sprintf("%d over %d", commits, nLong))
+			}
+			t.Logf("%s: %.3f round trips per steady heartbeat (%d commits over %d renewals, %s)",
+				s.name, per, c1-c0, nShort, strings.Join(logs, ", "))
 			// The tolerance is for the server's own work in the database,
 			// which the test keeps out (see above).
 			if math.Abs(per-s.want) > 0.03 {
