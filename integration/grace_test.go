@@ -243,3 +243,45 @@ func TestCrashRecoveryIsTheSameServer(t *testing.T) {
 		t.Errorf("after crash recovery: start time %v (was %v), the recorded server %v, no grace %v", after, before, same, noGrace)
 	}
 }
+
+// TestGraceForgetsNoView: a server that lacks a node's last reading of a
+// view (its members.seen is older there than the view the node uses, and
+// the node's heartbeats, at the ring's version already, never correct it)
+// hands that node's partitions over rather than moving them straight, also
+// after the grace: the first rebalance under the new identity counts every
+// owner as told of what it held then.
+func TestGraceForgetsNoView(t *testing.T) {
+	t.Parallel()
+	const q = 64
+	ttl, hb := 2*time.Second, 200*time.Millisecond
+	e := newEnv(t, ttl, hb)
+	for _, id := range []string{"a", "b", "c"} {
+		e.startNode(id, "v", q)
+	}
+	e.waitConverged("v", q, nil, 10*time.Second)
+	chk := e.startChecker("v", q, 3*ttl)
+	sc := `"` + e.schema + `".`
+	execAll(t, e.admin,
+		`UPDATE `+sc+`server_identity SET started_at = '-infinity'`,
+		`UPDATE `+sc+`members SET seen = 0 WHERE node_id = 'a'`)
+	var end time.Time
+	if err := e.admin.QueryRow(`SELECT ` + sc + `failover_grace()`).Scan(&end); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(2*ttl, func() bool { // the grace's end, on the database's clock
+		var over bool
+		return e.admin.QueryRow(`SELECT clock_timestamp() > $1`, end).Scan(&over) == nil && over
+	}) {
+		t.Fatalf("the grace, to end at %v, has not", end)
+	}
+	e.startNode("d", "v", q) // the first rebalance since: after the grace
+	e.waitConverged("v", q, nil, 3*ttl)
+	var told, version int64
+	if err := e.admin.QueryRow(`SELECT told_through, version FROM ` + sc + `rings WHERE name = 'v'`).Scan(&told, &version); err != nil {
+		t.Fatal(err)
+	}
+	if told == 0 {
+		t.Errorf("told_through 0 after the first rebalance under a new identity (ring version %d)", version)
+	}
+	chk.finish()
+}

@@ -53,7 +53,10 @@
 -- restart), the first decision that a lease's end would settle starts one
 -- (failover_grace) of the longest TTL on the nodes' rows. Until its end no
 -- node goes lapsed -> absent, rebalance counts every member live and told
--- of its partitions, and a new incarnation holds at least that long.
+-- of its partitions, and a new incarnation holds at least that long. After
+-- it, each ring's first rebalance under the new identity records the
+-- ring's version (told_through): owners count as told of what they held
+-- then, since the new server may lack their last readings of a view.
 --
 -- STATES OF A PARTITION: its row in partitions (schema.sql's checks admit
 -- these four and nothing else).
@@ -107,9 +110,10 @@
 --     bounded by set_lock_wait, and undone when it gives up: it can end a
 --     cycle, never keep one.
 --   - failover_grace writes server_identity's one row at any of these
---     steps, but only once per server (the first decision on a new one);
---     two that start the grace at once may deadlock, once, and one gives
---     up, as on any busy lock.
+--     steps, once per server (the first decision on a new one), and never
+--     waits for it (NOWAIT: who finds it busy goes by a grace that starts
+--     then); rebalance then writes its ring's told_through, under the
+--     ring's lock.
 -- Every wait of a heartbeat is bounded by set_lock_wait (the lock-wait
 -- rule); every change to a ring follows next_version (the stamp contract).
 --
@@ -896,7 +900,8 @@ DECLARE
 BEGIN
     SELECT size INTO cur_size FROM rings WHERE name = p_ring FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO rings (name, size) VALUES (p_ring, p_size) ON CONFLICT (name) DO NOTHING;
+        INSERT INTO rings (name, size, told_at) VALUES (p_ring, p_size, (SELECT noticed_at FROM server_identity))
+        ON CONFLICT (name) DO NOTHING;
         IF FOUND THEN
             INSERT INTO partitions (ring, partition)
             SELECT p_ring, g FROM generate_series(0, p_size - 1) AS g;
@@ -1013,24 +1018,36 @@ LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
-    s     server_identity;
-    grace timestamptz;
+    s       server_identity;
+    known   boolean;      -- the row exists
+    longest timestamptz;  -- a grace that starts now
 BEGIN
     SELECT * INTO s FROM server_identity;
-    IF FOUND AND s.started_at = pg_postmaster_start_time() THEN
-        RETURN s.grace_until;
+    known := FOUND;
+    IF known AND s.started_at = pg_postmaster_start_time() THEN
+        RETURN s.grace_until;  -- the steady case: a read, no lock
     END IF;
-    SELECT now() + coalesce(max(ttl_ms), 0) * interval '1 millisecond' INTO grace FROM nodes;
-    INSERT INTO server_identity AS si (started_at, noticed_at, grace_until)
-    VALUES (pg_postmaster_start_time(), now(), grace)
-    ON CONFLICT (id) DO UPDATE
-       SET started_at = excluded.started_at, noticed_at = excluded.noticed_at, grace_until = excluded.grace_until
-     WHERE si.started_at IS DISTINCT FROM excluded.started_at
-    RETURNING si.grace_until INTO grace;
-    IF NOT FOUND THEN  -- another transaction recorded this server first
-        SELECT grace_until INTO grace FROM server_identity;
-    END IF;
-    RETURN grace;
+    SELECT now() + coalesce(max(ttl_ms), 0) * interval '1 millisecond' INTO longest FROM nodes;
+    -- Record it without waiting: the caller may hold rings, and a heartbeat
+    -- must not spend its lease on this row. Whoever finds the row busy (it
+    -- is being recorded) goes by a grace that starts now, which ends no
+    -- earlier than the one being recorded.
+    BEGIN
+        IF NOT known THEN
+            INSERT INTO server_identity (started_at, noticed_at, grace_until)
+            VALUES (pg_postmaster_start_time(), now(), longest)
+            ON CONFLICT (id) DO NOTHING;
+            RETURN longest;
+        END IF;
+        SELECT * INTO s FROM server_identity FOR UPDATE NOWAIT;
+        IF s.started_at = pg_postmaster_start_time() THEN
+            RETURN s.grace_until;  -- recorded meanwhile
+        END IF;
+        UPDATE server_identity SET started_at = pg_postmaster_start_time(), noticed_at = now(), grace_until = longest;
+    EXCEPTION WHEN lock_not_available THEN
+        NULL;
+    END;
+    RETURN longest;
 END
 $$;
 
@@ -1106,6 +1123,7 @@ DECLARE
     steady_seen bigint[];  -- and that seen
     dead       text[];     -- nodes whose lease has lapsed, their rows locked by us
     in_grace   boolean;    -- G9: see failover_grace
+    told       bigint;     -- G9: every owner counts as told of what it was granted up to this version
 BEGIN
     SELECT size INTO q FROM rings WHERE name = p_ring;
     -- A node whose lease has lapsed is dead only if we can lock its row. One
@@ -1116,6 +1134,15 @@ BEGIN
     -- partitions (seen, written by heartbeats, may be older here than the
     -- views the owners read): nothing is taken over, only handed over.
     in_grace := now() < failover_grace();
+    -- G9, after the grace too: a member's seen may be older here than the
+    -- view it read on the server before, and its heartbeats, at the ring's
+    -- version already, would never correct it. The first rebalance of a
+    -- ring under a new server identity records the ring's version: every
+    -- owner counts as told of what it was granted up to it.
+    UPDATE rings r SET told_through = r.version, told_at = s.noticed_at
+      FROM server_identity s
+     WHERE r.name = p_ring AND r.told_at IS DISTINCT FROM s.noticed_at;
+    SELECT told_through INTO told FROM rings WHERE name = p_ring;
     SELECT coalesce(array_agg(d.node_id), '{}') INTO dead
       FROM (SELECT node_id FROM nodes WHERE expires_at <= now() AND NOT in_grace FOR SHARE SKIP LOCKED) AS d;
     -- Step 5 reads each live member's seen, so share-lock those rows (a view
@@ -1210,7 +1237,7 @@ BEGIN
                    CASE WHEN x.keep THEN x.owner ELSE ids[x.h] END AS new_owner,
                    CASE WHEN x.keep AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
               FROM (SELECT u.h, u.ord, pp.owner,
-                           u.live AND (in_grace OR st.id IS NULL OR pp.granted <= st.seen) AS keep  -- busy counts as told
+                           u.live AND (in_grace OR st.id IS NULL OR pp.granted <= greatest(st.seen, told)) AS keep  -- busy counts as told
                       FROM unnest(holder, owner_live) WITH ORDINALITY AS u (h, live, ord)
                       JOIN partitions pp ON pp.ring = p_ring AND pp.partition = u.ord - 1
                       LEFT JOIN unnest(steady, steady_seen) AS st (id, seen) ON st.id = pp.owner) AS x) AS t

@@ -78,7 +78,10 @@ CREATE TABLE IF NOT EXISTS leasering.rings (
     size            integer NOT NULL CHECK (size BETWEEN 1 AND 65536),
     version         bigint NOT NULL DEFAULT 1,  -- bumped on every change to members or partitions
     members_changed bigint NOT NULL DEFAULT 0,  -- version of the last change of members
-    CONSTRAINT rings_version_check CHECK (version >= 1 AND members_changed BETWEEN 0 AND version)
+    told_through    bigint NOT NULL DEFAULT 0,  -- G9: owners count as told of grants up to this version (rebalance)
+    told_at         timestamptz,                -- the server identity's noticed_at that told_through is for
+    CONSTRAINT rings_version_check CHECK (version >= 1 AND members_changed BETWEEN 0 AND version),
+    CONSTRAINT rings_told_check CHECK (told_through BETWEEN 0 AND version)
 );
 
 CREATE TABLE IF NOT EXISTS leasering.members (

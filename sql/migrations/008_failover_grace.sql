@@ -5,7 +5,9 @@
 --
 -- Version 8 adds G9 (see ../schema.sql): each node's row keeps the TTL of
 -- its last heartbeat, and server_identity records the server that keeps the
--- leases. take_lease takes the TTL too.
+-- leases, and each ring the version up to which its owners count as told
+-- of their partitions when a server identity changes. take_lease takes the
+-- TTL too.
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 DO $$
@@ -37,6 +39,13 @@ CREATE TABLE leasering.server_identity (
 );
 INSERT INTO leasering.server_identity (started_at, noticed_at, grace_until)
 VALUES (pg_postmaster_start_time(), now(), now());
+
+-- Rings made before: on this server, at no version yet.
+ALTER TABLE leasering.rings
+    ADD COLUMN told_through bigint NOT NULL DEFAULT 0,
+    ADD COLUMN told_at timestamptz,
+    ADD CONSTRAINT rings_told_check CHECK (told_through BETWEEN 0 AND version);
+UPDATE leasering.rings SET told_at = (SELECT noticed_at FROM leasering.server_identity);
 
 -- Version 7's (the releases before it had none).
 DROP FUNCTION IF EXISTS leasering.take_lease(text, text, text, boolean, timestamptz);
