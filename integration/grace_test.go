@@ -277,7 +277,7 @@ func TestGraceForgetsNoView(t *testing.T) {
 	e.startNode("d", "v", q) // the first rebalance since: after the grace
 	e.waitConverged("v", q, nil, 3*ttl)
 	var told, version int64
-	if err := e.admin.QueryRow(`SELECT told_through, version FROM ` + sc + `rings WHERE name = 'v'`).Scan(&told, &version); err != nil {
+	if err := e.admin.QueryRow(`SELECT told_through, version FROM `+sc+`rings WHERE name = 'v'`).Scan(&told, &version); err != nil {
 		t.Fatal(err)
 	}
 	if told == 0 {
