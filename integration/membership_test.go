@@ -263,10 +263,14 @@ func TestMigrationSQLAppliesAsShipped(t *testing.T) {
 
 // TestEpochsFenceInSQL: every move raises the partition's epoch (G6), and
 // holds(ring, partition, epoch) is true only for the current owner's epoch.
+// A partition that stays keeps its epoch, unless its owner's lease lapsed
+// meanwhile: then the owner reclaims it under a new epoch, so that the
+// fencing tokens handed out before die (a CI run under load saw that at a
+// TTL of 1 s).
 func TestEpochsFenceInSQL(t *testing.T) {
 	t.Parallel()
 	const q = 32
-	e := newEnv(t, time.Second, 100*time.Millisecond)
+	e := newEnv(t, 2*time.Second, 100*time.Millisecond)
 	a := e.startNode("a", "orders", q)
 	e.waitConverged("orders", q, nil, 10*time.Second)
 	before := epochsOf(a.leases["orders"])
@@ -295,9 +299,10 @@ func TestEpochsFenceInSQL(t *testing.T) {
 	if moved == 0 {
 		t.Fatal("nothing moved to b")
 	}
+	lapsed := a.client.Stats().LeaseLosses > 0
 	for p, ep := range epochsOf(a.leases["orders"]) {
-		if ep != before[p] || !holds(p, ep) {
-			t.Errorf("partition %d stayed with a: epoch %d (was %d), holds %v", p, ep, before[p], holds(p, ep))
+		if ep < before[p] || (ep != before[p] && !lapsed) || !holds(p, ep) {
+			t.Errorf("partition %d stayed with a: epoch %d (was %d; a's lease lapsed: %v), holds %v", p, ep, before[p], lapsed, holds(p, ep))
 		}
 	}
 }
