@@ -127,3 +127,37 @@ func TestJoinAnswerForgetsTheView(t *testing.T) {
 	c.runUntil(500*time.Millisecond, "Values to empty after the join answer", func() bool { return len(l.Values()) == 0 })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }
+
+// TestHeartbeatOmitsRingsToJoin: a ring the last heartbeat said to join is
+// left out of the heartbeats until join_rings has joined it; join_rings
+// says how it stands. Asked in every heartbeat, each such ring cost a call
+// of ring_work: 114,000 of them while 5 clients of 1,000 rings started.
+func TestHeartbeatOmitsRingsToJoin(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(2*time.Second))
+	l, _ := c.Lease("a-ring", 2)
+	if _, err := c.Lease("orders", 4); err != nil {
+		t.Fatal(err)
+	}
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).
+		WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8}, {Ring: "orders", Size: 4, VNodes: 8}}, true, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(2000, 0, nil, "ok", changesJSON(t,
+			ringChange{Ring: "a-ring", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}},
+			ringChange{Ring: "orders", Status: "join"}), nil))
+	mock.ExpectQuery(`join_rings`).WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "busy", "size": 4}]`))
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if len(l.Values()) != 2 {
+		t.Fatalf("Values() = %v after Start", l.Values())
+	}
+	db.expect(func() {
+		mock.ExpectQuery(`renew_and_read`).
+			WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8, Version: 3}}, false, sqlmock.AnyArg(), sqlmock.AnyArg()).
+			WillReturnRows(renewRow(2000, 0, nil, "ok", "", nil))
+	})
+	c.Wake()
+	c.runUntil(time.Second, "a heartbeat without the ring to join", func() bool { return met(db, mock) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}

@@ -122,8 +122,9 @@ func (c *Client) launch(now time.Time) *attempt {
 	return a
 }
 
-// ringRequests builds the heartbeat's argument: each lease's ring, the
-// version of the view it holds, and the releases the drain rule allows.
+// ringRequests builds the heartbeat's argument: each joined lease's ring,
+// the version of the view it holds, and the releases the drain rule
+// allows.
 //
 // A heartbeat confirms at most maxReleasesPerHeartbeat releases: each is a
 // row the database rewrites inside the heartbeat, and a node handing over
@@ -137,6 +138,13 @@ func (c *Client) ringRequests(now time.Time) []ringRequest {
 	rings := make([]ringRequest, 0, len(leases))
 	room := maxReleasesPerHeartbeat
 	for _, l := range leases {
+		if l.view.join != joined {
+			// join_rings says how it stands (forget has dropped its view
+			// and releases): asking here too cost a call of ring_work per
+			// such ring every heartbeat, 114,000 of them in the measured
+			// start of 5 clients with 1,000 rings each.
+			continue
+		}
 		version := l.view.version
 		if l.rejoin.Swap(false) { // ask for the whole view again
 			version, l.view.awaitRejoin = 0, true

@@ -178,3 +178,21 @@ func TestStartReadsTheVersionAgainAfterLR007(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestPerRingFunctionsArePLpgSQL: a SQL function with a SET clause is
+// never inlined, and PostgreSQL plans its body again on every call (a view
+// of a ring cost 3 times as much as the same query in plpgsql). The only
+// ones left are called once per statement.
+func TestPerRingFunctionsArePLpgSQL(t *testing.T) {
+	onceACall := []string{"holds", "evict_expired"}
+	fn := regexp.MustCompile(`(?s)CREATE OR REPLACE FUNCTION leasering\.(\w+)\(.*?\nAS \$\$`)
+	var sqlWithSet []string
+	for _, m := range fn.FindAllStringSubmatch(functionsSQL, -1) {
+		if strings.Contains(m[0], "\nLANGUAGE sql") && strings.Contains(m[0], "\nSET search_path") {
+			sqlWithSet = append(sqlWithSet, m[1])
+		}
+	}
+	if !slices.Equal(sqlWithSet, onceACall) {
+		t.Errorf("SQL functions with a SET clause: %v, want only %v (make the others plpgsql)", sqlWithSet, onceACall)
+	}
+}
