@@ -109,6 +109,7 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, releas
 			// incarnation yet: whatever the last view gave may be another
 			// node's now. Report nothing of the ring until a fresh view.
 			l.forget()
+			l.view.read = false // a heartbeat says again once it is joined
 			if l.view.join == joined {
 				l.view.join = toJoin // the loop joins it, then a heartbeat reads its view
 			}

@@ -22,7 +22,7 @@ func TestStartJoinsRingsInTheirOwnStatement(t *testing.T) {
 		WillReturnRows(renewRow(2000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
 	mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, sqlmock.AnyArg()).
 		WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "ok", "size": 4}]`))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), false, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1, 2, 3}, Epochs: []int64{1, 1, 1, 1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -160,4 +160,27 @@ func TestHeartbeatOmitsRingsToJoin(t *testing.T) {
 	c.Wake()
 	c.runUntil(time.Second, "a heartbeat without the ring to join", func() bool { return met(db, mock) })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
+
+// TestViewReadForARingToJoinIsDropped: a read_views answer that comes
+// after a heartbeat said to join the ring is dropped, and the read it was
+// for is off: the ring is left out of the heartbeats until join_rings has
+// joined it, so a view applied then would stay, with the epochs that the
+// reclaim raises.
+func TestViewReadForARingToJoinIsDropped(t *testing.T) {
+	db, _ := newMock(t)
+	n := newTestClient(t, db)
+	c := n.Client
+	l, _ := c.Lease("orders", 4)
+	now := c.clock.Now()
+	l.view.read = true // a heartbeat said: read it with read_views
+	c.applyChanges(renewResult{changes: []ringChange{{Ring: "orders", Status: ringToJoin}}}, now)
+	if l.view.read || l.view.join != toJoin {
+		t.Fatalf("after the join answer: read %v, join %v; want no read and the ring to join", l.view.read, l.view.join)
+	}
+	c.viewed(sideResult{views: []ringViewed{{Known: 0, View: ringChange{Ring: "orders", Version: 5, Status: statusOK,
+		Partitions: []int{0, 1, 2, 3}, Epochs: []int64{1, 1, 1, 1}}}}}, now)
+	if l.view.version != 0 || len(l.view.current.values) != 0 {
+		t.Errorf("a view read before the join was applied: version %d, partitions %v", l.view.version, l.view.current.values)
+	}
 }

@@ -23,7 +23,10 @@ var (
 )
 
 // SchemaVersion is the version of the schema in sql/ this library speaks.
-// Bump it with every change there, and add the migration that reaches it.
+// Bump it with every change to the tables or to what a function does, and
+// add the migration that reaches it. A change that keeps what every
+// function does (a faster body) needs none: a database already at this
+// version keeps the bodies it has.
 const SchemaVersion = 8
 
 // oldestUpgradable is the oldest schema version the migrations upgrade.

@@ -212,15 +212,18 @@ func (c *Client) readViews(ctx context.Context, rings []ringRequest) sideResult 
 }
 
 // viewed applies read_views' answer. A view read against a version the
-// lease no longer holds (a heartbeat brought a newer one meanwhile) is
-// dropped: the next heartbeat says what is still to read. A view that
+// lease no longer holds (a heartbeat brought a newer one meanwhile), or
+// for a ring a heartbeat said to join meanwhile, is dropped: the next
+// heartbeat says what is still to read, and a ring to join is left out of
+// the heartbeats until join_rings has joined it, so a view read before
+// that would stay (with the epochs the reclaim raises). A view that
 // revokes a partition this node never reported asks for a heartbeat, which
 // carries its release.
 func (c *Client) viewed(res sideResult, now time.Time) (again bool) {
 	c.mu.Lock()
 	for _, v := range res.views {
 		l, ok := c.leases[v.View.Ring]
-		if !ok || l.view.version != v.Known {
+		if !ok || l.view.version != v.Known || l.view.join != joined {
 			continue
 		}
 		l.view.read = false
