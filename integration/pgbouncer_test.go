@@ -145,8 +145,8 @@ func soakBehindPgBouncer(t *testing.T, b *pgBouncer, d bouncerDriver) {
 		s := n.client.Stats()
 		renewals += s.Renewals
 		if s.RenewFailures != 0 || s.LeaseLosses != 0 || s.Fenced {
-			t.Errorf("node %s: %d failed heartbeats, %d lease losses, fenced %v (of %d renewals); its last warnings:%s",
-				n.id, s.RenewFailures, s.LeaseLosses, s.Fenced, s.Renewals, n.recent())
+			t.Errorf("node %s: %d failed heartbeats, %d lease losses, fenced %v (of %d renewals; the last took %v, sent %v ago; lease left %v); its last warnings:%s",
+				n.id, s.RenewFailures, s.LeaseLosses, s.Fenced, s.Renewals, s.LastRenewLatency, s.LastRenewAge, s.LeaseLeft, n.recent())
 		}
 		if least := int64(*pgBouncerSoak / e.heartbeat / 2); s.Renewals < least {
 			t.Errorf("node %s renewed %d times in %v, want at least %d", n.id, s.Renewals, *pgBouncerSoak, least)
