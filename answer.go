@@ -68,6 +68,12 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 	if res.status == statusRejoined {
 		c.log.Warn("leasering: lease had lapsed; rejoined")
 	}
+	if res.late > 0 {
+		// The database judges by when the call began there, a little
+		// before it answered: this is the sign, not the proof.
+		c.log.Warn("leasering: heartbeat answered more than a quarter of a lease after it was sent; one that arrives that late extends nothing",
+			"after", res.late, "round_trip", res.recv.Sub(res.sent), "lease_left", res.lease)
+	}
 	if c.hb.failures > 0 {
 		c.log.Info("leasering: heartbeat recovered", "failed_attempts", c.hb.failures)
 	}

@@ -353,3 +353,50 @@ func (n *testNode) Close() error {
 	n.free()
 	return n.Client.Close()
 }
+
+// TestDBClockRestsOnTheFastestAnswer: one answer slow on its way back must
+// not make the next heartbeats read as sent late (the database extends
+// nothing for a heartbeat older than a quarter of a lease); a forward step
+// of the database's clock is followed at once, a backward one within two
+// windows.
+func TestDBClockRestsOnTheFastestAnswer(t *testing.T) {
+	const ttl = 2 * time.Second
+	t0 := time.Date(2026, 12, 5, 7, 0, 0, 0, time.UTC)
+	db := t0.Add(time.Hour) // the database's clock runs an hour ahead of the local one
+	var k dbClock
+	k.window = ttl
+	if _, ok := k.at(t0); ok {
+		t.Fatal("an estimate before any answer")
+	}
+	// An answer that leaves the database back before it arrives, after the
+	// database's clock stepped by step.
+	answer := func(local time.Time, back, step time.Duration) {
+		k.observe(local.Add(time.Hour-back+step), local)
+	}
+	want := func(local time.Time, step time.Duration, what string) {
+		t.Helper()
+		got, ok := k.at(local)
+		if w := local.Add(time.Hour + step); !ok || got.Sub(w).Abs() > 2*time.Millisecond {
+			t.Errorf("%s: estimate %v, want %v", what, got.Sub(db), w.Sub(db))
+		}
+	}
+	answer(t0, time.Millisecond, 0)
+	answer(t0.Add(200*time.Millisecond), 900*time.Millisecond, 0) // held up 900 ms on its way back
+	want(t0.Add(300*time.Millisecond), 0, "after a slow answer")
+	// A window of slow answers: the fast one of the window before still
+	// counts.
+	answer(t0.Add(2100*time.Millisecond), 800*time.Millisecond, 0)
+	answer(t0.Add(2300*time.Millisecond), 700*time.Millisecond, 0)
+	want(t0.Add(2400*time.Millisecond), 0, "a window of slow answers after a window with a fast one")
+
+	// A forward step of 5 s is followed by the first answer after it.
+	answer(t0.Add(3*time.Second), time.Millisecond, 5*time.Second)
+	want(t0.Add(3100*time.Millisecond), 5*time.Second, "after a forward step")
+
+	// A backward step of 5 s: followed once two windows began after it.
+	local := t0.Add(3200 * time.Millisecond)
+	for ; local.Before(t0.Add(10 * time.Second)); local = local.Add(200 * time.Millisecond) {
+		answer(local, time.Millisecond, 0)
+	}
+	want(local, 0, "two windows after a backward step")
+}

@@ -70,7 +70,7 @@ type Client struct {
 	lost         atomic.Bool // the lease deadline passed without a renewal
 	explicitTx   atomic.Bool // the database's default isolation is not READ COMMITTED: see inTx
 	poolerLogged atomic.Bool // the advice for a pooler's errors was logged: see checkPooler
-	dbClock      atomic.Pointer[dbClock]
+	dbClock      dbClock     // the database's clock, estimated from the answers
 
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
 	st stats
@@ -115,6 +115,7 @@ func newClient(db DB, cfg config, clk clock) *Client {
 		wake:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
+		dbClock:     dbClock{window: cfg.ttl},
 	}
 	c.hb.schedule = schedule{heartbeat: cfg.heartbeat, margin: c.fenceMargin(), jitter: randomJitter}
 	c.attempts, c.stopAttempts = context.WithCancel(context.Background())

@@ -8,13 +8,6 @@ import (
 	"time"
 )
 
-// dbClock pairs a time read from the database's clock with the local
-// (monotonic) time its answer arrived, to estimate the database's clock.
-type dbClock struct {
-	db    time.Time
-	local time.Time
-}
-
 // ringRequest is one ring in the heartbeat's argument.
 type ringRequest struct {
 	Ring     string `json:"ring"`
@@ -77,8 +70,9 @@ type renewResult struct {
 	nextExpiry time.Duration // another node's lease ends in this long (-1: none or not scanned)
 	status     string
 	changes    []ringChange
-	other      string // with statusFenced: the incarnation that took over
-	announce   string // JSON array of the rings this call changed, to NOTIFY
+	other      string        // with statusFenced: the incarnation that took over
+	late       time.Duration // > 0: the database answered this long after the call was sent, past a quarter of a lease (see renew)
+	announce   string        // JSON array of the rings this call changed, to NOTIFY
 	err        error
 }
 
@@ -86,8 +80,8 @@ type renewResult struct {
 // node's lease, confirms the releases and reads the rings that changed
 // (see renewOpts for what else it may ask).
 //
-// sentAt is when the call is sent on the database's clock, estimated from
-// the last answer; a call the database finds older than a quarter of a
+// sentAt is when the call is sent on the database's clock, as dbClock
+// estimates it from the answers so far; a call the database finds older than a quarter of a
 // lease extends nothing.
 func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts) renewResult {
 	scan := opts.scan && !opts.probe
@@ -106,8 +100,8 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 		q, res.sent = conn, c.clock.Now()
 	}
 	var sentAt sql.NullTime
-	if clock := c.dbClock.Load(); clock != nil {
-		sentAt = sql.NullTime{Time: clock.db.Add(res.sent.Sub(clock.local)), Valid: true}
+	if at, ok := c.dbClock.at(res.sent); ok {
+		sentAt = sql.NullTime{Time: at, Valid: true}
 	}
 	ttl := c.cfg.ttl.Milliseconds()
 	if opts.probe {
@@ -129,7 +123,10 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 	})
 	res.recv = c.clock.Now()
 	if err == nil && dbTime.Valid {
-		c.dbClock.Store(&dbClock{db: dbTime.Time, local: res.recv})
+		c.dbClock.observe(dbTime.Time, res.recv)
+		if took := dbTime.Time.Sub(sentAt.Time); sentAt.Valid && !opts.probe && took > c.cfg.ttl/4 {
+			res.late = took
+		}
 	}
 	if err != nil {
 		res.err = classifyDBError(err)

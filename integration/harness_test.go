@@ -205,6 +205,7 @@ type env struct {
 	ttl       time.Duration
 	heartbeat time.Duration
 	driver    string // the nodes' database/sql driver; "": the test driver
+	trace     bool   // nodes keep their debug records too (one per heartbeat), for a failure's message
 
 	inv invariantState // the invariant check at the end (invariants_test.go)
 
@@ -220,8 +221,9 @@ type node struct {
 	proxy  *faultproxy.Proxy
 	leases map[string]*leasering.Lease // filled before the node is registered
 	down   atomic.Bool                 // crashed or closed: not expected to report
-	// warnings keeps the client's recent warnings and errors, for a
-	// failure's message (nil when a test gave the client its own logger).
+	// warnings keeps the client's recent warnings and errors (with
+	// env.trace, every record), for a failure's message (nil when a test
+	// gave the client its own logger).
 	warnings *nodeLog
 }
 
@@ -234,15 +236,19 @@ func (l *nodeLog) logger() *slog.Logger {
 	return slog.New(l)
 }
 
-// recent is the node's last warnings and errors, one per line, for a
-// failure's message.
+// recent is the node's last warnings and errors (with env.trace, its last
+// records), one per line, for a failure's message.
 func (n *node) recent() string {
 	if n.warnings == nil {
 		return "(no log kept)"
 	}
 	n.warnings.mu.Lock()
 	defer n.warnings.mu.Unlock()
-	es := n.warnings.entries[max(len(n.warnings.entries)-8, 0):]
+	keep := 8
+	if !n.warnings.warnings {
+		keep = 30
+	}
+	es := n.warnings.entries[max(len(n.warnings.entries)-keep, 0):]
 	if len(es) == 0 {
 		return "(no warning logged)"
 	}
@@ -315,7 +321,7 @@ func (e *env) newNode(id string, opts ...leasering.Option) *node {
 		driver = testDriver
 	}
 	db := openDBWith(e.t, driver, proxiedDSN(e.t, e.dsn, p.Addr()))
-	warnings := &nodeLog{warnings: true}
+	warnings := &nodeLog{warnings: !e.trace}
 	all := append([]leasering.Option{
 		leasering.WithNodeID(id),
 		leasering.WithSchema(e.schema),

@@ -101,6 +101,7 @@ func soakBehindPgBouncer(t *testing.T, b *pgBouncer, d bouncerDriver) {
 	const ring, size, nodes = "soak", 64, 5
 	e := newEnv(t, 2*time.Second, 200*time.Millisecond)
 	e.dsn, e.driver = b.dsn(d.params...), d.driver
+	e.trace = true // a failure shows the node's last heartbeats
 	// Start them all at once: concurrent migrations through the pooler.
 	var wg sync.WaitGroup
 	errs := make([]error, nodes)
@@ -184,6 +185,7 @@ func TestPgBouncerUnsafeSettingsDetected(t *testing.T) {
 			warmServerConnections(t, b, 2)
 			e := newEnv(t, 2*time.Second, 200*time.Millisecond)
 			e.dsn, e.driver = b.dsn(d.params...), d.driver
+	e.trace = true // a failure shows the node's last heartbeats
 			logs := &errorLines{}
 			n := e.newNode("a", leasering.WithLogger(slog.New(logs)))
 			if _, err := n.client.Lease("r", 8); err != nil {
