@@ -185,7 +185,6 @@ func TestPgBouncerUnsafeSettingsDetected(t *testing.T) {
 			warmServerConnections(t, b, 2)
 			e := newEnv(t, 2*time.Second, 200*time.Millisecond)
 			e.dsn, e.driver = b.dsn(d.params...), d.driver
-	e.trace = true // a failure shows the node's last heartbeats
 			logs := &errorLines{}
 			n := e.newNode("a", leasering.WithLogger(slog.New(logs)))
 			if _, err := n.client.Lease("r", 8); err != nil {
