@@ -78,9 +78,9 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 		c.log.Info("leasering: heartbeat recovered", "failed_attempts", c.hb.failures)
 	}
 	c.hb.lastRTT, c.hb.lastLease = res.recv.Sub(res.sent), res.lease
-	views, release, revoking := c.applyChanges(res, now)
+	views, h := c.applyChanges(res, now)
 	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold,
-		scanned: res.scanned, nextExpiry: res.nextExpiry, release: release, revoking: revoking})
+		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h})
 	c.st.renewed(res, c.hb.deadline, views)
 	c.announce(res.announce)
 	if c.hb.lost && c.hb.deadline.After(now) {
@@ -95,11 +95,8 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 }
 
 // applyChanges applies a renewal's ring changes to the leases. It returns
-// the number of views it applied, when a revoked partition may next be
-// released (now: at once; zero: none waits), and whether partitions wait
-// to be handed on.
-func (c *Client) applyChanges(res renewResult, now time.Time) (views int, release time.Time, revoking bool) {
-	releaseNow := false
+// the number of views it applied and what they ask of the schedule.
+func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h handoffTimes) {
 	c.mu.Lock()
 	for _, ch := range res.changes {
 		l, ok := c.leases[ch.Ring]
@@ -123,10 +120,12 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, releas
 			c.hb.wake(now) // the next heartbeat brings the view
 		case ringView:
 			l.view.read = true // the loop reads it with read_views
+		case ringIncoming:
+			l.view.setIncoming(ch, now)
 		default:
 			views++
 			before := len(l.view.current.values)
-			releaseNow = l.applyView(ch, now) || releaseNow
+			l.applyView(ch, now)
 			c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,
 				"owned_before", before, "owned", len(l.view.current.values), "revoking_partitions", ch.Revoking, "partitions", l.view.current.values)
 		}
@@ -141,19 +140,29 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, releas
 			}
 		}
 	}
+	c.mu.Unlock()
+	return views, c.handoff(now)
+}
+
+// handoff is what the leases' views ask of the schedule at now: when a
+// revoked partition may next be released (now: at once; zero: none waits),
+// whether partitions wait to be handed on, and when to look for incoming
+// ones (zero: no look). The rules are drain.go's.
+func (c *Client) handoff(now time.Time) handoffTimes {
+	c.mu.Lock()
 	leases := c.leaseList()
 	c.mu.Unlock()
-
-	if releaseNow {
-		release = now
-	}
+	var h handoffTimes
 	for _, l := range leases {
-		if _, next := l.releases(now, c.cfg.drain, c.cfg.maxDrain); !next.IsZero() && (release.IsZero() || next.Before(release)) {
-			release = next
+		if next := l.nextRelease(now, c.cfg.drain, c.cfg.maxDrain); !next.IsZero() && (h.release.IsZero() || next.Before(h.release)) {
+			h.release = next
 		}
-		revoking = revoking || len(l.view.revokedAt) > 0
+		h.revoking = h.revoking || len(l.view.revokedAt) > 0
+		if look := nextLook(l.view.incoming, now, c.hb.lastRTT, c.cfg.heartbeat); !look.IsZero() && (h.look.IsZero() || look.Before(h.look)) {
+			h.look = look
+		}
 	}
-	return views, release, revoking
+	return h
 }
 
 // sizeMismatch fails a lease whose ring exists with another size. Caller

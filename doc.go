@@ -47,8 +47,12 @@
 //
 // A partition moving from a live node A to B is handed over release before
 // acquire: the database marks it, A stops reporting it as soon as its
-// heartbeat hears so, A confirms the release after a drain period, and only
-// then does B own it, with its epoch (fencing token) one higher. A
+// heartbeat hears so, A confirms the release the moment a drain period
+// ends, and only then does B own it, with its epoch (fencing token) one
+// higher. B's views say when the release is due, and B renews just after
+// it, so the partition goes unreported for the drain and a few
+// milliseconds, not a heartbeat more (Stats.HandoffLooks counts those
+// early heartbeats). A
 // partition A has not been told of yet moves to B at once: the database
 // records the version of the last view each node was given. A dead node's
 // partitions go to their new owners once its lease has lapsed in database
@@ -162,7 +166,8 @@
 //   - answer.go: what an answer does: a failure, a probe, the fencing, the
 //     rings that changed.
 //   - lease.go: a ring's lease: the snapshot Values reads, the view it
-//     comes from. drain.go: when a revoked partition may be handed on.
+//     comes from. drain.go: when a revoked partition may be handed on,
+//     and when to look for one handed to this node.
 //   - sidecalls.go: join_rings and read_views, which the loop runs beside
 //     the heartbeats.
 //

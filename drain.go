@@ -1,6 +1,7 @@
 package leasering
 
 import (
+	"slices"
 	"sort"
 	"time"
 )
@@ -19,7 +20,16 @@ import (
 // A partition the node never reported (given and taken back before it
 // heard, or given during a hold) has nothing to drain: its release goes at
 // once. drainEnd is the rule; the heartbeat's argument (releases) and its
-// schedule (the next drain end) both read it.
+// schedule (the next drain end) both read it. The node sends the release
+// at the drain's end, not with its next heartbeat.
+//
+// The other side: a partition moved to this node has no reporter from the
+// moment its owner stops until this node hears it is its own. Each view
+// says when the partitions pending to this node are due (the owner told,
+// plus its drain; see the handoff timeline in sql/functions.sql), and
+// nextLook renews just after that, then polls briefly, so that the gap is
+// the drain and a few milliseconds rather than the drain and up to a
+// heartbeat.
 
 // drainEnd is when a partition may be confirmed released, as known at now.
 // stopped is when this node stopped reporting it (zero: never reported);
@@ -35,6 +45,23 @@ func drainEnd(stopped time.Time, locked bool, now time.Time, drain, maxDrain tim
 		end = stopped.Add(maxDrain)
 	}
 	return end
+}
+
+// nextRelease is when a heartbeat should next carry releases, as known at
+// now (zero: none waits): now if one may go that the last heartbeat did
+// not carry (never reported, a drain of 0, or a drain that ended while
+// that heartbeat was on its way), else the next drain end. One the last
+// heartbeat carried and that is still revoked waits for what it waits for
+// (a hold's end, which the schedule knows), or goes with the next
+// heartbeat.
+func (l *Lease) nextRelease(now time.Time, drain, maxDrain time.Duration) time.Time {
+	ready, next := l.releases(now, drain, maxDrain)
+	for _, p := range ready {
+		if _, sent := slices.BinarySearch(l.view.releasing, p); !sent {
+			return now
+		}
+	}
+	return next
 }
 
 // releases lists the revoked partitions that may be confirmed released at
@@ -56,4 +83,51 @@ func (l *Lease) releases(now time.Time, drain, maxDrain time.Duration) (ready []
 	}
 	sort.Ints(ready)
 	return ready, next
+}
+
+// Looking for incoming partitions (see nextLook).
+const (
+	lookSlack   = 2 * time.Millisecond  // after the due time and a round trip: the owner's release is sent then
+	minLookPoll = 10 * time.Millisecond // the least time between two looks at an overdue partition
+)
+
+// setIncoming records a view's (or an incoming answer's) due times of the
+// partitions pending to this node, answered at now.
+func (v *ringState) setIncoming(ch ringChange, now time.Time) {
+	v.incoming = v.incoming[:0]
+	for _, ms := range ch.Incoming {
+		v.incoming = append(v.incoming, now.Add(time.Duration(ms)*time.Millisecond))
+	}
+	v.waiting = len(ch.Incoming)+ch.IncomingUnknown > 0
+}
+
+// nextLook is when the node should next renew to hear of incoming
+// partitions due at dues, as known at now; zero: no look
+// (the regular heartbeats ask, and each answers the dues afresh). A look
+// goes a round trip (rtt, the last heartbeat's) and lookSlack after a due
+// time: the owner's release, sent when its drain ends, has landed by then.
+// One still missing is looked for again as long after as it is overdue
+// (at least a poll, a heartbeat's hundredth or minLookPoll), so that a
+// late release is heard within about its own lateness again, at a cost of
+// a few looks, until it is a heartbeat overdue: then the owner holds a
+// Lock (the max drain) or holds for an older process, and the regular
+// heartbeats look. (Each answer says the dues afresh: an owner told later
+// than the database guessed gets its real due time.)
+func nextLook(dues []time.Time, now time.Time, rtt, heartbeat time.Duration) time.Time {
+	poll := max(heartbeat/100, minLookPoll)
+	var next time.Time
+	for _, due := range dues {
+		at := due.Add(rtt + lookSlack)
+		if !at.After(now) {
+			overdue := now.Sub(due)
+			if overdue >= heartbeat {
+				continue
+			}
+			at = now.Add(max(poll, overdue))
+		}
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	return next
 }

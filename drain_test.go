@@ -71,3 +71,79 @@ func TestLeaseReleases(t *testing.T) {
 		t.Errorf("releases a second later = %v, next at %v; want all, none next", ready, next)
 	}
 }
+
+// TestNextLook: when a node renews to hear of partitions handed to it, with
+// a heartbeat of 1s (a poll of 10ms) and a last round trip of 4ms.
+func TestNextLook(t *testing.T) {
+	const hb, rtt = time.Second, 4 * time.Millisecond
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	for _, tc := range []struct {
+		name string
+		dues []time.Time
+		now  time.Time
+		want time.Time // zero: no look
+	}{
+		{"nothing incoming", nil, at(0), time.Time{}},
+		{"due ahead: a round trip and the slack after it", []time.Time{at(300)}, at(0), at(306)},
+		{"the earliest of several", []time.Time{at(300), at(120)}, at(0), at(126)},
+		{"due, its look passed: a poll later", []time.Time{at(300)}, at(306), at(316)},
+		{"overdue by more than a poll: as long again", []time.Time{at(300)}, at(549), at(798)},
+		{"a heartbeat overdue: the regular heartbeats look", []time.Time{at(300)}, at(1300), time.Time{}},
+		{"one a heartbeat overdue, one ahead", []time.Time{at(0), at(1200)}, at(1100), at(1206)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := nextLook(tc.dues, tc.now, rtt, hb); !got.Equal(tc.want) {
+				t.Errorf("nextLook = %v, want %v", got.Sub(t0), tc.want.Sub(t0))
+			}
+		})
+	}
+	// A short heartbeat: the poll has a floor.
+	if got := nextLook([]time.Time{at(0)}, at(6), rtt, 100*time.Millisecond); !got.Equal(at(16)) {
+		t.Errorf("heartbeat 100ms, 6ms overdue: look at %v, want 16ms (a poll of 10ms)", got.Sub(t0))
+	}
+	if got := nextLook([]time.Time{at(0)}, at(100), rtt, 100*time.Millisecond); !got.IsZero() {
+		t.Errorf("heartbeat 100ms, 100ms overdue: look at %v, want none", got.Sub(t0))
+	}
+}
+
+// TestNextRelease: a release the last heartbeat did not carry goes at once
+// once it may (a drain that ended while that heartbeat was on its way was
+// heard of only with its answer, and waited up to a heartbeat more); one it
+// carried (marked during a hold) is not sent again at once.
+func TestNextRelease(t *testing.T) {
+	const drain, maxDrain = 100 * time.Millisecond, time.Second
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	for _, tc := range []struct {
+		name      string
+		revokedAt map[int]time.Time
+		releasing []int
+		now       time.Time
+		want      time.Time
+	}{
+		{"nothing revoked", nil, nil, at(50), time.Time{}},
+		{"draining: its end", map[int]time.Time{3: t0}, nil, at(50), at(100)},
+		{"drained while the last heartbeat flew: at once", map[int]time.Time{3: t0}, nil, at(120), at(120)},
+		{"drained and carried by the last heartbeat: no hurry", map[int]time.Time{3: t0}, []int{3}, at(120), time.Time{}},
+		{"carried, and another draining: the other's end", map[int]time.Time{3: t0, 5: at(60)}, []int{3}, at(120), at(160)},
+		{"never reported: at once", map[int]time.Time{3: {}}, nil, at(0), at(0)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLease(nil, "r", 8, 8)
+			for p, stopped := range tc.revokedAt {
+				l.view.revokedAt[p] = stopped
+			}
+			l.view.releasing = tc.releasing
+			if got := l.nextRelease(tc.now, drain, maxDrain); !got.Equal(tc.want) {
+				t.Errorf("nextRelease = %v, want %v", got.Sub(t0), tc.want.Sub(t0))
+			}
+		})
+	}
+	// A drain of 0: at once.
+	l := newLease(nil, "r", 8, 8)
+	l.view.revokedAt[3] = t0
+	if got := l.nextRelease(t0, 0, maxDrain); !got.Equal(t0) {
+		t.Errorf("drain 0: nextRelease = %v, want at once", got.Sub(t0))
+	}
+}

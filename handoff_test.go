@@ -149,3 +149,72 @@ func TestReleaseResentWhenHoldEnds(t *testing.T) {
 	c.runUntil(time.Second, "partition 1 to be reported", func() bool { return reflect.DeepEqual(l.Values(), []int{1}) })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }
+
+// TestDrainZeroReleasedAtOnce: with a drain of 0, a partition the node
+// reported is released by a heartbeat sent as soon as the view revoking it
+// came, not with the next heartbeat.
+func TestDrainZeroReleasedAtOnce(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second), WithDrain(0))
+	l, _ := c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}}), nil))
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
+	mock.ExpectQuery(`renew_and_read`).
+		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(10000, 0, nil, "ok",
+			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.runUntil(2*time.Second, "the revoke", func() bool { return reflect.DeepEqual(l.Values(), []int{0}) })
+	revoked := c.clk.Now()
+	c.runUntil(time.Second, "the release", func() bool { return met(db, mock) })
+	if took := c.elapsed(revoked); took != 0 {
+		t.Errorf("release sent %v after the revoke; want at once (drain 0), not with the next heartbeat", took)
+	}
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
+
+// TestNewOwnerLooksWhenDue: a view that says partitions are due to this
+// node in 300ms brings a heartbeat a round trip after that, each
+// heartbeat asks about them (incoming) meanwhile; an answer that says they
+// are overdue brings another a poll later; the view that gives them ends
+// the looks.
+func TestNewOwnerLooksWhenDue(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second))
+	l, _ := c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}, Incoming: []int64{300}}), nil))
+	waiting := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 4, Incoming: true}}
+	// The wake Start leaves (a twentieth of a heartbeat): still due in 250ms.
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{250}}), nil))
+	// The look: 10ms overdue.
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{-10}}), nil))
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(10000, 0, nil, "ok",
+			changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 2}}), nil))
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5}}, false, true, sqlmock.AnyArg()).
+		WillReturnRows(renewRow(10000, 0, nil, "ok", nil, nil))
+	start := c.clk.Now()
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.runUntil(2*time.Second, "partition 3", func() bool { return reflect.DeepEqual(l.Values(), []int{0, 3}) })
+	// The mock answers at once: round trips of 0, so a look at 300 + 2ms
+	// (the slack), then, told it is overdue, a poll of 10ms later.
+	if took := c.elapsed(start); took != 312*time.Millisecond {
+		t.Errorf("partition 3 reported %v after Start; want 312ms (a look at 302ms, a poll 10ms later)", took)
+	}
+	c.runUntil(2*time.Second, "the next heartbeat", func() bool { return met(db, mock) })
+	if took := c.elapsed(start); took != 312*time.Millisecond+time.Second {
+		t.Errorf("the heartbeat after the handoff went %v after Start; want a heartbeat after the last (1.312s)", took)
+	}
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}

@@ -20,7 +20,10 @@ func TestStartJoinsRingsInTheirOwnStatement(t *testing.T) {
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
-	mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, sqlmock.AnyArg()).
+	// The join says the node's heartbeat and drain (by default a tenth of
+	// the TTL and one heartbeat), for the handoff timeline.
+	drain := int64(200)
+	mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{{Ring: "orders", Size: 4, VNodes: 8, HeartbeatMS: 200, DrainMS: &drain}}, sqlmock.AnyArg()).
 		WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "ok", "size": 4}]`))
 	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",

@@ -75,6 +75,9 @@ type ringState struct {
 	revokedAt map[int]time.Time // partitions to give up, and when this node stopped reporting them (zero: never did)
 	join      joinState         // the last heartbeat said this node is not a member
 	read      bool              // the last heartbeat said the view is big: read it with read_views
+	incoming  []time.Time       // when the partitions pending to this node are due, sorted; see nextLook
+	waiting   bool              // partitions are pending to this node (some may have no due time)
+	releasing []int             // the releases the last heartbeat carried, sorted (see nextRelease)
 	// awaitRejoin: a request for the whole view (rejoin) went; the view
 	// that answers it ends a resign's pause.
 	awaitRejoin bool
@@ -240,11 +243,10 @@ func (l *Lease) replace(s *snapshot, cause error) {
 }
 
 // applyView takes the database's view of this ring. Partitions being handed
-// over are kept out of the visible snapshot from this moment. It reports
-// whether a partition this node never reported was revoked: its release
-// may go at once.
-func (l *Lease) applyView(v ringChange, now time.Time) (releaseNow bool) {
+// over are kept out of the visible snapshot from this moment.
+func (l *Lease) applyView(v ringChange, now time.Time) {
 	l.view.version = v.Version
+	l.view.setIncoming(v, now)
 	revoking := make(map[int]bool, len(v.Revoking))
 	var locked map[int]bool // read once, if needed
 	for _, p := range v.Revoking {
@@ -264,7 +266,6 @@ func (l *Lease) applyView(v ringChange, now time.Time) (releaseNow bool) {
 		// Zero: never reported (given and retargeted before this node
 		// heard, or given during a hold). Nothing to drain.
 		l.view.revokedAt[p] = at
-		releaseNow = releaseNow || at.IsZero()
 	}
 	for p := range l.view.revokedAt {
 		if !revoking[p] {
@@ -292,7 +293,6 @@ func (l *Lease) applyView(v ringChange, now time.Time) (releaseNow bool) {
 		l.paused = false // this view was read after the resign
 		l.mu.Unlock()
 	}
-	return releaseNow
 }
 
 // reportedUntil is when the node stopped reporting partition p: now if it
@@ -314,6 +314,7 @@ func (l *Lease) reportedUntil(p int, now time.Time) time.Time {
 // whole view.
 func (l *Lease) forget() {
 	l.view.version = 0
+	l.view.incoming, l.view.waiting = nil, false
 	l.view.current = emptySnapshot
 	clear(l.view.revokedAt)
 	l.mu.Lock()

@@ -112,6 +112,9 @@ func (c *Client) wakeAt(now time.Time) time.Time {
 // launch sends one heartbeat, in a goroutine of its own.
 func (c *Client) launch(now time.Time) *attempt {
 	opts := c.hb.launch(now)
+	if opts.look {
+		c.st.looked()
+	}
 	rings := c.ringRequests(now)
 	ctx, cancel := context.WithTimeout(c.attempts, c.cfg.renewTimeout)
 	a := &attempt{result: make(chan renewResult, 1), timeout: now.Add(c.cfg.renewTimeout), cancel: cancel}
@@ -155,8 +158,9 @@ func (c *Client) ringRequests(now time.Time) []ringRequest {
 			c.hb.wake(now) // more to confirm
 		}
 		room -= len(released)
+		l.view.releasing = released
 		rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-			Version: version, Released: released})
+			Version: version, Released: released, Incoming: l.view.waiting})
 	}
 	return rings
 }

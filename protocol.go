@@ -15,6 +15,13 @@ type ringRequest struct {
 	VNodes   int    `json:"vnodes"`
 	Version  int64  `json:"version"`
 	Released []int  `json:"released,omitempty"`
+	// Incoming: the node waits for partitions handed to it; when nothing
+	// else changed, the answer says only when they are due.
+	Incoming bool `json:"incoming,omitempty"`
+	// For join_rings: the node's heartbeat and drain, from which the
+	// database tells pending owners when what this node gives up is due.
+	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"`
+	DrainMS     *int64 `json:"drain_ms,omitempty"`
 }
 
 // ringChange is one ring in the heartbeat's answer: the node's whole view of
@@ -35,6 +42,11 @@ type ringChange struct {
 	Members   []memberView `json:"members"`
 	Changed   []int        `json:"changed"`
 	Owners    []int        `json:"owners"`
+	// Incoming: when the partitions pending to this node are due, in
+	// milliseconds from the answer, sorted (negative: overdue), and how
+	// many more wait with no due time known.
+	Incoming        []int64 `json:"incoming"`
+	IncomingUnknown int     `json:"incoming_unknown"`
 }
 
 type memberView struct {
@@ -50,6 +62,7 @@ const (
 	ringToJoin       = "join"          // not a member (or with other vnodes): join with join_rings
 	ringLater        = "later"         // the heartbeat ran out of time: the view comes with the next
 	ringView         = "view"          // the view is big: read it with read_views
+	ringIncoming     = "incoming"      // nothing changed; Incoming says when what the node waits for is due
 )
 
 // Node statuses returned by renew_and_read.
@@ -154,7 +167,7 @@ func decodeChanges(status string, changes sql.NullString, res *renewResult) erro
 			return fmt.Errorf("leasering: decoding heartbeat answer: %w", err)
 		}
 		for _, ch := range res.changes {
-			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != ringSizeMismatch && ch.Status != ringToJoin && ch.Status != ringLater && ch.Status != ringView) ||
+			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != ringSizeMismatch && ch.Status != ringToJoin && ch.Status != ringLater && ch.Status != ringView && ch.Status != ringIncoming) ||
 				len(ch.Epochs) != len(ch.Partitions) || len(ch.Changed) != len(ch.Owners) {
 				return fmt.Errorf("leasering: malformed heartbeat answer for ring %q", ch.Ring)
 			}

@@ -58,13 +58,12 @@ type schedule struct {
 	failures int  // in a row
 
 	// The last outcome, and what it says about the next heartbeat.
-	last     outcome
-	at       time.Time     // when the loop took it
-	sent     time.Time     // renewed: when that heartbeat was sent
-	recv     time.Time     // renewed: when its answer came
-	spread   time.Duration // the jitter drawn for it
-	release  time.Time     // renewed: when a revoked partition may next be confirmed released (zero: none)
-	revoking bool          // renewed: partitions wait to be handed on
+	last         outcome
+	at           time.Time     // when the loop took it
+	sent         time.Time     // renewed: when that heartbeat was sent
+	recv         time.Time     // renewed: when its answer came
+	spread       time.Duration // the jitter drawn for it
+	handoffTimes               // renewed: what the views ask (drain.go's rules)
 
 	launched time.Time // the last heartbeat's launch
 	woken    time.Time // the first wake since then (zero: none)
@@ -77,8 +76,14 @@ type renewal struct {
 	hold       time.Duration // report nothing for this long after recv
 	scanned    bool          // nextExpiry is known
 	nextExpiry time.Duration // another node's lease ends this long after the answer (-1: none)
-	release    time.Time     // see schedule.release
-	revoking   bool
+	handoff    handoffTimes
+}
+
+// handoffTimes is what the leases' views ask of the schedule.
+type handoffTimes struct {
+	release  time.Time // when a revoked partition may next be confirmed released (zero: none)
+	revoking bool      // partitions wait to be handed on
+	look     time.Time // when to renew to hear of partitions handed to this node (zero: no look)
 }
 
 // renewOpts says what one renew_and_read call asks for.
@@ -86,6 +91,7 @@ type renewOpts struct {
 	claim bool // take the node id over (Start's first heartbeat)
 	scan  bool // evict lapsed nodes and report the earliest other lease end
 	probe bool // only ask how long the lease has left, extending nothing
+	look  bool // sent before the heartbeat was due, to hear of partitions handed to this node (counted in Stats)
 }
 
 // renewed records an answered renewal taken at now.
@@ -101,8 +107,15 @@ func (s *schedule) renewed(now time.Time, r renewal) {
 		}
 	}
 	s.last, s.at, s.sent, s.recv = outcomeRenewed, now, r.sent, r.recv
-	s.release, s.revoking = r.release, r.revoking
+	s.handoffTimes = r.handoff
 	s.spread = s.jitter(s.heartbeat / 10)
+}
+
+// handedOff records what views read off the heartbeat ask (read_views).
+func (s *schedule) handedOff(h handoffTimes) {
+	if s.last == outcomeRenewed {
+		s.handoffTimes = h
+	}
 }
 
 // failed records a failed heartbeat.
@@ -142,7 +155,8 @@ func (s *schedule) wake(now time.Time) {
 // launch records a heartbeat launched at now and says what it asks for.
 func (s *schedule) launch(now time.Time) renewOpts {
 	s.launched, s.woken = now, time.Time{}
-	return renewOpts{scan: s.scanAfter.IsZero() || !now.Before(s.scanAfter), probe: s.probe}
+	look := s.last == outcomeRenewed && !s.look.IsZero() && !now.Before(s.look) && now.Before(s.sent.Add(s.heartbeat))
+	return renewOpts{scan: s.scanAfter.IsZero() || !now.Before(s.scanAfter), probe: s.probe, look: look}
 }
 
 // backoff is the delay after the failures so far, before jitter: the
@@ -165,6 +179,9 @@ func (s *schedule) next() time.Time {
 		}
 		if !s.release.IsZero() {
 			t = earliest(t, s.release)
+		}
+		if !s.look.IsZero() {
+			t = earliest(t, s.look)
 		}
 		if s.revoking && s.holdUntil.After(s.at) {
 			// Releases sent during a hold only mark the partitions; one

@@ -91,9 +91,11 @@ func (c *Client) joinRequests() []ringRequest {
 	leases := c.leaseList()
 	c.mu.Unlock()
 	var rings []ringRequest
+	drain := c.cfg.drain.Milliseconds()
 	for _, l := range leases {
 		if l.view.join != joined {
-			rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes})
+			rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
+				HeartbeatMS: c.cfg.heartbeat.Milliseconds(), DrainMS: &drain})
 		}
 	}
 	return rings
@@ -227,12 +229,11 @@ func (c *Client) viewed(res sideResult, now time.Time) (again bool) {
 			continue
 		}
 		l.view.read = false
-		if l.applyView(v.View, now) {
-			c.hb.wake(now)
-		}
+		l.applyView(v.View, now)
 		c.st.addViews(1)
 		c.log.Debug("leasering: ring view read", "ring", v.View.Ring, "version", v.View.Version, "owned", len(l.view.current.values))
 	}
 	c.mu.Unlock()
+	c.hb.handedOff(c.handoff(now))
 	return len(c.viewRequests()) > 0 // busy, not live, or failed
 }

@@ -16,6 +16,7 @@ type Stats struct {
 	LastRenewAge     time.Duration  // time since the last successful heartbeat was sent (-1: none)
 	LeaseLeft        time.Duration  // until this node stops reporting partitions (0: not live)
 	RingChanges      int64          // ring views received (joins, leaves, handoffs, rebalances)
+	HandoffLooks     int64          // heartbeats sent early to hear of partitions handed to this node (see WithDrain)
 	LeaseLosses      int64          // times the deadline passed without a renewal (self-fencing)
 	Fenced           bool           // another process took this node id over
 	Owned            map[string]int // ring -> partitions owned now
@@ -32,6 +33,7 @@ type stats struct {
 	deadline    time.Time
 	ringChanges int64
 	leaseLosses int64
+	looks       int64
 }
 
 func (s *stats) renewed(res renewResult, deadline time.Time, views int) {
@@ -57,6 +59,12 @@ func (s *stats) failed() {
 	s.mu.Unlock()
 }
 
+func (s *stats) looked() {
+	s.mu.Lock()
+	s.looks++
+	s.mu.Unlock()
+}
+
 func (s *stats) lost() {
 	s.mu.Lock()
 	s.leaseLosses++
@@ -74,6 +82,7 @@ func (c *Client) Stats() Stats {
 		LastRenewLatency: c.st.latency,
 		LastRenewAge:     -1,
 		RingChanges:      c.st.ringChanges,
+		HandoffLooks:     c.st.looks,
 		LeaseLosses:      c.st.leaseLosses,
 	}
 	if !c.st.lastSent.IsZero() {

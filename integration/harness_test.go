@@ -246,7 +246,7 @@ func (n *node) recent() string {
 	defer n.warnings.mu.Unlock()
 	keep := 8
 	if !n.warnings.warnings {
-		keep = 30
+		keep = 60
 	}
 	es := n.warnings.entries[max(len(n.warnings.entries)-keep, 0):]
 	if len(es) == 0 {

@@ -35,6 +35,7 @@ var oldSchemas = []struct {
 	// From version 7 on, a release ships schema.sql and functions.sql:
 	// the copy is the two, one after the other.
 	{"v7", 7, "testdata/schema_and_functions_v7_a49746f.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v8", 8, "testdata/schema_and_functions_v8_38dba32.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's
@@ -565,8 +566,8 @@ func TestSQLFilesRefuseOtherVersions(t *testing.T) {
 		{"functions.sql at version 7", "", leasering.FunctionsSQL(), "LR007"},
 		{"migration 6 to 7 at version 7", "", must(leasering.MigrationSQL(6)), "LR007"},
 		{"migration 7 to 8 at version 8", "UPDATE S.schema_version SET version = 8", upgrade, "LR007"},
-		{"schema.sql at version 9", "UPDATE S.schema_version SET version = 9", fresh, "LR002"},
-		{"functions.sql at version 9", "UPDATE S.schema_version SET version = 9", leasering.FunctionsSQL(), "LR002"},
+		{"schema.sql at version 10", "UPDATE S.schema_version SET version = 10", fresh, "LR002"},
+		{"functions.sql at version 10", "UPDATE S.schema_version SET version = 10", leasering.FunctionsSQL(), "LR002"},
 	}
 	for _, c := range cases {
 		tx, err := e.admin.Begin()

@@ -16,7 +16,7 @@ import (
 type Collector struct {
 	c *leasering.Client
 
-	renewals, failures, latency, age, leaseLeft, ringChanges, losses, fenced, owned *prometheus.Desc
+	renewals, failures, latency, age, leaseLeft, ringChanges, looks, losses, fenced, owned *prometheus.Desc
 }
 
 // NewCollector returns a collector for c. Every metric carries the label
@@ -34,6 +34,7 @@ func NewCollector(c *leasering.Client) *Collector {
 		age:         d("last_renew_age_seconds", "Time since the last successful heartbeat was sent."),
 		leaseLeft:   d("lease_left_seconds", "Time until the node stops reporting partitions; 0 when not live."),
 		ringChanges: d("ring_changes_total", "Ring views received: joins, leaves, handoffs, rebalances."),
+		looks:       d("handoff_looks_total", "Heartbeats sent early to hear of partitions handed to this node."),
 		losses:      d("lease_losses_total", "Times the lease deadline passed without a renewal."),
 		fenced:      d("fenced", "1 once another process took the node id over."),
 		owned:       d("partitions_owned", "Partitions owned now.", "ring"),
@@ -42,7 +43,7 @@ func NewCollector(c *leasering.Client) *Collector {
 
 // Describe implements prometheus.Collector.
 func (col *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{col.renewals, col.failures, col.latency, col.age, col.leaseLeft, col.ringChanges, col.losses, col.fenced, col.owned} {
+	for _, d := range []*prometheus.Desc{col.renewals, col.failures, col.latency, col.age, col.leaseLeft, col.ringChanges, col.looks, col.losses, col.fenced, col.owned} {
 		ch <- d
 	}
 }
@@ -59,6 +60,7 @@ func (col *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(col.leaseLeft, prometheus.GaugeValue, s.LeaseLeft.Seconds(), n)
 	ch <- prometheus.MustNewConstMetric(col.ringChanges, prometheus.CounterValue, float64(s.RingChanges), n)
+	ch <- prometheus.MustNewConstMetric(col.looks, prometheus.CounterValue, float64(s.HandoffLooks), n)
 	ch <- prometheus.MustNewConstMetric(col.losses, prometheus.CounterValue, float64(s.LeaseLosses), n)
 	fenced := 0.0
 	if s.Fenced {

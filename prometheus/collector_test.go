@@ -76,6 +76,7 @@ func TestScrapeRealValues(t *testing.T) {
 		`leasering_partitions_owned{node="metrics-node",ring="orders"} 32`,
 		`leasering_fenced{node="metrics-node"} 0`,
 		`leasering_renew_failures_total{node="metrics-node"} 0`,
+		`leasering_handoff_looks_total{node="metrics-node"} 0`, // alone on its ring: nothing handed to it
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("scrape lacks %q:\n%s", want, text)

@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 8.
+-- leasering: the protocol, schema version 9.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -87,6 +87,18 @@
 --   any      -> free      rebalance, when the ring has no live member
 --   Rebalance may also point revoking and released at another next_owner.
 --
+-- THE HANDOFF TIMELINE. A revoking partition has no reporter from the
+-- moment its owner hears (its view lists it as revoking) until its pending
+-- owner hears it is its own. The owner drains it for its drain, then
+-- confirms. The pending owner's views list when what it waits for is due
+-- (incoming, see ring_view): release_due, set when the owner is told
+-- (give_view: the owner's drain on from then), or before that an estimate
+-- (the owner's next heartbeat plus its drain, from its lease row and the
+-- heartbeat and drain its member row recorded at its join). The pending
+-- owner renews just after that time and, while it waits, asks again with
+-- each heartbeat (a ring request with incoming: ring_work answers the
+-- dues alone when nothing else changed).
+--
 -- LOCK ORDER. Every transaction takes its row locks in this order, so no
 -- two wait for each other:
 --
@@ -157,12 +169,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 8 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (8)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 9 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (9)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 8 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 8: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 9 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 9: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -287,11 +299,12 @@ BEGIN
     -- The rings that need work, in name order, found by one statement.
     FOR r IN
         SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
-               g.size AS cur_size
-          FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[])
+               coalesce(x.incoming, false) AS incoming, g.size AS cur_size
+          FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
+                                                 incoming boolean)
           LEFT JOIN rings g ON g.name = x.ring
          WHERE g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
-            OR cardinality(x.released) > 0
+            OR cardinality(x.released) > 0 OR x.incoming
          ORDER BY x.ring
     LOOP
         IF r.cur_size IS NULL THEN
@@ -304,7 +317,7 @@ BEGIN
             answer := jsonb_build_object('ring', r.ring, 'status', 'later');  -- with the next heartbeat
         ELSE
             worked := worked + 1;
-            answer := ring_work(p_node, p_incarnation, p_ttl_ms, r.ring, r.size, r.vnodes, r.known, r.released);
+            answer := ring_work(p_node, p_incarnation, p_ttl_ms, r.ring, r.size, r.vnodes, r.known, r.released, r.incoming);
         END IF;
         IF answer IS NOT NULL THEN
             outs := array_append(outs, answer);
@@ -507,17 +520,20 @@ BEGIN
 END
 $$;
 
--- ring_work: the phase of one ring of a heartbeat whose version moved or
--- that carries releases. Confirms the releases, then answers the node's
--- view, 'join' (not a member with these vnodes, or a member row to
--- reclaim: join_rings does it, in a statement of its own), 'view' (a big
--- view: read_views reads it, in a statement of its own), or NULL (nothing
--- more changed, or a lock was busy). A subtransaction: if a user
+-- ring_work: the phase of one ring of a heartbeat whose version moved,
+-- that carries releases, or that waits for incoming partitions (p_incoming).
+-- Confirms the releases, then answers the node's view, 'join' (not a
+-- member with these vnodes, or a member row to reclaim: join_rings does
+-- it, in a statement of its own), 'view' (a big view: read_views reads it,
+-- in a statement of its own), 'incoming' (nothing changed: only when the
+-- partitions it waits for are due), or NULL (nothing more changed, or a
+-- lock was busy). A subtransaction: if a user
 -- transaction holds one of the ring's partitions through holds() longer
 -- than the lock wait, the ring's change waits for a later heartbeat and
 -- the lease is still renewed.
 CREATE OR REPLACE FUNCTION leasering.ring_work(p_node text, p_incarnation text, p_ttl_ms integer, p_ring text,
-                                               p_size integer, p_vnodes integer, p_known bigint, p_released integer[])
+                                               p_size integer, p_vnodes integer, p_known bigint, p_released integer[],
+                                               p_incoming boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
@@ -525,9 +541,12 @@ AS $$
 BEGIN
     IF cardinality(p_released) > 0 THEN
         PERFORM confirm_releases(p_node, p_ring, p_released, p_ttl_ms);
-        IF (SELECT version FROM rings WHERE name = p_ring) = p_known THEN
-            RETURN NULL;
+    END IF;
+    IF (SELECT version FROM rings WHERE name = p_ring) = p_known THEN
+        IF p_incoming THEN  -- nothing changed: only when what it waits for is due
+            RETURN jsonb_build_object('ring', p_ring, 'status', 'incoming') || incoming_dues(p_ring, p_node);
         END IF;
+        RETURN NULL;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM members WHERE ring = p_ring AND node_id = p_node AND vnodes = p_vnodes
                                            AND claimed_by = p_incarnation) THEN
@@ -555,7 +574,7 @@ $$;
 -- ---------------------------------------------------------------------
 
 -- join_rings: node p_node joins (or rejoins) the rings of p_rings, a JSON
--- array of {ring, size, vnodes}, in a statement of its own rather than in a
+-- array of {ring, size, vnodes, heartbeat_ms, drain_ms}, in a statement of its own rather than in a
 -- heartbeat: creating a ring of 65,536 partitions and the rebalance of a
 -- join each take up to a second there, which a heartbeat must never spend
 -- (its lease is counted from its start). The node's lease must be live and
@@ -588,13 +607,18 @@ BEGIN
     END IF;
     PERFORM set_lock_wait(NULL, 1000);
     FOR r IN
-        SELECT x.ring, x.size, x.vnodes
-          FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer)
+        SELECT x.ring, x.size, x.vnodes, x.heartbeat_ms, x.drain_ms
+          FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, heartbeat_ms integer, drain_ms integer)
          ORDER BY x.ring
     LOOP
         EXIT WHEN cardinality(outs) > 0 AND clock_timestamp() - started > p_budget_ms * interval '1 millisecond';
         BEGIN
             st := claim_vnodes(p_node, p_incarnation, r.ring, r.size, r.vnodes);
+            IF st = 'ok' THEN
+                UPDATE members SET heartbeat_ms = r.heartbeat_ms, drain_ms = r.drain_ms
+                 WHERE ring = r.ring AND node_id = p_node
+                   AND (heartbeat_ms, drain_ms) IS DISTINCT FROM (r.heartbeat_ms, r.drain_ms);
+            END IF;
             outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', st,
                                                           'size', (SELECT size FROM rings WHERE name = r.ring)));
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
@@ -818,23 +842,59 @@ $$;
 -- version p_known (ring_view), recorded as given: the member row is locked
 -- before the view is read and its seen set to the view's version, so that
 -- a rebalance meanwhile waits, and never takes a partition straight from a
--- node that this view gives it (see rebalance). NULL when the node is not
--- a member.
+-- node that this view gives it (see rebalance). The partitions it tells the
+-- node to give up for the first time get their release_due. NULL when the
+-- node is not a member.
 CREATE OR REPLACE FUNCTION leasering.give_view(p_node text, p_ring text, p_known bigint)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
-    view jsonb;
+    view  jsonb;
+    drain integer;
 BEGIN
     PERFORM 1 FROM members WHERE ring = p_ring AND node_id = p_node FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
     view := ring_view(p_ring, p_node, p_known);
-    UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = p_ring AND node_id = p_node;
+    UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = p_ring AND node_id = p_node
+    RETURNING drain_ms INTO drain;
+    IF jsonb_array_length(view -> 'revoking') > 0 AND drain IS NOT NULL THEN
+        -- Told now: due once it has drained (the pending owner looks then).
+        UPDATE partitions SET release_due = clock_timestamp() + drain * interval '1 millisecond'
+         WHERE ring = p_ring AND owner = p_node AND next_owner IS NOT NULL AND release_due IS NULL;
+    END IF;
     RETURN view;
+END
+$$;
+
+-- incoming_dues: when the partitions of ring p_ring pending to node p_node
+-- are due: {incoming: a sorted JSON array of distinct delays in
+-- milliseconds from now (negative: overdue), incoming_unknown: how many
+-- have none}. Due is release_due once the owner was told, before that the
+-- owner's next heartbeat (its lease's start plus its heartbeat) plus its
+-- drain; unknown for an owner that joined without saying them. See the
+-- handoff timeline at the top.
+CREATE OR REPLACE FUNCTION leasering.incoming_dues(p_ring text, p_node text)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT jsonb_build_object(
+                       'incoming', coalesce(jsonb_agg(DISTINCT d.ms ORDER BY d.ms) FILTER (WHERE d.ms IS NOT NULL), '[]'),
+                       'incoming_unknown', count(*) FILTER (WHERE d.ms IS NULL))
+              FROM (SELECT ceil(extract(epoch FROM
+                               coalesce(p.release_due,
+                                        o.expires_at - o.ttl_ms * interval '1 millisecond'
+                                        + (om.heartbeat_ms + om.drain_ms) * interval '1 millisecond')
+                               - clock_timestamp()) * 1000)::bigint AS ms
+                      FROM partitions p
+                      LEFT JOIN nodes o ON o.node_id = p.owner
+                      LEFT JOIN members om ON om.ring = p.ring AND om.node_id = p.owner
+                     WHERE p.ring = p_ring AND p.next_owner = p_node) AS d);
 END
 $$;
 
@@ -846,7 +906,8 @@ $$;
 -- the others'), and the partitions whose owner changed, each with its
 -- owner as an index into the members (-1: none). Sending every member's
 -- details on every change would cost each heartbeat O(members) and a
--- roll-out O(members²).
+-- roll-out O(members²). And incoming: when the partitions pending to the
+-- node are due (incoming_dues).
 CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text, p_known bigint)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
@@ -869,7 +930,7 @@ BEGIN
                                FROM members m JOIN nodes n ON n.node_id = m.node_id
                               WHERE m.ring = r.name AND (p_known = 0 OR m.changed > p_known)), '[]') END,
                'changed', to_jsonb(routing.changed),
-               'owners', to_jsonb(routing.owners))
+               'owners', to_jsonb(routing.owners)) || incoming_dues(r.name, p_node)
       FROM rings r,
            LATERAL (SELECT array_agg(p.partition ORDER BY p.partition) AS partitions,
                            array_agg(p.epoch ORDER BY p.partition) AS epochs,
@@ -972,7 +1033,7 @@ BEGIN
     END IF;
     stamp := next_version(p_ring);
     UPDATE partitions p
-       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false,
+       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false, release_due = NULL,
            changed = stamp, granted = stamp
      WHERE p.ring = p_ring AND p.partition = ANY (p_released)
        AND p.owner = p_node AND p.next_owner IS NOT NULL
@@ -997,7 +1058,7 @@ DECLARE
     stamp bigint := next_version(p_ring);
 BEGIN
     UPDATE partitions p
-       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false,
+       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false, release_due = NULL,
            changed = stamp, granted = stamp
      WHERE p.ring = p_ring AND p.released
        AND EXISTS (SELECT 1 FROM nodes o WHERE o.node_id = p.owner AND o.hold_until <= now())
@@ -1240,6 +1301,8 @@ BEGIN
            changed = stamp,
            granted = CASE WHEN t.new_owner IS DISTINCT FROM p.owner THEN stamp ELSE p.granted END,
            released = p.released AND t.new_owner IS NOT DISTINCT FROM p.owner AND t.new_next IS NOT NULL,
+           release_due = CASE WHEN t.new_owner IS NOT DISTINCT FROM p.owner AND t.new_next IS NOT NULL
+                              THEN p.release_due END,
            epoch = CASE WHEN t.new_owner IS DISTINCT FROM p.owner AND t.new_owner IS NOT NULL
                         THEN p.epoch + 1 ELSE p.epoch END
       FROM (SELECT (x.ord - 1)::integer AS part,

@@ -1,4 +1,4 @@
--- leasering: the tables, schema version 8.
+-- leasering: the tables, schema version 9.
 --
 -- A new schema gets this file and then functions.sql; a schema at an older
 -- version gets the files of migrations/ above its version and then
@@ -30,11 +30,11 @@ GRANT SELECT ON leasering.schema_version TO PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 8 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (8)',
+    IF (SELECT version FROM leasering.schema_version) > 9 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (9)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) < 8 THEN
+    ELSIF (SELECT version FROM leasering.schema_version) < 9 THEN
         RAISE EXCEPTION 'the schema is at version %: upgrade it with the files of sql/migrations above that version, not schema.sql',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
@@ -92,6 +92,10 @@ CREATE TABLE IF NOT EXISTS leasering.members (
     changed    bigint NOT NULL DEFAULT 0,                          -- ring version that last changed the row
     seen       bigint NOT NULL DEFAULT 0,                          -- ring version of the last view the node was given
     claimed_by text,                                               -- incarnation that joined or reclaimed it; NULL: to reclaim
+    -- The node's heartbeat and drain, as it joined (NULL: unknown, joined
+    -- by a release before version 9): when what it gives up is due (ring_view).
+    heartbeat_ms integer CHECK (heartbeat_ms > 0),
+    drain_ms     integer CHECK (drain_ms >= 0),
     PRIMARY KEY (ring, node_id),
     CONSTRAINT members_positions_check
         CHECK (cardinality(positions) = vnodes AND 0 <= ALL (positions) AND 4294967296 > ALL (positions)),
@@ -117,13 +121,18 @@ CREATE TABLE IF NOT EXISTS leasering.partitions (
     changed    bigint NOT NULL DEFAULT 0,  -- ring version of the last change of owner or next_owner
     granted    bigint NOT NULL DEFAULT 0,  -- ring version at which owner got it
     released   boolean NOT NULL DEFAULT false,
+    -- revoking: when the owner, told, will have drained it (NULL: not told
+    -- yet, or its drain unknown); the pending owner looks for it then.
+    release_due timestamptz,
     PRIMARY KEY (ring, partition),
     CONSTRAINT partitions_versions_check CHECK (epoch >= 0 AND granted >= 0 AND granted <= changed),
     CONSTRAINT partitions_next_owner_check CHECK (next_owner IS NULL OR (owner IS NOT NULL AND next_owner <> owner)),
-    CONSTRAINT partitions_released_check CHECK (NOT released OR next_owner IS NOT NULL)
+    CONSTRAINT partitions_released_check CHECK (NOT released OR next_owner IS NOT NULL),
+    CONSTRAINT partitions_release_due_check CHECK (release_due IS NULL OR next_owner IS NOT NULL)
 );
 CREATE INDEX IF NOT EXISTS partitions_released ON leasering.partitions (ring) WHERE released;
 CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner);
 CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
+CREATE INDEX IF NOT EXISTS partitions_next_owner ON leasering.partitions (ring, next_owner) WHERE next_owner IS NOT NULL;
 
-INSERT INTO leasering.schema_version (version) VALUES (8) ON CONFLICT (id) DO NOTHING;
+INSERT INTO leasering.schema_version (version) VALUES (9) ON CONFLICT (id) DO NOTHING;

@@ -1,0 +1,254 @@
+package integration
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leasering/leasering"
+	"github.com/leasering/leasering/internal/faultproxy"
+)
+
+// The handoff gap: the time a moved partition is reported by nobody, from
+// its old owner's last report to its new owner's first. The old owner
+// stops when it hears of the move, drains for its drain, and confirms; the
+// new owner, told when the release is due, renews just after (see
+// drain.go). The gap must be at most the drain plus 50 ms, and with a
+// drain of 0 at most 50 ms plus one round trip.
+
+// handoffSlack is what a gap may take beyond the drain: the bound.
+const handoffSlack = 50 * time.Millisecond
+
+// handoff is one partition changing hands, as seen by a moveRecorder.
+type handoff struct {
+	p        int
+	from, to string
+	gap      time.Duration // from's last report to to's first
+	at       time.Time     // to's first report
+}
+
+// moveRecorder polls every registered node's Values() for one ring, without
+// pause, and records each handoff, and the longest heartbeat round trip it
+// sees (Stats, every 10 ms).
+type moveRecorder struct {
+	e    *env
+	ring string
+	size int
+
+	mu     sync.Mutex
+	moves  []handoff
+	maxRTT time.Duration
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func (e *env) recordMoves(ring string, size int) *moveRecorder {
+	r := &moveRecorder{e: e, ring: ring, size: size, stop: make(chan struct{}), done: make(chan struct{})}
+	go r.run()
+	e.t.Cleanup(r.finish)
+	return r
+}
+
+func (r *moveRecorder) run() {
+	defer close(r.done)
+	lastSeen := make([]time.Time, r.size)
+	lastBy := make([]string, r.size)
+	var statsAt time.Time
+	for {
+		select {
+		case <-r.stop:
+			return
+		default:
+		}
+		r.e.mu.Lock()
+		nodes := append([]*node(nil), r.e.nodes...)
+		r.e.mu.Unlock()
+		for _, n := range nodes {
+			l := n.leases[r.ring]
+			if l == nil {
+				continue
+			}
+			vals := l.Values()
+			now := time.Now()
+			for _, p := range vals {
+				if lastBy[p] != "" && lastBy[p] != n.id {
+					r.mu.Lock()
+					r.moves = append(r.moves, handoff{p: p, from: lastBy[p], to: n.id, gap: now.Sub(lastSeen[p]), at: now})
+					r.mu.Unlock()
+				}
+				lastSeen[p], lastBy[p] = now, n.id
+			}
+		}
+		if time.Since(statsAt) > 10*time.Millisecond {
+			statsAt = time.Now()
+			for _, n := range nodes {
+				if rtt := n.client.Stats().LastRenewLatency; rtt > 0 {
+					r.mu.Lock()
+					r.maxRTT = max(r.maxRTT, rtt)
+					r.mu.Unlock()
+				}
+			}
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+func (r *moveRecorder) finish() {
+	select {
+	case <-r.stop:
+	default:
+		close(r.stop)
+	}
+	<-r.done
+}
+
+// movesTo returns the handoffs to node to after since.
+func (r *moveRecorder) movesTo(to string, since time.Time) []handoff {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []handoff
+	for _, m := range r.moves {
+		if m.to == to && m.at.After(since) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// checkGaps fails the test if fewer than want handoffs were seen or one
+// took longer than limit, and logs their spread; the first such gap comes
+// with its two nodes' last records (env.trace).
+func checkGaps(t *testing.T, e *env, what string, moves []handoff, want int, limit time.Duration) {
+	t.Helper()
+	if len(moves) < want {
+		t.Errorf("%s: %d handoffs seen, want %d", what, len(moves), want)
+	}
+	if len(moves) == 0 {
+		return
+	}
+	gaps := make([]time.Duration, len(moves))
+	var total time.Duration
+	for i, m := range moves {
+		gaps[i] = m.gap
+		total += m.gap
+	}
+	slices.Sort(gaps)
+	pct := func(q float64) time.Duration { return gaps[min(int(q*float64(len(gaps))), len(gaps)-1)] }
+	t.Logf("%s: %d handoffs, gap min %v, median %v, p99 %v, max %v (limit %v); unowned %.1f partition-seconds in all",
+		what, len(moves), gaps[0].Round(time.Millisecond), pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
+		gaps[len(gaps)-1].Round(time.Millisecond), limit, total.Seconds())
+	over := 0
+	for _, m := range moves {
+		if m.gap > limit {
+			if over == 0 {
+				for _, n := range e.all {
+					if n.id == m.from || n.id == m.to {
+						t.Logf("%s's last records before %s:%s", n.id, m.at.Format("15:04:05.000"), n.recent())
+					}
+				}
+			}
+			if over < 5 {
+				t.Errorf("%s: partition %d went unreported for %v from %s to %s, limit %v", what, m.p, m.gap.Round(time.Millisecond), m.from, m.to, limit)
+			}
+			over++
+		}
+	}
+	if over > 5 {
+		t.Errorf("%s: %d handoffs in all over %v", what, over, limit)
+	}
+}
+
+// looks sums the nodes' HandoffLooks: heartbeats sent early to hear of
+// partitions handed to them, the cost of the short gap.
+func looks(nodes []*node) int64 {
+	var n int64
+	for _, x := range nodes {
+		n += x.client.Stats().HandoffLooks
+	}
+	return n
+}
+
+// owned counts the partitions a assigns to id.
+func owned(a assignment, id string) int {
+	n := 0
+	for _, o := range a {
+		if o == id {
+			n++
+		}
+	}
+	return n
+}
+
+// TestHandoffGapOnJoin: a 4th node joins 3 on a ring of 1,024 (TTL 2s,
+// heartbeat 500ms, the default drain of one heartbeat): every partition it
+// takes goes unreported for at most the drain plus 50 ms. Then with a drain
+// of 0: at most 50 ms plus one round trip.
+func TestHandoffGapOnJoin(t *testing.T) {
+	t.Parallel()
+	const ring, size = "handoff", 1024
+	const ttl, hb = 2 * time.Second, 500 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		drain time.Duration // -1: the default, one heartbeat
+	}{{"default drain", -1}, {"drain 0", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, ttl, hb)
+			e.trace = true
+			var opts []leasering.Option
+			drain := hb
+			if tc.drain >= 0 {
+				opts, drain = append(opts, leasering.WithDrain(tc.drain)), tc.drain
+			}
+			for i := 1; i <= 3; i++ {
+				e.startNodeWith(fmt.Sprintf("n%d", i), opts, ring, size)
+			}
+			e.waitConverged(ring, size, nil, 15*time.Second)
+			c := e.startChecker(ring, size, ttl+hb) // G2 throughout; G3 is not the point here
+			rec := e.recordMoves(ring, size)
+			start, looked := time.Now(), looks(e.live())
+			e.startNodeWith("n4", opts, ring, size)
+			a, took := e.waitConverged(ring, size, nil, 15*time.Second)
+			looked = looks(e.live()) - looked
+			rec.finish()
+			c.finish()
+			limit := drain + handoffSlack
+			if tc.drain == 0 {
+				limit += rec.maxRTT
+			}
+			t.Logf("n4 joined; balanced %v after its Start began; heartbeat round trips up to %v; %d heartbeats sent early to hear of the partitions (HandoffLooks)",
+				took.Round(time.Millisecond), rec.maxRTT.Round(time.Millisecond), looked)
+			checkGaps(t, e, "join, "+tc.name, rec.movesTo("n4", start), owned(a, "n4"), limit)
+		})
+	}
+}
+
+// TestHandoffGapOnHeal: a node cut off (blackholed) until its lease lapsed
+// and its partitions went to the others comes back; every partition that
+// moves back to it goes unreported for at most the drain plus 50 ms.
+func TestHandoffGapOnHeal(t *testing.T) {
+	t.Parallel()
+	const ring, size = "heal", 1024
+	const ttl, hb = 2 * time.Second, 500 * time.Millisecond
+	e := newEnv(t, ttl, hb)
+	e.trace = true
+	for i := 1; i <= 4; i++ {
+		e.startNode(fmt.Sprintf("n%d", i), ring, size)
+	}
+	e.waitConverged(ring, size, nil, 15*time.Second)
+	all := e.live()
+	n4 := all[3]
+	n4.crash()
+	e.waitConverged(ring, size, nil, 15*time.Second) // the 3 others took its share
+	rec := e.recordMoves(ring, size)
+	healed, looked := time.Now(), looks(all)
+	n4.proxy.SetMode(faultproxy.Pass)
+	n4.down.Store(false)
+	a, took := e.waitConverged(ring, size, nil, 15*time.Second)
+	rec.finish()
+	t.Logf("n4 healed; balanced %v later; heartbeat round trips up to %v; %d heartbeats sent early to hear of the partitions (HandoffLooks)",
+		took.Round(time.Millisecond), rec.maxRTT.Round(time.Millisecond), looks(all)-looked)
+	checkGaps(t, e, "heal", rec.movesTo("n4", healed), owned(a, "n4"), hb+handoffSlack)
+}
