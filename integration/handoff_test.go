@@ -3,7 +3,9 @@ package integration
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,8 +39,11 @@ type moveRecorder struct {
 	ring string
 	size int
 
+	rounds atomic.Int64
+
 	mu     sync.Mutex
 	moves  []handoff
+	fresh  []handoff // a partition's first report since the recording began (from "", gap 0)
 	maxRTT time.Duration
 	stop   chan struct{}
 	done   chan struct{}
@@ -73,9 +78,13 @@ func (r *moveRecorder) run() {
 			vals := l.Values()
 			now := time.Now()
 			for _, p := range vals {
-				if lastBy[p] != "" && lastBy[p] != n.id {
+				if lastBy[p] != n.id {
 					r.mu.Lock()
-					r.moves = append(r.moves, handoff{p: p, from: lastBy[p], to: n.id, gap: now.Sub(lastSeen[p]), at: now})
+					if lastBy[p] == "" {
+						r.fresh = append(r.fresh, handoff{p: p, to: n.id, at: now})
+					} else {
+						r.moves = append(r.moves, handoff{p: p, from: lastBy[p], to: n.id, gap: now.Sub(lastSeen[p]), at: now})
+					}
 					r.mu.Unlock()
 				}
 				lastSeen[p], lastBy[p] = now, n.id
@@ -91,14 +100,20 @@ func (r *moveRecorder) run() {
 				}
 			}
 		}
+		r.rounds.Add(1)
 		time.Sleep(50 * time.Microsecond)
 	}
 }
 
+// finish stops the recorder after two more whole rounds: what the nodes
+// report when it is called (a balance just seen) is recorded.
 func (r *moveRecorder) finish() {
 	select {
 	case <-r.stop:
 	default:
+		for n := r.rounds.Load() + 2; r.rounds.Load() < n; {
+			time.Sleep(time.Millisecond)
+		}
 		close(r.stop)
 	}
 	<-r.done
@@ -115,6 +130,25 @@ func (r *moveRecorder) movesTo(to string, since time.Time) []handoff {
 		}
 	}
 	return out
+}
+
+// firstReports describes the partitions node to reported first (before
+// anyone else) since the recording began, for a failure's message: a
+// handoff the recorder could not see.
+func (r *moveRecorder) firstReports(to string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	n := 0
+	for _, f := range r.fresh {
+		if f.to == to {
+			if n < 10 {
+				fmt.Fprintf(&b, " %d by %s at %s;", f.p, f.to, f.at.Format("15:04:05.000"))
+			}
+			n++
+		}
+	}
+	return fmt.Sprintf("%d partitions reported by %s before anyone else since the recording began:%s", n, to, b.String())
 }
 
 // checkGaps fails the test if fewer than want handoffs were seen or one
@@ -250,5 +284,28 @@ func TestHandoffGapOnHeal(t *testing.T) {
 	rec.finish()
 	t.Logf("n4 healed; balanced %v later; heartbeat round trips up to %v; %d heartbeats sent early to hear of the partitions (HandoffLooks)",
 		took.Round(time.Millisecond), rec.maxRTT.Round(time.Millisecond), looks(all)-looked)
-	checkGaps(t, e, "heal", rec.movesTo("n4", healed), owned(a, "n4"), hb+handoffSlack)
+	moves := rec.movesTo("n4", healed)
+	checkGaps(t, e, "heal", moves, owned(a, "n4"), hb+handoffSlack)
+	if len(moves) < owned(a, "n4") {
+		t.Log(rec.firstReports("n4"))
+		got := map[int]bool{}
+		for _, m := range moves {
+			got[m.p] = true
+		}
+		var missing []int
+		for p, o := range a {
+			if o == "n4" && !got[p] {
+				missing = append(missing, p)
+			}
+		}
+		rec.mu.Lock()
+		var hist []string
+		for _, m := range rec.moves {
+			if len(missing) > 0 && m.p == missing[0] {
+				hist = append(hist, fmt.Sprintf("%s->%s at %s after %v", m.from, m.to, m.at.Format("15:04:05.000"), m.gap))
+			}
+		}
+		rec.mu.Unlock()
+		t.Logf("no handoff seen for %d of n4's partitions, %v...; the recorded moves of the first: %v (healed at %s)", len(missing), missing[:min(len(missing), 8)], hist, healed.Format("15:04:05.000"))
+	}
 }

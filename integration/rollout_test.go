@@ -1,0 +1,58 @@
+package integration
+
+import (
+	"flag"
+	"testing"
+	"time"
+)
+
+var rolloutNodes = flag.Int("rollout.nodes", 10, "TestRollout: nodes started at once (the full runs: 100 and 500)")
+
+// TestRollout starts -rollout.nodes clients at once, 20 Start calls in
+// flight, on one pool of 20 connections and a ring of 4,096 (TTL 10s,
+// heartbeat 1s, the default drain of one heartbeat), as a deployment
+// does. The ring must be exactly balanced within 3 heartbeats plus one
+// drain of the last Start returning, no partition be reported by two nodes
+// at once (the checker), and every handoff leave its partition unreported
+// for at most the drain plus 50 ms.
+func TestRollout(t *testing.T) {
+	const ring, q = "rollout", 4096
+	const ttl, hb = 10 * time.Second, time.Second
+	drain := hb
+	e := newEnv(t, ttl, hb)
+	nodes := pooledNodes(t, e, *rolloutNodes, []string{ring}, q)
+	for _, n := range nodes {
+		e.register(n)
+	}
+	c := e.startChecker(ring, q, ttl) // G2; gaps are the recorder's
+	rec := e.recordMoves(ring, q)
+	begin := time.Now()
+	startAll(t, nodes)
+	started := time.Now()
+	_, took := e.waitConverged(ring, q, nil, 5*time.Minute)
+	rec.finish()
+	c.finish()
+	bound := 3*hb + drain
+	t.Logf("%d nodes: the Starts took %v; the ring of %d was balanced %v after the last returned (bound %v)",
+		len(nodes), started.Sub(begin).Round(time.Millisecond), q, took.Round(time.Millisecond), bound)
+	if took > bound {
+		t.Errorf("balanced %v after the last Start returned, want within %v (3 heartbeats and a drain)", took.Round(time.Millisecond), bound)
+	}
+	noLeaseLost(t, nodes)
+
+	rec.mu.Lock()
+	moves := append([]handoff(nil), rec.moves...)
+	rec.mu.Unlock()
+	perPartition := make([]int, q)
+	for _, m := range moves {
+		perPartition[m.p]++
+	}
+	twice := 0
+	for _, n := range perPartition {
+		if n > 1 {
+			twice++
+		}
+	}
+	t.Logf("%d handoffs in all; %d partitions moved more than once", len(moves), twice)
+	checkGaps(t, e, "roll-out", moves, 0, drain+handoffSlack)
+}
