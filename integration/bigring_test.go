@@ -72,7 +72,7 @@ func pooledNodes(t *testing.T, e *env, n int, rings []string, q int) []*node {
 	})
 	for i := range nodes {
 		id := fmt.Sprintf("n%03d", i)
-		warnings := &nodeLog{warnings: true}
+		warnings := &nodeLog{warnings: !e.trace}
 		c, err := leasering.NewClient(pool, leasering.WithNodeID(id), leasering.WithSchema(e.schema),
 			leasering.WithTTL(e.ttl), leasering.WithLogger(warnings.logger()))
 		if err != nil {

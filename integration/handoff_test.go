@@ -177,7 +177,10 @@ func checkGaps(t *testing.T, e *env, what string, moves []handoff, want int, lim
 	for _, m := range moves {
 		if m.gap > limit {
 			if over == 0 {
-				for _, n := range e.all {
+				e.mu.Lock()
+				nodes := append([]*node(nil), e.nodes...)
+				e.mu.Unlock()
+				for _, n := range nodes {
 					if n.id == m.from || n.id == m.to {
 						t.Logf("%s's last records before %s:%s", n.id, m.at.Format("15:04:05.000"), n.recent())
 					}

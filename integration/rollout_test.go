@@ -20,6 +20,7 @@ func TestRollout(t *testing.T) {
 	const ttl, hb = 10 * time.Second, time.Second
 	drain := hb
 	e := newEnv(t, ttl, hb)
+	e.trace = true // the first handoff over the bound shows its nodes' last records
 	nodes := pooledNodes(t, e, *rolloutNodes, []string{ring}, q)
 	for _, n := range nodes {
 		e.register(n)
