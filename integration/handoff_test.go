@@ -151,6 +151,30 @@ func (r *moveRecorder) firstReports(to string) string {
 	return fmt.Sprintf("%d partitions reported by %s before anyone else since the recording began:%s", n, to, b.String())
 }
 
+// logGaps logs the spread of the handoffs' gaps, and how many were over
+// the drain plus 50 ms.
+func logGaps(t *testing.T, what string, moves []handoff, drain time.Duration) {
+	t.Helper()
+	if len(moves) == 0 {
+		return
+	}
+	gaps := make([]time.Duration, len(moves))
+	var total time.Duration
+	over := 0
+	for i, m := range moves {
+		gaps[i] = m.gap
+		total += m.gap
+		if m.gap > drain+handoffSlack {
+			over++
+		}
+	}
+	slices.Sort(gaps)
+	pct := func(q float64) time.Duration { return gaps[min(int(q*float64(len(gaps))), len(gaps)-1)] }
+	t.Logf("%s: %d handoffs, gap min %v, median %v, p99 %v, max %v; %d over the drain plus 50 ms (%v); unowned %.1f partition-seconds in all",
+		what, len(moves), gaps[0].Round(time.Millisecond), pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
+		gaps[len(gaps)-1].Round(time.Millisecond), over, drain+handoffSlack, total.Seconds())
+}
+
 // checkGaps fails the test if fewer than want handoffs were seen or one
 // took longer than limit, and logs their spread; the first such gap comes
 // with its two nodes' last records (env.trace).
