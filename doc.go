@@ -50,9 +50,10 @@
 // heartbeat hears so, A confirms the release the moment a drain period
 // ends, and only then does B own it, with its epoch (fencing token) one
 // higher. B's views say when the release is due, and B renews just after
-// it, so the partition goes unreported for the drain and a few
-// milliseconds, not a heartbeat more (Stats.HandoffLooks counts those
-// early heartbeats). A
+// it, so in a join or a heal the partition goes unreported for the drain
+// and a few milliseconds, not up to a heartbeat more (Stats.HandoffLooks
+// counts those early heartbeats; README.md says where that bound does not
+// hold yet: roll-outs that move most of a ring at once). A
 // partition A has not been told of yet moves to B at once: the database
 // records the version of the last view each node was given. A dead node's
 // partitions go to their new owners once its lease has lapsed in database

@@ -162,8 +162,14 @@ func TestDrainZeroReleasedAtOnce(t *testing.T) {
 		changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}}), nil))
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
+	// The release leaves the node after the partition left Values.
+	release := sentWhen{ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, func() {
+		if l.Owns(3) {
+			t.Error("the release was sent while partition 3 was still reported")
+		}
+	}}
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true, sqlmock.AnyArg()).
+		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -217,4 +223,30 @@ func TestNewOwnerLooksWhenDue(t *testing.T) {
 		t.Errorf("the heartbeat after the handoff went %v after Start; want a heartbeat after the last (1.312s)", took)
 	}
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+}
+
+// TestReleasesOverOneHeartbeatAreSpaced: more releases than one heartbeat
+// carries go with heartbeats a wake apart (a twentieth of a heartbeat),
+// not back to back: those left out of a heartbeat count as carried. (They
+// did not, and a node whose first 1,024 releases stayed unconfirmed, as
+// during a hold, sent heartbeats at the rate of its round trips.)
+func TestReleasesOverOneHeartbeatAreSpaced(t *testing.T) {
+	db, _ := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second))
+	l, _ := c.Lease("big", 4096)
+	now := c.clk.Now()
+	for p := range maxReleasesPerHeartbeat + 500 {
+		l.view.revokedAt[p] = time.Time{} // never reported: ready at once
+	}
+	rings := c.ringRequests(now)
+	if len(rings) != 1 || len(rings[0].Released) != maxReleasesPerHeartbeat {
+		t.Fatalf("the heartbeat carries %d releases, want %d", len(rings[0].Released), maxReleasesPerHeartbeat)
+	}
+	if h := c.handoff(now); !h.release.IsZero() {
+		t.Errorf("after a heartbeat that carried %d of %d releases, the next release is due at %v, want none (the wake sends the rest)",
+			maxReleasesPerHeartbeat, maxReleasesPerHeartbeat+500, h.release.Sub(now))
+	}
+	if c.hb.woken.IsZero() {
+		t.Error("no wake for the releases left out")
+	}
 }

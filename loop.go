@@ -55,6 +55,13 @@ func (c *Client) run() {
 			c.hb.beat = nil
 			c.failed(now, errTimedOut(c.cfg.renewTimeout), true)
 		}
+		// Publish first: a partition the last answer revoked leaves
+		// Values (and its Locks end) before a heartbeat can carry its
+		// release, which with a drain of 0 is the next one.
+		c.publish(now)
+		if c.Err() != nil {
+			return
+		}
 		if c.hb.beat == nil && c.hb.due(now) {
 			if c.calls.running() < maxStuckRenews {
 				c.hb.beat = c.launch(now)
@@ -64,10 +71,6 @@ func (c *Client) run() {
 		}
 		c.hb.join.launch(c, now)
 		c.hb.views.launch(c, now)
-		c.publish(now)
-		if c.Err() != nil {
-			return
-		}
 		c.started(now, renewed)
 		renewed = false
 
@@ -153,12 +156,15 @@ func (c *Client) ringRequests(now time.Time) []ringRequest {
 			version, l.view.awaitRejoin = 0, true
 		}
 		released, _ := l.releases(now, c.cfg.drain, c.cfg.maxDrain)
+		// All of them count as carried (nextRelease): those left out go
+		// with the heartbeats the wake brings, a twentieth of a heartbeat
+		// apart, not back to back.
+		l.view.releasing = released
 		if len(released) > room {
 			released = released[:room]
 			c.hb.wake(now) // more to confirm
 		}
 		room -= len(released)
-		l.view.releasing = released
 		rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
 			Version: version, Released: released, Incoming: l.view.waiting})
 	}

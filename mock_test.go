@@ -189,6 +189,20 @@ func newTestClient(t *testing.T, db *serialDB, opts ...Option) *testNode {
 	return drive(t, c, db)
 }
 
+// sentWhen is a ringsArg that also calls check as the call is made.
+type sentWhen struct {
+	want  ringsArg
+	check func()
+}
+
+func (s sentWhen) Match(v driver.Value) bool {
+	if !s.want.Match(v) {
+		return false
+	}
+	s.check()
+	return true
+}
+
 // ringsArg matches the heartbeat's JSON argument against want.
 type ringsArg []ringRequest
 

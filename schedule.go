@@ -181,7 +181,9 @@ func (s *schedule) next() time.Time {
 			t = earliest(t, s.release)
 		}
 		if !s.look.IsZero() {
-			t = earliest(t, s.look)
+			// Never closer than a poll to the last launch: owners told at
+			// different times make dues milliseconds apart.
+			t = earliest(t, latest(s.look, s.launched.Add(minLookPoll)))
 		}
 		if s.revoking && s.holdUntil.After(s.at) {
 			// Releases sent during a hold only mark the partitions; one

@@ -126,6 +126,10 @@
 --     before one it took while evicting. That wait is a subtransaction's,
 --     bounded by set_lock_wait, and undone when it gives up: it can end a
 --     cycle, never keep one.
+--   - give_view, which holds its node's member row, sets release_due on
+--     partitions it tells the node to give up only if it gets their ring's
+--     lock and their rows without waiting (SKIP LOCKED): a busy ring or a
+--     row under a user's holds() leaves that due an estimate.
 --   - failover_grace writes server_identity's one row at any of these
 --     steps, once per server (the first decision on a new one), and never
 --     waits for it (NOWAIT: who finds it busy goes by a grace that starts
@@ -186,9 +190,11 @@ END $$;
 
 -- renew_and_read: the heartbeat, one round trip for all of a node's rings.
 --
--- p_rings is a JSON array of {ring, size, vnodes, version, released}:
--- version is the ring version the node last saw (0: none yet) and released
--- lists partitions it was told to give up and has stopped using.
+-- p_rings is a JSON array of {ring, size, vnodes, version, released,
+-- incoming}: version is the ring version the node last saw (0: none yet),
+-- released lists partitions it was told to give up and has stopped using,
+-- and incoming says it waits for partitions handed to it (see the handoff
+-- timeline above).
 --
 -- For each ring whose version moved it answers the node's view; for a ring
 -- the node is not a member of (or with other vnodes, or to reclaim), status
@@ -215,8 +221,9 @@ END $$;
 -- (p_ttl_ms = 0), which a client sends after a heartbeat went unanswered
 -- (it may have extended the lease unbeknown to the client), and any
 -- heartbeat that arrives late: p_sent_at is when the client sent it, on
--- this database's clock as the client estimates it from its last answer
--- (the estimate errs late by that answer's trip back). A heartbeat older
+-- this database's clock as the client estimates it from its answers (the
+-- estimate errs late by an answer's trip back: the client keeps the answer
+-- of the last one or two TTLs that errs least). A heartbeat older
 -- than a quarter of a lease extends nothing: its answer, about as slow to
 -- come back, could reach the client after it gave up (at half a lease).
 -- A lease counts from when its heartbeat was sent (p_sent_at, at most
@@ -862,9 +869,21 @@ BEGIN
     UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = p_ring AND node_id = p_node
     RETURNING drain_ms INTO drain;
     IF jsonb_array_length(view -> 'revoking') > 0 AND drain IS NOT NULL THEN
-        -- Told now: due once it has drained (the pending owner looks then).
-        UPDATE partitions SET release_due = clock_timestamp() + drain * interval '1 millisecond'
-         WHERE ring = p_ring AND owner = p_node AND next_owner IS NOT NULL AND release_due IS NULL;
+        -- Told now, of these: due once it has drained (the pending owner
+        -- looks then). Partitions rows are written under their ring's
+        -- lock, and this comes after the member row (3 before 2 in the
+        -- lock order), so neither is waited for: a busy ring (a rebalance,
+        -- a confirmation) or a row a user's holds() share-locks keeps no
+        -- view from its node; that partition's due stays the estimate.
+        PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            UPDATE partitions SET release_due = clock_timestamp() + drain * interval '1 millisecond'
+             WHERE (ring, partition) IN (
+                   SELECT ring, partition FROM partitions
+                    WHERE ring = p_ring AND owner = p_node AND next_owner IS NOT NULL AND release_due IS NULL
+                      AND partition IN (SELECT jsonb_array_elements_text(view -> 'revoking')::integer)
+                      FOR NO KEY UPDATE SKIP LOCKED);
+        END IF;
     END IF;
     RETURN view;
 END
