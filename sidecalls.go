@@ -131,12 +131,16 @@ func (c *Client) joinRings(ctx context.Context, rings []ringRequest) sideResult 
 }
 
 // joined takes a join_rings answer: joined rings wait for their view from
-// the next heartbeat, which it asks for; a ring of another size fails its
-// lease; a busy ring is tried again later.
+// the next heartbeat, which it asks for, and are announced (a join changes
+// its ring: the members that must give partitions up hear at once, with a
+// notifier); a ring of another size fails its lease; a busy ring is tried
+// again later.
 func (c *Client) joined(res sideResult, now time.Time) (again bool) {
 	if res.err != nil || res.notLive { // not live: a heartbeat rejoins first
 		return true
 	}
+	var changed []string
+	defer func() { c.announce(ringsJSON(changed...)) }() // after the unlock below
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	any := false
@@ -148,6 +152,7 @@ func (c *Client) joined(res sideResult, now time.Time) (again bool) {
 		switch j.Status {
 		case statusOK:
 			l.view.join = joined
+			changed = append(changed, j.Ring)
 			any = true
 		case ringSizeMismatch:
 			c.sizeMismatch(l, j.Size)

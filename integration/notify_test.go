@@ -90,6 +90,11 @@ func TestNotifyConvergesFaster(t *testing.T) {
 			if notify && leave > 500*time.Millisecond {
 				t.Errorf("with notifications a leave took %v, want well under the 1s heartbeat", leave)
 			}
+			// The joiner announces its join: the old owners hear at once,
+			// drain 1s and confirm; the newcomer renews then.
+			if notify && join > 1500*time.Millisecond {
+				t.Errorf("with notifications a join took %v, want under the 1s drain and half a heartbeat", join)
+			}
 		})
 	}
 }
