@@ -127,9 +127,16 @@
 --     bounded by set_lock_wait, and undone when it gives up: it can end a
 --     cycle, never keep one.
 --   - give_view, which holds its node's member row, sets release_due on
---     partitions it tells the node to give up only if it gets their ring's
---     lock and their rows without waiting (SKIP LOCKED): a busy ring or a
---     row under a user's holds() leaves that due an estimate.
+--     the partitions it tells the node to give up without their ring's
+--     lock, and only on rows it gets without waiting (SKIP LOCKED): a row
+--     under a user's holds() or a concurrent change keeps its due an
+--     estimate. A rebalance or confirmation of that ring may then wait
+--     for those rows until the heartbeat commits; it holds rings up to
+--     this one only (name order), and the heartbeat waits only for rings
+--     after it, so no cycle forms. (Taking the ring's lock here, even
+--     without waiting, left the due an estimate whenever another owner
+--     was confirming in the same ring: the new owner then looked a
+--     heartbeat late.)
 --   - failover_grace writes server_identity's one row at any of these
 --     steps, once per server (the first decision on a new one), and never
 --     waits for it (NOWAIT: who finds it busy goes by a grace that starts
@@ -870,20 +877,16 @@ BEGIN
     RETURNING drain_ms INTO drain;
     IF jsonb_array_length(view -> 'revoking') > 0 AND drain IS NOT NULL THEN
         -- Told now, of these: due once it has drained (the pending owner
-        -- looks then). Partitions rows are written under their ring's
-        -- lock, and this comes after the member row (3 before 2 in the
-        -- lock order), so neither is waited for: a busy ring (a rebalance,
-        -- a confirmation) or a row a user's holds() share-locks keeps no
-        -- view from its node; that partition's due stays the estimate.
-        PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE SKIP LOCKED;
-        IF FOUND THEN
-            UPDATE partitions SET release_due = clock_timestamp() + drain * interval '1 millisecond'
-             WHERE (ring, partition) IN (
-                   SELECT ring, partition FROM partitions
-                    WHERE ring = p_ring AND owner = p_node AND next_owner IS NOT NULL AND release_due IS NULL
-                      AND partition IN (SELECT jsonb_array_elements_text(view -> 'revoking')::integer)
-                      FOR NO KEY UPDATE SKIP LOCKED);
-        END IF;
+        -- looks then). Rows another transaction holds are skipped, not
+        -- waited for (see the lock order's exceptions): a row a user's
+        -- holds() share-locks keeps no view from its node; that
+        -- partition's due stays the estimate.
+        UPDATE partitions SET release_due = clock_timestamp() + drain * interval '1 millisecond'
+         WHERE (ring, partition) IN (
+               SELECT ring, partition FROM partitions
+                WHERE ring = p_ring AND owner = p_node AND next_owner IS NOT NULL AND release_due IS NULL
+                  AND partition IN (SELECT jsonb_array_elements_text(view -> 'revoking')::integer)
+                  FOR NO KEY UPDATE SKIP LOCKED);
     END IF;
     RETURN view;
 END
