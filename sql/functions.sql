@@ -132,8 +132,10 @@
 --     under a user's holds() or a concurrent change keeps its due an
 --     estimate. A rebalance or confirmation of that ring may then wait
 --     for those rows until the heartbeat commits; it holds rings up to
---     this one only (name order), and the heartbeat waits only for rings
---     after it, so no cycle forms. (Taking the ring's lock here, even
+--     this one in name order, and the heartbeat waits only for rings after
+--     it, so a cycle needs a transaction that took a later ring while
+--     evicting (the exception above), and that wait's bound ends it.
+--     (Taking the ring's lock here, even
 --     without waiting, left the due an estimate whenever another owner
 --     was confirming in the same ring: the new owner then looked a
 --     heartbeat late.)
