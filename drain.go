@@ -106,10 +106,11 @@ func (v *ringState) setIncoming(ch ringChange, now time.Time) {
 // (the regular heartbeats ask, and each answers the dues afresh). A look
 // goes a round trip (rtt, the last heartbeat's) and lookSlack after a due
 // time: the owner's release, sent when its drain ends, has landed by then.
-// One still missing is looked for again as long after as it is overdue
-// (at least a poll, a heartbeat's hundredth or minLookPoll), so that a
-// late release is heard within about its own lateness again, at a cost of
-// a few looks, until it is a heartbeat overdue: then the owner holds a
+// One still missing is looked for again half as long after as it is
+// overdue (at least a poll, a heartbeat's hundredth or minLookPoll), so
+// that a late release is heard within about half its own lateness more,
+// at a cost of a few looks (about ten at most), until it is a heartbeat
+// overdue: then the owner holds a
 // Lock (the max drain) or holds for an older process, and the regular
 // heartbeats look. (Each answer says the dues afresh: an owner told later
 // than the database guessed gets its real due time.)
@@ -123,7 +124,7 @@ func nextLook(dues []time.Time, now time.Time, rtt, heartbeat time.Duration) tim
 			if overdue >= heartbeat {
 				continue
 			}
-			at = now.Add(max(poll, overdue))
+			at = now.Add(max(poll, overdue/2))
 		}
 		if next.IsZero() || at.Before(next) {
 			next = at

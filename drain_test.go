@@ -88,7 +88,7 @@ func TestNextLook(t *testing.T) {
 		{"due ahead: a round trip and the slack after it", []time.Time{at(300)}, at(0), at(306)},
 		{"the earliest of several", []time.Time{at(300), at(120)}, at(0), at(126)},
 		{"due, its look passed: a poll later", []time.Time{at(300)}, at(306), at(316)},
-		{"overdue by more than a poll: as long again", []time.Time{at(300)}, at(549), at(798)},
+		{"overdue by more than two polls: half as long again", []time.Time{at(300)}, at(550), at(675)},
 		{"a heartbeat overdue: the regular heartbeats look", []time.Time{at(300)}, at(1300), time.Time{}},
 		{"one a heartbeat overdue, one ahead", []time.Time{at(0), at(1200)}, at(1100), at(1206)},
 	} {
