@@ -27,7 +27,8 @@ import (
 // moment its owner stops until this node hears it is its own. Each view
 // says when the partitions pending to this node are due (the owner told,
 // plus its drain; see the handoff timeline in sql/functions.sql), and
-// nextLook renews just after that, then polls briefly, so that the gap is
+// nextLook renews just after that, then looks again while it is late, so
+// that the gap is
 // the drain and a few milliseconds rather than the drain and up to a
 // heartbeat.
 
@@ -102,18 +103,17 @@ func (v *ringState) setIncoming(ch ringChange, now time.Time) {
 }
 
 // nextLook is when the node should next renew to hear of incoming
-// partitions due at dues, as known at now; zero: no look
-// (the regular heartbeats ask, and each answers the dues afresh). A look
-// goes a round trip (rtt, the last heartbeat's) and lookSlack after a due
-// time: the owner's release, sent when its drain ends, has landed by then.
-// One still missing is looked for again half as long after as it is
-// overdue (at least a poll, a heartbeat's hundredth or minLookPoll), so
-// that a late release is heard within about half its own lateness more,
-// at a cost of a few looks (about ten at most), until it is a heartbeat
-// overdue: then the owner holds a
-// Lock (the max drain) or holds for an older process, and the regular
-// heartbeats look. (Each answer says the dues afresh: an owner told later
-// than the database guessed gets its real due time.)
+// partitions due at dues, as known at now; zero: no look (the regular
+// heartbeats ask, and each answers the dues afresh). A look goes a round
+// trip (rtt, the last heartbeat's) and lookSlack after a due time: the
+// owner's release, sent when its drain ends, has landed by then. One still
+// missing is looked for again half as long after as it is overdue (at
+// least a poll, a heartbeat's hundredth or minLookPoll), so that a late
+// release is heard within about half its own lateness more, at a cost of
+// a few looks (about ten at most), until it is a heartbeat overdue: then
+// the owner holds a Lock (the max drain) or holds for an older process,
+// and the regular heartbeats look. (Each answer says the dues afresh: an
+// owner told later than the database guessed gets its real due time.)
 func nextLook(dues []time.Time, now time.Time, rtt, heartbeat time.Duration) time.Time {
 	poll := max(heartbeat/100, minLookPoll)
 	var next time.Time

@@ -94,8 +94,8 @@ type renewResult struct {
 // (see renewOpts for what else it may ask).
 //
 // sentAt is when the call is sent on the database's clock, as dbClock
-// estimates it from the answers so far; a call the database finds older than a quarter of a
-// lease extends nothing.
+// estimates it from the answers so far; a call the database finds older
+// than a quarter of a lease extends nothing.
 func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts) renewResult {
 	scan := opts.scan && !opts.probe
 	res := renewResult{sent: c.clock.Now(), scanned: scan, probe: opts.probe}

@@ -16,8 +16,11 @@ import "time"
 //   - After a renewal: one heartbeat after it was sent; sooner, just after
 //     another node's lease ends (jittered), so that a dead node's
 //     partitions are taken over at once; when a revoked partition's drain
-//     ends; at once when a revoked partition was never reported; just
-//     after a hold ends while partitions wait to be handed on.
+//     ends; at once when a release may go that the last heartbeat did not
+//     carry (never reported, a drain of 0, a drain that ended while it
+//     flew); just after a hold ends while partitions wait to be handed on;
+//     when a partition handed to this node is due (a look, drain.go's
+//     nextLook), never closer than minLookPoll to the last launch.
 //   - After a failure: a jittered exponential backoff, an eighth of a
 //     heartbeat doubling up to one heartbeat.
 //   - After a probe answered in time: at once, to renew.
