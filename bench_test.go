@@ -4,12 +4,16 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 // benchLease is a lease holding every other partition of a ring of 1024,
-// with a routing table of 10 members owning the partitions in turn.
+// with a routing table of 10 members owning the partitions in turn, on a
+// live client: its reads check the lease deadline on the system clock.
 func benchLease() *Lease {
-	l := newLease(nil, "bench", 1024, DefaultVNodes)
+	c := &Client{clock: systemClock{}, epoch: time.Now()}
+	c.reportUntil.Store(int64(time.Hour))
+	l := newLease(c, "bench", 1024, DefaultVNodes)
 	var values []int
 	var epochs []int64
 	for p := 0; p < 1024; p += 2 {

@@ -14,6 +14,10 @@ import (
 // driver, not the protocol.
 type clock interface {
 	Now() time.Time
+	// Since is Now().Sub(t), which the system clock reads from the
+	// monotonic clock alone: the lease's read methods call it each time
+	// (see Lease.shown).
+	Since(t time.Time) time.Duration
 	// NewTimer is the heartbeat loop's one timer, which it resets before
 	// each wait.
 	NewTimer(d time.Duration) timer
@@ -32,6 +36,7 @@ type timer interface {
 type systemClock struct{}
 
 func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) Since(t time.Time) time.Duration        { return time.Since(t) }
 func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 func (systemClock) NewTimer(d time.Duration) timer         { return systemTimer{time.NewTimer(d)} }
 

@@ -47,6 +47,8 @@ func (k *fakeClock) Now() time.Time {
 	return k.now
 }
 
+func (k *fakeClock) Since(t time.Time) time.Duration { return k.Now().Sub(t) }
+
 func (k *fakeClock) After(d time.Duration) <-chan time.Time {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -174,7 +176,7 @@ const guard = 10 * time.Second
 // drives it.
 func drive(t *testing.T, c *Client, db *serialDB) *testNode {
 	clk := newFakeClock()
-	c.clock = clk
+	c.clock, c.epoch = clk, clk.Now()
 	c.hb.jitter = func(time.Duration) time.Duration { return 0 }
 	n := &testNode{Client: c, t: t, clk: clk, db: db}
 	t.Cleanup(n.free) // before the Close that newTestClient registered

@@ -70,7 +70,9 @@
 // successful heartbeat plus the lease time the database granted. Shortly
 // before that deadline passes without a renewal, every Lease reports
 // nothing, so a node cut off from the database stops working on its
-// partitions before anyone else may take them. It keeps trying, and resumes
+// partitions before anyone else may take them. Each read checks the
+// deadline against the monotonic clock itself, so it holds even while the
+// scheduler holds the heartbeat goroutine up. It keeps trying, and resumes
 // (or rejoins) when the database answers again; a rejoined node reports a
 // ring's partitions only once a fresh view of it has come.
 //
@@ -79,7 +81,8 @@
 // nothing) until an answer comes back in time, and the database extends no
 // lease for a heartbeat that reaches it more than a quarter of a lease after
 // it was sent, which it judges on its own clock from the client's estimate
-// (the last answer's database time plus the local time elapsed since). The
+// (the database time of the answer, among those of the last one or two
+// TTLs, that reads it latest, plus the local time elapsed since). The
 // lease it grants counts from that estimate, as the client counts it, not
 // from the heartbeat's arrival.
 //

@@ -109,7 +109,8 @@ func (c *Client) Leader(name string, opts ...LeaderOption) (*Leader, error) {
 	return ld, nil
 }
 
-// IsLeader reports whether this node is leader now. It costs an atomic load.
+// IsLeader reports whether this node is leader now. It costs what
+// Lease.Owns does: no lock, no I/O.
 func (ld *Leader) IsLeader() bool { return ld.lease.Owns(0) }
 
 // Term is the current term while this node is leader, else 0. Terms rise

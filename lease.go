@@ -10,7 +10,8 @@ import (
 )
 
 // snapshot is one immutable view of what a lease may use. Readers load it
-// with one atomic pointer read; the heartbeat loop replaces it whole.
+// with one atomic pointer read (and check the lease deadline, see shown);
+// the heartbeat loop replaces it whole.
 type snapshot struct {
 	values []int    // owned partitions, sorted
 	epochs []int64  // epochs[i] is the fencing token of values[i]
@@ -31,7 +32,8 @@ func newSnapshot(size int, values []int, epochs []int64) *snapshot {
 }
 
 // Lease is this node's share of one ring. All of its methods are safe from
-// any goroutine; the read methods cost an atomic load and never block.
+// any goroutine; the read methods cost two atomic loads and a read of the
+// clock, and never block.
 type Lease struct {
 	c      *Client // nil for a Lease tested alone
 	name   string
@@ -109,12 +111,28 @@ func (l *Lease) Size() int { return l.size }
 
 // Values returns the partitions this node owns now, sorted. It is empty
 // while the client is not sure of its lease (not yet started, cut off from
-// the database, closed). The slice is shared: do not modify it. Call it as
-// often as you like; it costs one atomic load.
-func (l *Lease) Values() []int { return l.snap.Load().values }
+// the database, closed), and from the lease deadline on even when the
+// heartbeat loop has not yet run to hide it. The slice is shared: do not
+// modify it. Call it as often as you like: it costs two atomic loads and a
+// read of the clock.
+func (l *Lease) Values() []int { return l.shown().values }
 
 // Owns reports whether this node owns partition p now.
-func (l *Lease) Owns(p int) bool { return l.snap.Load().has(p) }
+func (l *Lease) Owns(p int) bool { return l.shown().has(p) }
+
+// shown is the snapshot the read methods report: the published one, or
+// nothing once the lease deadline has passed. The loop hides the
+// partitions at the deadline too, but it is a goroutine: a process the
+// scheduler holds up past the deadline (a CPU quota, a starved machine)
+// would go on showing them after the database may have let the lease
+// lapse and given them to another node (G2).
+func (l *Lease) shown() *snapshot {
+	s := l.snap.Load()
+	if s != emptySnapshot && l.c != nil && !l.c.reporting() {
+		return emptySnapshot
+	}
+	return s
+}
 
 func (s *snapshot) has(p int) bool {
 	if p < 0 || p/64 >= len(s.bits) {
@@ -137,7 +155,7 @@ type Partition struct {
 
 // Partitions returns the owned partitions with their epochs, sorted.
 func (l *Lease) Partitions() []Partition {
-	s := l.snap.Load()
+	s := l.shown()
 	out := make([]Partition, len(s.values))
 	for i, p := range s.values {
 		out[i] = Partition{Partition: p, Epoch: s.epochs[i]}
@@ -149,7 +167,7 @@ func (l *Lease) Partitions() []Partition {
 // change of owner, and the SQL function holds(ring, partition, epoch) is
 // true only for the current live owner.
 func (l *Lease) Epoch(p int) (int64, bool) {
-	s := l.snap.Load()
+	s := l.shown()
 	i := sort.SearchInts(s.values, p)
 	if i == len(s.values) || s.values[i] != p {
 		return 0, false

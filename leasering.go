@@ -72,6 +72,15 @@ type Client struct {
 	poolerLogged atomic.Bool // the advice for a pooler's errors was logged: see checkPooler
 	dbClock      dbClock     // the database's clock, estimated from the answers
 
+	// reportUntil is the lease deadline while the node is live, as time
+	// since epoch on the client's clock, and 0 while it is not. Every read
+	// of a lease checks it: the loop hides the partitions at the deadline
+	// too, but a loop the scheduler holds up (a starved process, a CPU
+	// quota, a long GC assist) would show them past it, after the database
+	// may have let the lease lapse.
+	epoch       time.Time
+	reportUntil atomic.Int64
+
 	hb heartbeat // owned by the heartbeat loop (and by Start before it runs)
 	st stats
 }
@@ -116,6 +125,7 @@ func newClient(db DB, cfg config, clk clock) *Client {
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 		dbClock:     dbClock{window: cfg.ttl},
+		epoch:       clk.Now(),
 	}
 	c.hb.schedule = schedule{heartbeat: cfg.heartbeat, margin: c.fenceMargin(), jitter: randomJitter}
 	c.attempts, c.stopAttempts = context.WithCancel(context.Background())
@@ -341,6 +351,12 @@ func (c *Client) lostCause() error {
 		return ErrLeaseLost
 	}
 	return nil
+}
+
+// reporting reports whether the node may report partitions now: before
+// the deadline the loop last published (see reportUntil).
+func (c *Client) reporting() bool {
+	return c.clock.Since(c.epoch) < time.Duration(c.reportUntil.Load())
 }
 
 // fenceMargin is how long before the granted lease ends the client stops

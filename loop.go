@@ -187,6 +187,13 @@ func (c *Client) publish(now time.Time) {
 		c.st.lost()
 		c.log.Warn("leasering: lease deadline passed without a renewal; reporting nothing until the database answers")
 	}
+	// The deadline first: a reader that loads a snapshot published below
+	// checks it against this deadline or a later one.
+	until := time.Duration(0)
+	if live {
+		until = c.hb.deadline.Sub(c.epoch)
+	}
+	c.reportUntil.Store(int64(until))
 	c.mu.Lock()
 	leases := c.leaseList()
 	c.mu.Unlock()

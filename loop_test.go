@@ -250,3 +250,53 @@ func TestRejoinWithoutViewForgets(t *testing.T) {
 	c.runUntil(time.Second, "the fresh view", func() bool { return reflect.DeepEqual(l.Values(), []int{1}) })
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
 }
+
+// TestReadsEmptyAtDeadlineWhileLoopHeldUp: the read methods stop reporting
+// at the lease deadline by themselves. The scheduler may hold the loop up
+// past it (a starved process, a CPU quota): the clock passes the deadline
+// here while the loop stays parked, and the snapshot it published is still
+// in place.
+func TestReadsEmptyAtDeadlineWhileLoopHeldUp(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(400*time.Millisecond), WithHeartbeat(50*time.Millisecond))
+	l, _ := c.Lease("orders", 4)
+	view := changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}})
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(400, 0, nil, "ok", view, nil))
+	for i := 0; i < 3; i++ {
+		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection reset"))
+	}
+	start := c.clk.Now()
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.settle()
+	holdUp := func(to time.Duration) { // move the clock without waking the loop
+		c.clk.mu.Lock()
+		c.clk.now = start.Add(to)
+		c.clk.mu.Unlock()
+	}
+	holdUp(360*time.Millisecond - time.Nanosecond) // the 400ms lease less TTL/10
+	if got := l.Values(); len(got) != 2 {
+		t.Fatalf("Values() = %v just before the deadline, want [0 1]", got)
+	}
+	holdUp(360 * time.Millisecond)
+	if l.snap.Load() == emptySnapshot {
+		t.Fatal("the loop ran: the test holds nothing up")
+	}
+	if got := l.Values(); len(got) != 0 {
+		t.Errorf("Values() = %v at the deadline with the loop held up, want []", got)
+	}
+	if l.Owns(0) || len(l.Partitions()) != 0 || l.OwnsKey("k") {
+		t.Errorf("Owns(0) = %v, Partitions() = %v, OwnsKey = %v at the deadline, want nothing", l.Owns(0), l.Partitions(), l.OwnsKey("k"))
+	}
+	if _, ok := l.Epoch(0); ok {
+		t.Error("Epoch(0) answers at the deadline")
+	}
+	c.runUntil(time.Second, "the loop to hide the lease too", func() bool { return l.snap.Load() == emptySnapshot })
+	c.runUntil(time.Second, "all failing renewals", func() bool { return met(db, mock) })
+	db.expect(func() {
+		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection reset"))
+		mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1))
+	})
+}
