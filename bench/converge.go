@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/leasering/leasering"
@@ -27,32 +28,52 @@ type convergeNode struct {
 }
 
 type cluster struct {
-	dsn       string
-	schema    string
-	ttl, hb   time.Duration
-	q         int
-	notify    bool
+	dsn     string
+	schema  string
+	ttl, hb time.Duration
+	q       int
+	notify  bool
+	shared  *sql.DB // when set, every node's pool: no proxy, no crash
+
+	mu        sync.Mutex // guards nodes and nextIndex: roll-outs start nodes at once
 	nodes     []*convergeNode
 	nextIndex int
 }
 
+// list is the nodes now.
+func (c *cluster) list() []*convergeNode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*convergeNode(nil), c.nodes...)
+}
+
+func (c *cluster) add(n *convergeNode) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.nodes = append(c.nodes, n)
+}
+
+func openDB(dsn string) (*sql.DB, error) { return sql.Open("postgres", dsn) }
+
 func (c *cluster) start(ctx context.Context) (*convergeNode, error) {
+	c.mu.Lock()
+	c.nextIndex++
+	n := &convergeNode{id: fmt.Sprintf("n%03d", c.nextIndex), db: c.shared}
+	c.mu.Unlock()
 	u, err := url.Parse(c.dsn)
 	if err != nil {
 		return nil, err
 	}
-	p, err := faultproxy.New(u.Host)
-	if err != nil {
-		return nil, err
+	if n.db == nil {
+		if n.proxy, err = faultproxy.New(u.Host); err != nil {
+			return nil, err
+		}
+		u.Host = n.proxy.Addr()
+		if n.db, err = sql.Open("postgres", u.String()); err != nil {
+			return nil, err
+		}
 	}
-	u.Host = p.Addr()
-	db, err := sql.Open("postgres", u.String())
-	if err != nil {
-		return nil, err
-	}
-	c.nextIndex++
-	n := &convergeNode{id: fmt.Sprintf("n%03d", c.nextIndex), db: db, proxy: p}
-	n.client, err = leasering.NewClient(db, leasering.WithNodeID(n.id), leasering.WithSchema(c.schema),
+	n.client, err = leasering.NewClient(n.db, leasering.WithNodeID(n.id), leasering.WithSchema(c.schema),
 		leasering.WithTTL(c.ttl), leasering.WithHeartbeat(c.hb),
 		leasering.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err == nil {
@@ -68,7 +89,7 @@ func (c *cluster) start(ctx context.Context) (*convergeNode, error) {
 		n.stop()
 		return nil, err
 	}
-	c.nodes = append(c.nodes, n)
+	c.add(n)
 	return n, nil
 }
 
@@ -79,12 +100,16 @@ func (n *convergeNode) stop() {
 	if n.client != nil {
 		_ = n.client.Close()
 	}
-	n.proxy.SetMode(faultproxy.Refuse)
-	_ = n.db.Close()
-	_ = n.proxy.Close()
+	if n.proxy != nil { // else the pool is the cluster's
+		n.proxy.SetMode(faultproxy.Refuse)
+		_ = n.db.Close()
+		_ = n.proxy.Close()
+	}
 }
 
 func (c *cluster) remove(n *convergeNode) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for i, m := range c.nodes {
 		if m == n {
 			c.nodes = append(c.nodes[:i:i], c.nodes[i+1:]...)
@@ -95,9 +120,13 @@ func (c *cluster) remove(n *convergeNode) {
 // converged reports whether every partition is reported by exactly one
 // node and every node holds floor or ceil of q/n.
 func (c *cluster) converged() bool {
+	nodes := c.list()
+	if len(nodes) == 0 {
+		return false
+	}
 	count := make([]int, c.q)
-	lo, hi := c.q/len(c.nodes), (c.q+len(c.nodes)-1)/len(c.nodes)
-	for _, n := range c.nodes {
+	lo, hi := c.q/len(nodes), (c.q+len(nodes)-1)/len(nodes)
+	for _, n := range nodes {
 		vs := n.lease.Values()
 		if len(vs) < lo || len(vs) > hi {
 			return false
@@ -176,7 +205,7 @@ func convergeOnce(ctx context.Context, dsn string, ttl, hb time.Duration, notify
 	defer s.drop()
 	c := &cluster{dsn: dsn, schema: s.name, ttl: ttl, hb: hb, q: 1024, notify: notify}
 	defer func() {
-		for _, n := range c.nodes {
+		for _, n := range c.list() {
 			n.stop()
 		}
 	}()
@@ -201,11 +230,11 @@ func convergeOnce(ctx context.Context, dsn string, ttl, hb time.Duration, notify
 			return 0, err
 		}
 	case "leave":
-		n := c.nodes[0]
+		n := c.list()[0]
 		c.remove(n)
 		n.stop()
 	case "crash":
-		n := c.nodes[0]
+		n := c.list()[0]
 		c.remove(n)
 		n.proxy.SetMode(faultproxy.Blackhole)
 		defer n.stop()

@@ -5,6 +5,8 @@
 //	go run . balance   # balance and movement, 1..50 nodes, against a plain
 //	                   # vnode ring and bounded-load consistent hashing
 //	go run . converge  # time to converge after a join, a leave, a crash
+//	go run . handoff   # handoff gaps over a join and a heal, roll-outs,
+//	                   # and an SVG of ownership during the join
 //	go run . all
 //
 // The server comes from -dsn, else DATABASE_URL, else the local one. Every
@@ -22,6 +24,8 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/leasering/leasering"
@@ -39,7 +43,7 @@ func main() {
 
 func run(w io.Writer, args []string) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: bench dbtime|balance|converge|all [flags]")
+		return fmt.Errorf("usage: bench dbtime|balance|converge|handoff|all [flags]")
 	}
 	cmd := args[0]
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -48,7 +52,10 @@ func run(w io.Writer, args []string) error {
 	maxNodes := fs.Int("nodes", 50, "balance: largest number of nodes")
 	runs := fs.Int("runs", 5, "converge: runs of each scenario")
 	ttl := fs.Duration("ttl", time.Second, "converge: lease TTL")
-	hb := fs.Duration("heartbeat", 100*time.Millisecond, "converge: heartbeat")
+	hb := fs.Duration("heartbeat", 100*time.Millisecond, "converge: heartbeat (handoff: 500ms unless given)")
+	rollouts := fs.String("rollouts", "10,100", "handoff: roll-out sizes, comma-separated (empty: none)")
+	rolloutQ := fs.Int("rollout-q", 4096, "handoff: roll-out ring size")
+	svg := fs.String("svg", "handoff-join.svg", "handoff: where to draw ownership during the join (empty: nowhere)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -74,6 +81,21 @@ func run(w io.Writer, args []string) error {
 		return balance(ctx, w, db, *size, *maxNodes)
 	case "converge":
 		return converge(ctx, w, *dsn, *runs, *ttl, *hb)
+	case "handoff":
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		q, t, h := *size, *ttl, *hb
+		if !set["ttl"] {
+			t = 2 * time.Second
+		}
+		if !set["heartbeat"] {
+			h = 500 * time.Millisecond
+		}
+		ns, err := parseSizes(*rollouts)
+		if err != nil {
+			return err
+		}
+		return handoffBench(ctx, w, *dsn, q, t, h, ns, *rolloutQ, *svg)
 	case "all":
 		if err := dbTime(ctx, w, db); err != nil {
 			return err
@@ -83,7 +105,7 @@ func run(w io.Writer, args []string) error {
 		}
 		return converge(ctx, w, *dsn, *runs, *ttl, *hb)
 	}
-	return fmt.Errorf("unknown command %q: want dbtime, balance, converge or all", cmd)
+	return fmt.Errorf("unknown command %q: want dbtime, balance, converge, handoff or all", cmd)
 }
 
 // scratch is a schema of its own with the leasering functions in it.
@@ -154,4 +176,20 @@ func summarize(ds []time.Duration) stats {
 		sum += d
 	}
 	return stats{min: s[0], p50: s[len(s)/2], p99: s[(len(s)*99)/100], max: s[len(s)-1], mean: sum / time.Duration(len(s))}
+}
+
+// parseSizes reads a comma-separated list of positive numbers.
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-rollouts: %q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
