@@ -15,24 +15,33 @@ import (
 	"github.com/DATA-DOG/go-sqlmock"
 )
 
+// startOn400msLease starts a client with a 400ms lease and a 50ms
+// heartbeat, given partitions 0 and 1 of ring "orders" by its first
+// heartbeat; the heartbeats after it fail with the errors given. start is
+// when Start was called, on the fake clock.
+func startOn400msLease(t *testing.T, failures ...string) (c *testNode, db *serialDB, mock sqlmock.Sqlmock, l *Lease, start time.Time) {
+	t.Helper()
+	db, mock = newMock(t)
+	c = newTestClient(t, db, WithTTL(400*time.Millisecond), WithHeartbeat(50*time.Millisecond))
+	l, _ = c.Lease("orders", 4)
+	view := changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}})
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(400, 0, nil, "ok", view, nil))
+	for _, f := range failures {
+		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New(f))
+	}
+	start = c.clk.Now()
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return c, db, mock, l, start
+}
+
 // TestSelfFencing: once the renewals fail, Values empties before the
 // granted lease ends, and fills again when a renewal succeeds (a lost
 // answer is harmless: the next one carries the same state).
 func TestSelfFencing(t *testing.T) {
-	db, mock := newMock(t)
-	c := newTestClient(t, db, WithTTL(400*time.Millisecond), WithHeartbeat(50*time.Millisecond))
-	l, _ := c.Lease("orders", 4)
-	view := changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}})
-	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(400, 0, nil, "ok", view, nil))
-	for i := 0; i < 3; i++ {
-		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection reset"))
-	}
-	mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("answer lost"))
-	start := c.clk.Now()
-	if err := c.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c, db, mock, l, start := startOn400msLease(t, "connection reset", "connection reset", "connection reset", "answer lost")
 	if len(l.Values()) != 2 {
 		t.Fatalf("Values() = %v after Start", l.Values())
 	}
@@ -257,19 +266,7 @@ func TestRejoinWithoutViewForgets(t *testing.T) {
 // here while the loop stays parked, and the snapshot it published is still
 // in place.
 func TestReadsEmptyAtDeadlineWhileLoopHeldUp(t *testing.T) {
-	db, mock := newMock(t)
-	c := newTestClient(t, db, WithTTL(400*time.Millisecond), WithHeartbeat(50*time.Millisecond))
-	l, _ := c.Lease("orders", 4)
-	view := changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}})
-	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(400, 0, nil, "ok", view, nil))
-	for i := 0; i < 3; i++ {
-		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection reset"))
-	}
-	start := c.clk.Now()
-	if err := c.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c, db, mock, l, start := startOn400msLease(t, "connection reset", "connection reset", "connection reset")
 	c.settle()
 	holdUp := func(to time.Duration) { // move the clock without waking the loop
 		c.clk.mu.Lock()
