@@ -752,3 +752,44 @@ func TestHeartbeatAnswerGrowsLinearly(t *testing.T) {
 		t.Errorf("20 times the rings cost %.0f times as much: the answer grows faster than linearly", ratio)
 	}
 }
+
+// TestSideCallsBoundTheirFirstWait: join_rings and read_views wait at most
+// a second for their node's row, as for every other lock. An evictor holds
+// the row of a lease it found lapsed for the whole eviction, which under
+// load took over ten seconds in a run of 2,000 nodes; a side call that
+// waited for it without bound held its pooled connection as long, and the
+// heartbeats of the nodes sharing the pool starved. Given up, the call
+// lists no ring (the client tries again).
+func TestSideCallsBoundTheirFirstWait(t *testing.T) {
+	s := newSQLNodes(t)
+	s.join("a")
+	tx, err := s.e.admin.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`SELECT 1 FROM "` + s.e.schema + `".nodes WHERE node_id = 'a' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	for _, call := range []string{
+		`join_rings($1, $2, '[{"ring": "r", "size": 8, "vnodes": 8}]', 1000)`,
+		`read_views($1, $2, '[{"ring": "r", "version": 0}]')`,
+	} {
+		began := time.Now()
+		var answer string
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := s.e.admin.QueryRowContext(ctx, `SELECT "`+s.e.schema+`".`+call+`::text`, "a", "inc-a").Scan(&answer)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s with the node's row held: %v after %v", call, err, time.Since(began).Round(time.Millisecond))
+		}
+		took := time.Since(began)
+		t.Logf("%s with the node's row held: %s after %v", call, answer, took.Round(time.Millisecond))
+		if answer != "[]" {
+			t.Errorf("%s answered %s with the node's row held, want [] (try again)", call, answer)
+		}
+		if took > 5*time.Second {
+			t.Errorf("%s waited %v for the node's row", call, took)
+		}
+	}
+}

@@ -615,13 +615,21 @@ BEGIN
         RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
               USING ERRCODE = 'LR005';
     END IF;
+    -- Every wait bounded from the first: the caller holds a pooled
+    -- connection meanwhile, which the heartbeats of its pool may need.
+    PERFORM set_lock_wait(NULL, 1000);
     -- KEY SHARE: the lease stays (no eviction deletes the row meanwhile),
     -- and the node's heartbeats, which update a non-key column, never wait.
-    PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now() FOR KEY SHARE;
+    -- An evictor holding the row (it found the lease lapsed) makes the
+    -- call list no ring: the next one tries again.
+    BEGIN
+        PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now() FOR KEY SHARE;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN '[]'::jsonb;
+    END;
     IF NOT FOUND THEN
         RETURN '"not_live"';
     END IF;
-    PERFORM set_lock_wait(NULL, 1000);
     FOR r IN
         SELECT x.ring, x.size, x.vnodes, x.heartbeat_ms, x.drain_ms
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, heartbeat_ms integer, drain_ms integer)
@@ -666,11 +674,15 @@ BEGIN
         RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
               USING ERRCODE = 'LR005';
     END IF;
-    PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now() FOR KEY SHARE;
+    PERFORM set_lock_wait(NULL, 1000);  -- from the first wait: see join_rings
+    BEGIN
+        PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now() FOR KEY SHARE;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN '[]'::jsonb;
+    END;
     IF NOT FOUND THEN
         RETURN '"not_live"';
     END IF;
-    PERFORM set_lock_wait(NULL, 1000);
     FOR r IN
         SELECT x.ring, coalesce(x.version, 0) AS known
           FROM jsonb_to_recordset(p_rings) AS x (ring text, version bigint)
