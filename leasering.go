@@ -360,7 +360,9 @@ func (c *Client) reporting() bool {
 }
 
 // fenceMargin is how long before the granted lease ends the client stops
-// reporting: it covers timer lateness and clock rate differences.
+// reporting: it covers clock rate differences and the time a caller takes
+// to act on a read (the reads check the deadline themselves, so the loop's
+// lateness no longer counts against it).
 func (c *Client) fenceMargin() time.Duration { return c.cfg.ttl / 10 }
 
 func (c *Client) wakeUp() {

@@ -153,16 +153,15 @@ func (t *timeline) movesSince(since time.Time) []move {
 
 // gapStats summarises the gaps of moves: min, median, max and their sum.
 type gapStats struct {
-	n                int
-	min, p50, max    time.Duration
-	unowned          time.Duration // summed over the partitions
-	movedTwice       int           // partitions that changed reporter more than once
-	overBound, bound time.Duration
-	over             int
+	n             int
+	min, p50, max time.Duration
+	unowned       time.Duration // summed over the partitions
+	movedTwice    int           // partitions that changed reporter more than once
+	over          int           // gaps over the bound
 }
 
 func summarizeGaps(moves []move, bound time.Duration) gapStats {
-	s := gapStats{n: len(moves), bound: bound}
+	s := gapStats{n: len(moves)}
 	if len(moves) == 0 {
 		return s
 	}
@@ -174,7 +173,6 @@ func summarizeGaps(moves []move, bound time.Duration) gapStats {
 		per[m.p]++
 		if m.gap > bound {
 			s.over++
-			s.overBound = max(s.overBound, m.gap-bound)
 		}
 	}
 	for _, k := range per {
@@ -185,14 +183,6 @@ func summarizeGaps(moves []move, bound time.Duration) gapStats {
 	sort.Slice(gs, func(i, j int) bool { return gs[i] < gs[j] })
 	s.min, s.p50, s.max = gs[0], gs[len(gs)/2], gs[len(gs)-1]
 	return s
-}
-
-func (s gapStats) String() string {
-	if s.n == 0 {
-		return "no move seen"
-	}
-	return fmt.Sprintf("%d moves, gap %v / %v / %v (min / median / max), %.1f partition-s unowned, %d over %v",
-		s.n, roundMS(s.min), roundMS(s.p50), roundMS(s.max), s.unowned.Seconds(), s.over, s.bound)
 }
 
 func roundMS(d time.Duration) string { return d.Round(time.Millisecond).String() }

@@ -755,10 +755,11 @@ func TestHeartbeatAnswerGrowsLinearly(t *testing.T) {
 
 // TestSideCallsBoundTheirFirstWait: join_rings and read_views wait at most
 // a second for their node's row, as for every other lock. An evictor holds
-// the row of a lease it found lapsed for the whole eviction, which under
-// load took over ten seconds in a run of 2,000 nodes; a side call that
-// waited for it without bound held its pooled connection as long, and the
-// heartbeats of the nodes sharing the pool starved. Given up, the call
+// the row of a lease it found lapsed for the whole eviction; a side call
+// that waited for it without bound would hold its pooled connection as
+// long, which the heartbeats sharing the pool may need (a run of 2,000
+// nodes showed side calls holding connections for 15-38 s, though this
+// wait alone did not explain it: see BENCHMARKS.md). Given up, the call
 // lists no ring (the client tries again).
 func TestSideCallsBoundTheirFirstWait(t *testing.T) {
 	s := newSQLNodes(t)
