@@ -78,10 +78,11 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 		c.log.Info("leasering: heartbeat recovered", "failed_attempts", c.hb.failures)
 	}
 	c.hb.lastRTT, c.hb.lastLease = res.recv.Sub(res.sent), res.lease
+	c.st.renewed(res)
 	views, h := c.applyChanges(res, now)
 	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold,
 		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h})
-	c.st.renewed(res, c.hb.deadline, views)
+	c.st.applied(c.hb.deadline, views)
 	c.announce(res.announce)
 	if c.hb.lost && c.hb.deadline.After(now) {
 		c.hb.lost = false

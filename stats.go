@@ -36,12 +36,22 @@ type stats struct {
 	looks       int64
 }
 
-func (s *stats) renewed(res renewResult, deadline time.Time, views int) {
+// renewed counts an answered renewal. It is recorded before the answer's
+// views are applied, so that whoever sees a partition a heartbeat brought
+// also sees that heartbeat in Stats.
+func (s *stats) renewed(res renewResult) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.renewals++
 	s.latency = res.recv.Sub(res.sent)
 	s.lastSent = res.sent
+}
+
+// applied records what a renewal's answer came to: the new deadline and
+// the views applied.
+func (s *stats) applied(deadline time.Time, views int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.deadline = deadline
 	s.ringChanges += int64(views)
 }

@@ -132,9 +132,10 @@ type leaseAt struct {
 // assignedAt is a partition's owner and pending owner as the database had
 // them from a time on.
 type assignedAt struct {
-	at          time.Time // the start of the read that first saw it
+	at          time.Time // the end of the read that first saw it: it happened before this
 	after       time.Time // the start of the read before: it happened after this
 	owner, next string
+	part        int
 }
 
 // TestChaos runs 20 nodes, each with its own pool behind its own proxy, and
@@ -535,34 +536,43 @@ func (r *chaosRun) watchAssignments() (stop func()) {
 				return
 			case <-time.After(10 * time.Millisecond):
 			}
-			// The state read is the database's at some moment after now:
-			// an assignment seen first here was made before that moment.
-			now := time.Now()
+			// The state read is the database's at some moment between the
+			// query's start and the end of its answer: an assignment seen
+			// first here was made after the previous read's start and
+			// before this read's end. Under load the two ends lie tens of
+			// milliseconds apart, so each bound is kept for the rule that
+			// needs it (deliver: the end for when the owner could hear, the
+			// start before for whether the database decided in time).
+			start := time.Now()
 			after := prev
 			if after.IsZero() {
-				after = now
+				after = start
 			}
-			prev = now
+			prev = start
 			rows, err := r.e.admin.Query(`SELECT partition, coalesce(owner, ''), coalesce(next_owner, '')
 				FROM "`+r.e.schema+`".partitions WHERE ring = $1`, chaosRing)
 			if err != nil {
 				continue // PostgreSQL restarting
 			}
+			var seen []assignedAt
 			for rows.Next() {
-				var p int
 				var a assignedAt
-				if rows.Scan(&p, &a.owner, &a.next) != nil {
+				if rows.Scan(&a.part, &a.owner, &a.next) != nil {
 					break
 				}
-				a.at, a.after = now, after
-				r.mu.Lock()
-				h := r.assigned[p]
-				if len(h) == 0 || h[len(h)-1].owner != a.owner || h[len(h)-1].next != a.next {
-					r.assigned[p] = append(h, a)
-				}
-				r.mu.Unlock()
+				seen = append(seen, a)
 			}
 			rows.Close()
+			end := time.Now()
+			r.mu.Lock()
+			for _, a := range seen {
+				a.at, a.after = end, after
+				h := r.assigned[a.part]
+				if len(h) == 0 || h[len(h)-1].owner != a.owner || h[len(h)-1].next != a.next {
+					r.assigned[a.part] = append(h, a)
+				}
+			}
+			r.mu.Unlock()
 			r.watchLeases()
 			r.watchLockWaits()
 		}
@@ -670,12 +680,15 @@ func (r *chaosRun) watchLeases() {
 
 // deliver is the checker's rule for partition p's gap that began at since
 // and ran past TTL + heartbeat until node n reported it. G3 holds if the
-// database gave p to n within TTL + heartbeat: no later than the start of
-// the watcher's read before the one that first saw it (its resolution is a
+// database gave p to n within TTL + heartbeat: the watcher's read before
+// the one that first saw it began no later than that (its resolution is a
 // read every 10 ms). n hears of it on its next heartbeat: the report is due
 // a heartbeat after the limit or the assignment, whichever is later, plus
-// that heartbeat's round trip.
-func (r *chaosRun) deliver(p int, since time.Time, n *node) (time.Time, bool, error) {
+// that heartbeat's round trip (rtt). The assignment is taken at its latest,
+// the end of the read that saw it: under load a read's start and end lie
+// tens of milliseconds apart, and the start would hold the owner to a
+// heartbeat it could not have heard in.
+func (r *chaosRun) deliver(p int, since time.Time, n *node, rtt time.Duration) (time.Time, bool, error) {
 	limit := since.Add(chaosTTL + chaosHeartbeat)
 	r.mu.Lock()
 	h := r.assigned[p]
@@ -690,7 +703,7 @@ func (r *chaosRun) deliver(p int, since time.Time, n *node) (time.Time, bool, er
 	if after.After(limit) {
 		return time.Time{}, false, fmt.Errorf("the database gave it to %s only between %s and %s, past the limit at %s", n.id, r.at(after), r.at(given), r.at(limit))
 	}
-	return maxTime(limit, given.Add(chaosHeartbeat)).Add(n.client.Stats().LastRenewLatency), false, nil
+	return maxTime(limit, given.Add(chaosHeartbeat)).Add(rtt), false, nil
 }
 
 func maxTime(a, b time.Time) time.Time {

@@ -42,11 +42,13 @@ type checker struct {
 	// deliver, if set, defers the verdict on a gap that ran past gapLimit
 	// to the partition's next report, by node n, and gives the latest that
 	// report may come (G3 is about the database: it must have given p an
-	// owner within gapLimit; the owner hears on a heartbeat of its own), or
+	// owner within gapLimit; the owner hears on a heartbeat of its own,
+	// whose round trip, rtt, is the one n's Stats gave when the report was
+	// seen), or
 	// an error if the database did not decide in time. retry asks to be
 	// called again while the facts it needs are not in yet. No report by
 	// hardLimit is a violation.
-	deliver    func(p int, since time.Time, n *node) (by time.Time, retry bool, err error)
+	deliver    func(p int, since time.Time, n *node, rtt time.Duration) (by time.Time, retry bool, err error)
 	hardLimit  time.Duration
 	delivered  atomic.Int64 // gaps past gapLimit whose partition the database had given in time
 	mu         sync.Mutex
@@ -73,6 +75,7 @@ func (c *checker) run() {
 	type report struct {
 		since, at time.Time
 		n         *node
+		rtt       time.Duration // n's last round trip then: the heartbeat that brought p, or a later one
 	}
 	reported := map[int]report{} // gaps past gapLimit now ended: awaiting deliver's verdict
 	start := time.Now()
@@ -133,13 +136,13 @@ func (c *checker) run() {
 			for _, p := range second[i] {
 				if since, ok := overSince[p]; ok {
 					delete(overSince, p)
-					reported[p] = report{since: since, at: now, n: nodes[i]}
+					reported[p] = report{since: since, at: now, n: nodes[i], rtt: nodes[i].client.Stats().LastRenewLatency}
 				}
 				lastSeen[p], lastBy[p] = now, nodes[i].id
 			}
 		}
 		for p, r := range reported {
-			by, retry, err := c.deliver(p, r.since, r.n)
+			by, retry, err := c.deliver(p, r.since, r.n, r.rtt)
 			if retry && now.Sub(r.at) < time.Second {
 				continue
 			}
@@ -294,12 +297,16 @@ func TestCheckerDeliverRule(t *testing.T) {
 	y := e.startNode("y", "q", 8) // healthy, and reports nothing of ring r
 	for _, tc := range []struct {
 		name    string
-		deliver func(p int, since time.Time, n *node) (time.Time, bool, error)
+		deliver func(p int, since time.Time, n *node, rtt time.Duration) (time.Time, bool, error)
 		fail    bool
 	}{
-		{"reported in time", func(int, time.Time, *node) (time.Time, bool, error) { return time.Now().Add(time.Hour), false, nil }, false},
-		{"reported late", func(_ int, since time.Time, _ *node) (time.Time, bool, error) { return since, false, nil }, true},
-		{"database late", func(int, time.Time, *node) (time.Time, bool, error) {
+		{"reported in time", func(int, time.Time, *node, time.Duration) (time.Time, bool, error) {
+			return time.Now().Add(time.Hour), false, nil
+		}, false},
+		{"reported late", func(_ int, since time.Time, _ *node, _ time.Duration) (time.Time, bool, error) {
+			return since, false, nil
+		}, true},
+		{"database late", func(int, time.Time, *node, time.Duration) (time.Time, bool, error) {
 			return time.Time{}, false, errors.New("given too late")
 		}, true},
 	} {

@@ -76,30 +76,56 @@ func TestCloseHandsOverWithinOneHeartbeat(t *testing.T) {
 
 // TestCrashTakeoverWithinTTLPlusHeartbeat cuts a node off the database with
 // a blackhole (its connections hang). It must stop reporting before its
-// lease lapses (the checker), and the others own its partitions within
-// TTL + heartbeat of the cut. It runs alone (not parallel): it measures
-// time.
+// lease lapses (the checker). G3 is the database's promise: the others own
+// its partitions there within TTL + heartbeat of the cut. They report them
+// when the heartbeat that took them over is answered, so the reports may
+// come that heartbeat's round trip later: it evicts the node and reassigns
+// a third of the ring, the second survivor waiting for the first, and took
+// 65–79 ms quiet and 136–141 ms under -race with one of two cores kept busy
+// (where a heartbeat's bound alone failed 2 runs in 6). It runs alone (not
+// parallel): it measures time.
 func TestCrashTakeoverWithinTTLPlusHeartbeat(t *testing.T) {
 	const q = 1024
 	ttl, hb := time.Second, 100*time.Millisecond
 	e := newEnv(t, ttl, hb)
 	a, chk := e.threeNodes(q)
 	victim := e.live()[1]
+	var survivors []*node
+	for _, n := range e.live() {
+		if n != victim {
+			survivors = append(survivors, n)
+		}
+	}
 	theirs := ownedBy(a, victim.id)
 	cut := time.Now()
+	decided := e.watchTakenFrom("orders", victim.id)
 	victim.crash()
 	if !waitFor(ttl, func() bool { return len(victim.leases["orders"].Values()) == 0 }) {
 		t.Fatal("cut-off node still reports partitions a whole TTL after the cut")
 	}
 	fenced := time.Since(cut)
-	if !waitFor(5*ttl, func() bool { return e.othersOwn("orders", q, theirs) }) {
+	var rtt time.Duration // the survivors' longest round trip since the cut
+	if !waitFor(5*ttl, func() bool {
+		for _, n := range survivors {
+			rtt = max(rtt, n.client.Stats().LastRenewLatency)
+		}
+		return e.othersOwn("orders", q, theirs)
+	}) {
 		t.Fatalf("partitions of the cut-off node not taken over: %s", describe(e.live(), "orders", q))
 	}
 	took := time.Since(cut)
-	t.Logf("cut-off node stopped reporting after %v; others took its %d partitions %v after the cut (TTL %v, heartbeat %v)",
-		fenced.Round(time.Millisecond), len(theirs), took.Round(time.Millisecond), ttl, hb)
-	if took > ttl+hb {
-		t.Errorf("takeover took %v, want at most TTL + heartbeat = %v", took, ttl+hb)
+	after, by := decided()
+	t.Logf("cut-off node stopped reporting after %v; the database gave its %d partitions to others between %v and %v after the cut; they reported them %v after it (TTL %v, heartbeat %v, their longest round trip %v)",
+		fenced.Round(time.Millisecond), len(theirs), after.Sub(cut).Round(time.Millisecond), by.Sub(cut).Round(time.Millisecond),
+		took.Round(time.Millisecond), ttl, hb, rtt.Round(time.Millisecond))
+	switch {
+	case by.IsZero():
+		t.Errorf("the database was never seen giving the cut-off node's partitions to others")
+	case after.Sub(cut) > ttl+hb:
+		t.Errorf("the database gave the partitions to others only after %v, want at most TTL + heartbeat = %v", after.Sub(cut), ttl+hb)
+	}
+	if took > ttl+hb+rtt {
+		t.Errorf("takeover reported %v after the cut, want at most TTL + heartbeat + the takeover's round trip = %v", took, ttl+hb+rtt)
 	}
 	e.waitConverged("orders", q, nil, 5*time.Second)
 
@@ -108,6 +134,45 @@ func TestCrashTakeoverWithinTTLPlusHeartbeat(t *testing.T) {
 	victim.down.Store(false)
 	e.waitConverged("orders", q, nil, 10*time.Second)
 	chk.finish()
+}
+
+// watchTakenFrom polls the database every 5 ms until no partition of ring
+// is owned by id or by nobody. The function it returns stops the watch and
+// says when that became so: after the start of the read before the one
+// that first saw it, and before the end of that one (zero: not seen).
+func (e *env) watchTakenFrom(ring, id string) func() (after, by time.Time) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var after, by time.Time
+	go func() {
+		defer close(done)
+		prev := time.Now()
+		for {
+			start := time.Now()
+			var left int
+			err := e.admin.QueryRow(`SELECT count(*) FROM "`+e.schema+`".partitions
+				WHERE ring = $1 AND (owner IS NULL OR owner = $2)`, ring, id).Scan(&left)
+			if err == nil && left == 0 {
+				after, by = prev, time.Now()
+				return
+			}
+			prev = start
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return func() (time.Time, time.Time) {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			close(stop)
+			<-done
+		}
+		return after, by
+	}
 }
 
 // TestConcurrentStartOf50 starts 50 clients at once on an empty schema: the
