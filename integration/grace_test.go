@@ -160,6 +160,71 @@ func TestGraceHoldsANewIncarnation(t *testing.T) {
 	chk.finish()
 }
 
+// TestGraceHoldsAcrossAClockStep: a process takes a node id over from a
+// live one (cut off, within its lease) and holds until the older lease's
+// end, a time of the database server's clock. The database then fails over
+// to a server whose clock is 1.5 s ahead: every time in the tables now
+// reads 1.5 s earlier, and nothing there has lapsed, so no scan notices the
+// change. The hold must still outlast the old process's lease: the new
+// process reports nothing before the grace's end (before schema version
+// 10 it reported 1.5 s early, beside the old process).
+func TestGraceHoldsAcrossAClockStep(t *testing.T) {
+	t.Parallel()
+	const q = 64
+	ttl, hb := 2*time.Second, 200*time.Millisecond
+	const step = 1500 * time.Millisecond
+	e := newEnv(t, ttl, hb)
+	old := e.startNode("a", "s", q)
+	e.startNode("b", "s", q)
+	e.waitConverged("s", q, nil, 10*time.Second)
+	chk := e.startChecker("s", q, 3*ttl)
+	old.crash()
+	n := e.startNode("a", "s", q) // the same id, a new process: it holds
+	forged := time.Now()
+	tx, err := e.admin.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	shift := fmt.Sprintf("interval '%d milliseconds'", step.Milliseconds())
+	for _, s := range []string{
+		`UPDATE "` + e.schema + `".server_identity SET started_at = '-infinity'`,
+		`UPDATE "` + e.schema + `".nodes SET expires_at = expires_at - ` + shift + `,
+			hold_until = CASE WHEN hold_until > '-infinity' THEN hold_until - ` + shift + ` ELSE hold_until END`,
+		`UPDATE "` + e.schema + `".partitions SET release_due = release_due - ` + shift + ` WHERE release_due IS NOT NULL`,
+	} {
+		if _, err := tx.Exec(s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	var holdLeft float64
+	if err := tx.QueryRow(`SELECT extract(epoch FROM hold_until - clock_timestamp()) FROM "` + e.schema + `".nodes WHERE node_id = 'a'`).Scan(&holdLeft); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	oldLeft := old.client.Stats().LeaseLeft
+	t.Logf("after the step the hold reads %.3fs left; the old process reports for %v more", holdLeft, oldLeft.Round(time.Millisecond))
+	if time.Duration(holdLeft*float64(time.Second))+hb >= oldLeft {
+		t.Fatalf("the scenario opened no hole: the hold reads %.3fs left, the old process reports for %v", holdLeft, oldLeft)
+	}
+	_, end := grace(t, e.admin, e.schema, forged.Add(-time.Second))
+	for time.Now().Before(end.Add(-hb)) {
+		if vs := n.leases["s"].Values(); len(vs) > 0 {
+			t.Fatalf("the new process reports %d partitions %v before the grace's end", len(vs), time.Until(end).Round(time.Millisecond))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.leases["s"].Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitConverged("s", q, nil, ttl+hb)
+	chk.finish()
+}
+
 // TestRestartStartsAGrace: a restart of the database's server starts a
 // grace too (its start time changes), so a node that died before it is
 // taken over one TTL after the restarted server noticed, not one TTL after

@@ -36,6 +36,7 @@ var oldSchemas = []struct {
 	// the copy is the two, one after the other.
 	{"v7", 7, "testdata/schema_and_functions_v7_a49746f.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v8", 8, "testdata/schema_and_functions_v8_38dba32.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v9", 9, "testdata/schema_and_functions_v9_c180b10.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's
@@ -499,6 +500,19 @@ func TestUpgradeWithLiveNodes(t *testing.T) {
 			if v := schemaVersionOf(t, e.admin, e.schema); v != leasering.SchemaVersion {
 				t.Fatalf("schema at version %d after the first new node started, want %d", v, leasering.SchemaVersion)
 			}
+			if old.version < 8 {
+				// The upgrade to version 8 cannot tell whether its server
+				// just took over from another: it starts a grace of the
+				// longest TTL, the default (10 s) for rows that never said
+				// theirs.
+				var grace float64
+				if err := e.admin.QueryRow(`SELECT extract(epoch FROM grace_until - noticed_at) FROM "` + e.schema + `".server_identity`).Scan(&grace); err != nil {
+					t.Fatal(err)
+				}
+				if grace != 10 {
+					t.Errorf("the upgrade from version %d started a grace of %vs, want 10s", old.version, grace)
+				}
+			}
 			waitShared(t, 20*time.Second, all...)
 			for _, o := range olds {
 				var claimedBy sql.NullString
@@ -566,8 +580,8 @@ func TestSQLFilesRefuseOtherVersions(t *testing.T) {
 		{"functions.sql at version 7", "", leasering.FunctionsSQL(), "LR007"},
 		{"migration 6 to 7 at version 7", "", must(leasering.MigrationSQL(6)), "LR007"},
 		{"migration 7 to 8 at version 8", "UPDATE S.schema_version SET version = 8", upgrade, "LR007"},
-		{"schema.sql at version 10", "UPDATE S.schema_version SET version = 10", fresh, "LR002"},
-		{"functions.sql at version 10", "UPDATE S.schema_version SET version = 10", leasering.FunctionsSQL(), "LR002"},
+		{"schema.sql at version 11", "UPDATE S.schema_version SET version = 11", fresh, "LR002"},
+		{"functions.sql at version 11", "UPDATE S.schema_version SET version = 11", leasering.FunctionsSQL(), "LR002"},
 	}
 	for _, c := range cases {
 		tx, err := e.admin.Begin()

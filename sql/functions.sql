@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 9.
+-- leasering: the protocol, schema version 10.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -25,13 +25,20 @@
 -- STATES OF A NODE: its row in nodes, as one incarnation of the id sees it.
 --
 --   absent    no row.
---   live      expires_at > now() and hold_until <= now(): it owns what the
+--   live      expires_at > now() and not holding: it owns what the
 --             partitions say it owns, and its heartbeats extend the lease.
---   holding   live, hold_until > now(): a new incarnation took the id over,
---             and the older one may use the id's partitions until its
---             lease would have ended (hold_until). The new one reports
---             nothing until then (the hold_ms of its heartbeats), its
---             releases are only marked, and its leave hands nothing on.
+--   holding   live, hold_end(hold_until) > now(): a new incarnation took
+--             the id over, and the older one may use the id's partitions
+--             until its lease would have ended (hold_until), or, if this
+--             server is not the one that set the hold, until the end of
+--             its grace (G9: a clock step between the two servers moves
+--             hold_until, a time of the old server's clock). The new one
+--             reports nothing until then (the hold_ms of its heartbeats),
+--             its releases are only marked, and its leave hands nothing
+--             on. Its first heartbeat after the hold's end on this server
+--             writes hold_until = '-infinity' (no hold: a steady heartbeat
+--             never asks about the server), once what it released during
+--             the hold has been handed on.
 --   lapsed    expires_at <= now(), not yet evicted: what it owns is void.
 --   fenced    the row names another incarnation: this one must stop.
 --
@@ -43,9 +50,9 @@
 --                       (take_lease): it holds until the older lease's end,
 --                       and the older incarnation is fenced from then on
 --   lapsed  -> live     the same, when the older lease has ended already
---   holding -> live     time: hold_until passes
+--   holding -> live     time: hold_end(hold_until) passes
 --   lapsed  -> absent   eviction, by whoever scans first (scan_and_evict)
---   live    -> absent   leave of every ring (holding -> lapsed at hold_until)
+--   live    -> absent   leave of every ring (holding -> lapsed at its hold's end)
 --
 -- A member row of a live node is claimed (claimed_by is the node's
 -- incarnation) or to reclaim (anything else: after a rejoin or takeover).
@@ -182,12 +189,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 9 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (9)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 10 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (10)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 9 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 9: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 10 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 10: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -281,6 +288,7 @@ DECLARE
     me          nodes;
     st          text := CASE WHEN p_claim THEN 'ok' ELSE 'rejoined' END;  -- unless renewed
     next_event  timestamptz;  -- the earliest other lease or hold end (p_scan)
+    hold        timestamptz;  -- this node's hold's end (hold_end)
     worked      integer := 0;  -- rings whose releases or view this call took on
     r           record;
     answer      jsonb;
@@ -307,6 +315,15 @@ BEGIN
         IF me.incarnation <> p_incarnation THEN
             RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text, jsonb_build_object('incarnation', me.incarnation), NULL::jsonb, clock_timestamp();
             RETURN;
+        END IF;
+    END IF;
+    hold := me.hold_until;
+    IF hold > '-infinity' THEN  -- only after a takeover of the id
+        hold := hold_end(hold);
+        IF hold <= now() THEN  -- over, on this server: forget it
+            UPDATE nodes SET hold_until = '-infinity'
+             WHERE node_id = p_node
+               AND NOT EXISTS (SELECT 1 FROM partitions WHERE owner = p_node AND released);
         END IF;
     END IF;
     IF p_scan THEN
@@ -341,7 +358,7 @@ BEGIN
     END LOOP;
     RETURN QUERY SELECT
         floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint,
-        greatest(ceil(extract(epoch FROM me.hold_until - clock_timestamp()) * 1000), 0)::bigint,
+        CASE WHEN hold > clock_timestamp() THEN ceil(extract(epoch FROM hold - clock_timestamp()) * 1000) ELSE 0 END::bigint,
         CASE WHEN next_event IS NOT NULL  -- greatest would make NULL 0
              THEN greatest(ceil(extract(epoch FROM next_event - clock_timestamp()) * 1000), 0)::bigint END,
         st, CASE WHEN cardinality(outs) > 0 THEN to_jsonb(outs) END,
@@ -419,7 +436,7 @@ BEGIN
     SELECT * INTO me FROM nodes WHERE node_id = p_node FOR UPDATE;
     IF NOT FOUND THEN
         INSERT INTO nodes (node_id, incarnation, expires_at, hold_until, metadata, ttl_ms)
-        VALUES (p_node, p_incarnation, p_expires_at, now(), p_metadata, p_ttl_ms)
+        VALUES (p_node, p_incarnation, p_expires_at, '-infinity', p_metadata, p_ttl_ms)
         ON CONFLICT (node_id) DO NOTHING
         RETURNING * INTO me;
         IF NOT FOUND THEN  -- a racing start of the same id won; settle it on the next call
@@ -440,8 +457,8 @@ BEGIN
     END IF;
     UPDATE nodes
        SET incarnation = p_incarnation,
-           hold_until = CASE WHEN me.incarnation = p_incarnation THEN now()
-                             ELSE greatest(now(), me.expires_at, failover_grace()) END,
+           hold_until = CASE WHEN me.incarnation = p_incarnation THEN me.hold_until  -- a rejoin keeps a hold in force
+                             ELSE greatest(now(), me.expires_at, hold_end(me.hold_until), failover_grace()) END,
            expires_at = p_expires_at,
            metadata = p_metadata,
            ttl_ms = p_ttl_ms
@@ -481,11 +498,12 @@ DECLARE
     dead_rings  text[] := '{}';
     dead_ring   text;
 BEGIN
-    SELECT min(expires_at), min(least(expires_at, CASE WHEN hold_until > now() THEN hold_until END))
+    SELECT min(expires_at), min(least(expires_at, CASE WHEN hold_until > '-infinity' AND hold_end(hold_until) > now()
+                                                       THEN hold_end(hold_until) END))
       INTO next_expiry, next_event
       FROM nodes WHERE node_id <> p_node;
     hold_over := EXISTS (SELECT 1 FROM partitions p JOIN nodes o ON o.node_id = p.owner
-                          WHERE p.released AND o.hold_until <= now());
+                          WHERE p.released AND hold_end(o.hold_until) <= now());
     IF next_expiry <= now() OR hold_over THEN
         -- A takeover is worth waiting for (the dead node's partitions have
         -- no owner until it is done), and it is rare.
@@ -514,7 +532,7 @@ BEGIN
                 SELECT x FROM unnest(dead_rings) AS x
                 UNION
                 SELECT p.ring FROM partitions p JOIN nodes o ON o.node_id = p.owner
-                 WHERE p.released AND o.hold_until <= now()
+                 WHERE p.released AND hold_end(o.hold_until) <= now()
                 ORDER BY 1
             LOOP
                 PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
@@ -528,7 +546,8 @@ BEGIN
             NULL;  -- all undone; the dead stay expired and the next heartbeat evicts them
         END;
         PERFORM set_lock_wait(p_ttl_ms, 20);
-        SELECT min(least(greatest(expires_at, grace_end), CASE WHEN hold_until > now() THEN hold_until END))
+        SELECT min(least(greatest(expires_at, grace_end), CASE WHEN hold_until > '-infinity' AND hold_end(hold_until) > now()
+                                                               THEN hold_end(hold_until) END))
           INTO next_event
           FROM nodes WHERE node_id <> p_node;
     END IF;
@@ -705,8 +724,8 @@ $$;
 -- lease row goes; with p_ring it leaves that ring only. Its partitions go to
 -- their new owners at once (it has stopped using them before calling),
 -- except while the node holds: an older incarnation of the id may use them
--- until hold_until, so the lease then ends at hold_until instead, and the
--- eviction that follows hands them on (a ring is left as it is).
+-- until the hold's end (hold_end), so the lease then ends there instead,
+-- and the eviction that follows hands them on (a ring is left as it is).
 CREATE OR REPLACE FUNCTION leasering.leave(p_node text, p_incarnation text, p_ring text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -724,9 +743,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;  -- already gone, or the id belongs to a newer incarnation
     END IF;
-    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND hold_until > now()) THEN
+    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND hold_end(hold_until) > now()) THEN
         IF p_ring IS NULL THEN
-            UPDATE nodes SET expires_at = hold_until WHERE node_id = p_node;
+            UPDATE nodes SET expires_at = hold_end(hold_until) WHERE node_id = p_node;
         END IF;
         RETURN;
     END IF;
@@ -1044,7 +1063,7 @@ $$;
 -- confirm_releases: node p_node has stopped using p_released of ring
 -- p_ring, which it was told to give up: their pending owners take over,
 -- epoch + 1. A pending owner that died is left for its eviction to
--- retarget. While the node holds (hold_until is ahead) the process speaks
+-- retarget. While the node holds (hold_end is ahead) the process speaks
 -- only for itself, and an older incarnation of the node id may still be
 -- using the partitions: they are only marked released, and whoever scans
 -- first after the hold hands them on (hand_on_released). The released
@@ -1061,7 +1080,7 @@ BEGIN
     PERFORM set_lock_wait(p_ttl_ms, 100);
     PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE;
     PERFORM set_lock_wait(p_ttl_ms, 20);
-    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND hold_until > now()) THEN
+    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND hold_end(hold_until) > now()) THEN
         UPDATE partitions SET released = true
          WHERE ring = p_ring AND partition = ANY (p_released)
            AND owner = p_node AND next_owner IS NOT NULL AND NOT released;
@@ -1097,7 +1116,7 @@ BEGIN
        SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false, release_due = NULL,
            changed = stamp, granted = stamp
      WHERE p.ring = p_ring AND p.released
-       AND EXISTS (SELECT 1 FROM nodes o WHERE o.node_id = p.owner AND o.hold_until <= now())
+       AND EXISTS (SELECT 1 FROM nodes o WHERE o.node_id = p.owner AND hold_end(o.hold_until) <= now())
        AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
                     WHERE m.ring = p_ring AND m.node_id = p.next_owner AND n.expires_at > now());
     IF FOUND THEN
@@ -1154,6 +1173,26 @@ BEGIN
         NULL;
     END;
     RETURN longest;
+END
+$$;
+
+-- hold_end (G9): when a hold recorded as ending at p_hold_until ends on
+-- this server. hold_until is a time of the clock of the server that set
+-- it; on another one (a promoted replica, a restored copy), whose clock
+-- may be ahead, the hold lasts at least until the end of that server's
+-- grace, which outlasts every lease the first server granted. '-infinity'
+-- (no hold) is not asked about: a steady heartbeat never reads the
+-- server's identity.
+CREATE OR REPLACE FUNCTION leasering.hold_end(p_hold_until timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    IF p_hold_until = '-infinity' THEN
+        RETURN p_hold_until;
+    END IF;
+    RETURN greatest(p_hold_until, failover_grace());
 END
 $$;
 

@@ -1,4 +1,4 @@
--- leasering: the protocol's invariants, as one query (schema version 8).
+-- leasering: the protocol's invariants, as one query (schema version 10).
 --
 -- It lists the state in the schema that no run of sql/functions.sql can
 -- leave at any commit, one row per violation: kind, ring, partition, node
@@ -81,7 +81,9 @@
 --   release_not_handed_on
 --       a partition its owner released during a hold that ended more than
 --       two TTLs before another node's lease was last granted: that node's
---       heartbeats since then handed it on.
+--       heartbeats since then handed it on. On a server in a grace (G9) the
+--       hold lasts until the grace's end, and on one whose grace is due not
+--       at all.
 --
 -- Every OPERATOR(...) binds as tightly as the next, left to right: the
 -- parentheses around arithmetic are needed.
@@ -232,7 +234,7 @@ violation (kind, ring, partition, node, detail) AS (
            LATERAL (SELECT l.node_id, l.granted, l.settled FROM latest l
                      WHERE l.node_id OPERATOR(pg_catalog.<>) p.owner
                      ORDER BY l.granted DESC LIMIT 1) AS o
-     WHERE p.released AND h.hold_until OPERATOR(pg_catalog.<) o.settled
+     WHERE p.released AND pg_catalog.timestamptz_larger(h.hold_until, c.grace_end) OPERATOR(pg_catalog.<) o.settled
 )
 SELECT kind, ring, partition, node, detail
   FROM violation

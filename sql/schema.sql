@@ -1,4 +1,4 @@
--- leasering: the tables, schema version 9.
+-- leasering: the tables, schema version 10.
 --
 -- A new schema gets this file and then functions.sql; a schema at an older
 -- version gets the files of migrations/ above its version and then
@@ -30,11 +30,11 @@ GRANT SELECT ON leasering.schema_version TO PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 9 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (9)',
+    IF (SELECT version FROM leasering.schema_version) > 10 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (10)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) < 9 THEN
+    ELSIF (SELECT version FROM leasering.schema_version) < 10 THEN
         RAISE EXCEPTION 'the schema is at version %: upgrade it with the files of sql/migrations above that version, not schema.sql',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS leasering.nodes (
     node_id     text PRIMARY KEY CHECK (node_id <> ''),
     incarnation text NOT NULL,         -- random per process start
     expires_at  timestamptz NOT NULL,  -- the lease; ownership is void past it
-    hold_until  timestamptz NOT NULL,  -- a new incarnation reports and hands on nothing before the old one's lease end
+    hold_until  timestamptz NOT NULL,  -- a new incarnation reports and hands on nothing before the old one's lease end;
+                                       -- '-infinity' once a hold is over on this server (none: the same)
     metadata    text NOT NULL DEFAULT '',
     ttl_ms      integer NOT NULL CHECK (ttl_ms > 0)  -- the TTL of its last heartbeat: a grace (G9) outlasts the longest
 ) WITH (fillfactor = 50);
@@ -135,4 +136,4 @@ CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner
 CREATE INDEX IF NOT EXISTS partitions_changed ON leasering.partitions (ring, changed);
 CREATE INDEX IF NOT EXISTS partitions_next_owner ON leasering.partitions (ring, next_owner) WHERE next_owner IS NOT NULL;
 
-INSERT INTO leasering.schema_version (version) VALUES (9) ON CONFLICT (id) DO NOTHING;
+INSERT INTO leasering.schema_version (version) VALUES (10) ON CONFLICT (id) DO NOTHING;

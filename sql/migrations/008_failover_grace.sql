@@ -29,7 +29,11 @@ ALTER TABLE leasering.nodes
     ALTER COLUMN ttl_ms SET NOT NULL,
     ADD CONSTRAINT nodes_ttl_ms_check CHECK (ttl_ms > 0);
 
--- Upgraded on the server that keeps the leases: no grace.
+-- An upgrade may run on a server that just took over from another (a
+-- promoted replica, a restored copy) whose last renewals it lacks, and it
+-- cannot tell: it starts a grace of the longest TTL, as failover_grace
+-- does on a server it does not know. Takeovers wait one TTL after the
+-- upgrade; nothing else does.
 CREATE TABLE leasering.server_identity (
     id          boolean PRIMARY KEY DEFAULT true CHECK (id),
     started_at  timestamptz NOT NULL,
@@ -38,7 +42,8 @@ CREATE TABLE leasering.server_identity (
     CONSTRAINT server_identity_grace_check CHECK (grace_until >= noticed_at)
 );
 INSERT INTO leasering.server_identity (started_at, noticed_at, grace_until)
-VALUES (pg_postmaster_start_time(), now(), now());
+SELECT pg_postmaster_start_time(), now(), now() + coalesce(max(ttl_ms), 0) * interval '1 millisecond'
+  FROM leasering.nodes;
 
 -- Rings made before: on this server, at no version yet.
 ALTER TABLE leasering.rings
