@@ -234,7 +234,8 @@ violation (kind, ring, partition, node, detail) AS (
            LATERAL (SELECT l.node_id, l.granted, l.settled FROM latest l
                      WHERE l.node_id OPERATOR(pg_catalog.<>) p.owner
                      ORDER BY l.granted DESC LIMIT 1) AS o
-     WHERE p.released AND pg_catalog.timestamptz_larger(h.hold_until, c.grace_end) OPERATOR(pg_catalog.<) o.settled
+     WHERE p.released AND h.hold_until OPERATOR(pg_catalog.>) '-infinity'  -- none: the owner never held, or its hold ended with nothing released
+       AND pg_catalog.timestamptz_larger(h.hold_until, c.grace_end) OPERATOR(pg_catalog.<) o.settled
 )
 SELECT kind, ring, partition, node, detail
   FROM violation
