@@ -100,6 +100,7 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 	scan := opts.scan && !opts.probe
 	res := renewResult{sent: c.clock.Now(), scanned: scan, probe: opts.probe}
 	q := c.db
+	release := func() {}
 	if pool, ok := c.db.(*sql.DB); ok {
 		// Take the connection first, so that the time a call waited in the
 		// pool's queue does not count as time on the way: the database
@@ -109,7 +110,8 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 			res.recv, res.err = c.clock.Now(), err
 			return res
 		}
-		defer conn.Close()
+		release = func() { _ = conn.Close() } // a second Close does nothing (ErrConnDone)
+		defer release()
 		q, res.sent = conn, c.clock.Now()
 	}
 	var sentAt sql.NullTime
@@ -135,6 +137,13 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 		).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce, &dbTime)
 	})
 	res.recv = c.clock.Now()
+	// Back to the pool before the answer is decoded: a view of a big ring
+	// takes milliseconds to decode, and the pool's other nodes may be
+	// waiting for a connection. Held through the decoding, 100 nodes on a
+	// pool of 20 found every connection taken, idle in the database, while
+	// views went out during a roll-out, and a heartbeat waited past its
+	// timeout (TestScale).
+	release()
 	if err == nil && dbTime.Valid {
 		c.dbClock.observe(dbTime.Time, res.recv)
 		if took := dbTime.Time.Sub(sentAt.Time); sentAt.Valid && !opts.probe && took > c.cfg.ttl/4 {

@@ -301,9 +301,16 @@ func proxiedDSN(t testing.TB, dsn, addr string) string {
 	return u.String()
 }
 
+// quietLogger discards every record, unless LEASERING_TEST_LOG is set:
+// then it writes to stderr those at its level ("debug", "info", "warn",
+// "error"; any other value: every record).
 func quietLogger() *slog.Logger {
-	if os.Getenv("LEASERING_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if v := os.Getenv("LEASERING_TEST_LOG"); v != "" {
+		var level slog.Level // "1", "debug": every record; "info", "warn", "error": from that level
+		if level.UnmarshalText([]byte(v)) != nil {
+			level = slog.LevelDebug
+		}
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }

@@ -119,6 +119,10 @@ func TestScale(t *testing.T) {
 		}
 	}
 	t.Logf("%d nodes started and the ring of %d balanced in %v", len(nodes), q, time.Since(begin).Round(time.Millisecond))
+	for i, pool := range pools {
+		st := pool.Stats()
+		t.Logf("pool %d during the roll-out: %d waits for a connection, %v in all", i, st.WaitCount, st.WaitDuration.Round(time.Millisecond))
+	}
 	for _, n := range nodes {
 		if s := n.client.Stats(); s.LeaseLosses > 0 {
 			t.Errorf("%s lost its lease %d times during the roll-out", n.id, s.LeaseLosses)
