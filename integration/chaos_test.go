@@ -68,6 +68,7 @@ type chaosRun struct {
 	failed   map[string]time.Time // node id -> when the chaos last made it fail or leave
 	faulted  map[string]bool      // node id -> slowed, and no renewal has shown it survived that yet
 	survived map[string]time.Time // node id -> when a slowdown began that a renewal showed it survived
+	impaired map[string][]span    // node id -> when the chaos had it cut off, slowed, crashed or gone
 	renewals int                  // slowdowns a renewal showed the node survived
 	assigned map[int][]assignedAt // partition -> who the database gave it to, and since when
 	leases   map[string][]leaseAt // node id -> its lease ends as the database had them
@@ -123,6 +124,20 @@ type lockWait struct {
 	what, by    string    // the waiting call and who blocked it
 }
 
+// span is a time a node was impaired, from from until to (zero: still).
+type span struct{ from, to time.Time }
+
+// impairedDuring says whether the chaos impaired node id at some time in
+// [from, to]. The caller holds r.mu.
+func (r *chaosRun) impairedDuring(id string, from, to time.Time) bool {
+	for _, s := range r.impaired[id] {
+		if !s.from.After(to) && (s.to.IsZero() || !s.to.Before(from)) {
+			return true
+		}
+	}
+	return false
+}
+
 // leaseAt is a node's lease end (zero: no row) as seen from a time on, both
 // on the local clock.
 type leaseAt struct {
@@ -160,7 +175,7 @@ func TestChaos(t *testing.T) {
 	})
 	e := newEnv(t, chaosTTL, chaosHeartbeat)
 	defer e.watchInvariants(time.Second)()
-	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, faulted: map[string]bool{}, survived: map[string]time.Time{}, assigned: map[int][]assignedAt{}, leases: map[string][]leaseAt{}, waits: map[lockWaitKey]*lockWait{}, logs: map[string]*nodeLog{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
+	r := &chaosRun{t: t, e: e, begin: time.Now(), failed: map[string]time.Time{}, faulted: map[string]bool{}, survived: map[string]time.Time{}, impaired: map[string][]span{}, assigned: map[int][]assignedAt{}, leases: map[string][]leaseAt{}, waits: map[lockWaitKey]*lockWait{}, logs: map[string]*nodeLog{}, rng: rand.New(rand.NewPCG(seed, seed>>32)), counts: map[string]int{}}
 	if os.Getenv("LEASERING_TEST_PG_RESTART") == "1" {
 		versions, _ := filepath.Glob("/etc/postgresql/*")
 		if len(versions) == 1 {
@@ -357,6 +372,9 @@ func (r *chaosRun) healDue(now time.Time) {
 			s.n.down.Store(false)
 			r.mu.Lock()
 			delete(r.faulted, s.n.id)
+			if sp := r.impaired[s.n.id]; len(sp) > 0 {
+				sp[len(sp)-1].to = now
+			}
 			r.mu.Unlock()
 			r.event("heal %s (%s)", s.n.id, s.fault)
 			s.fault = ""
@@ -507,6 +525,7 @@ func (r *chaosRun) at(t time.Time) string {
 func (r *chaosRun) fail(id string) {
 	r.mu.Lock()
 	r.failed[id] = time.Now()
+	r.impaired[id] = append(r.impaired[id], span{from: r.failed[id]})
 	delete(r.faulted, id)
 	delete(r.survived, id)
 	r.mu.Unlock()
@@ -517,6 +536,7 @@ func (r *chaosRun) fail(id string) {
 func (r *chaosRun) fault(id string) {
 	r.mu.Lock()
 	r.failed[id] = time.Now()
+	r.impaired[id] = append(r.impaired[id], span{from: r.failed[id]})
 	r.faulted[id] = true
 	delete(r.survived, id)
 	r.mu.Unlock()
@@ -680,30 +700,46 @@ func (r *chaosRun) watchLeases() {
 
 // deliver is the checker's rule for partition p's gap that began at since
 // and ran past TTL + heartbeat until node n reported it. G3 holds if the
-// database gave p to n within TTL + heartbeat: the watcher's read before
-// the one that first saw it began no later than that (its resolution is a
-// read every 10 ms). n hears of it on its next heartbeat: the report is due
-// a heartbeat after the limit or the assignment, whichever is later, plus
-// that heartbeat's round trip (rtt). The assignment is taken at its latest,
-// the end of the read that saw it: under load a read's start and end lie
-// tens of milliseconds apart, and the start would hold the owner to a
-// heartbeat it could not have heard in.
+// database gave p an owner within TTL + heartbeat and kept one until n
+// got it: the watcher's read before the one that first saw the owner in
+// force at the limit began no later than that (its resolution is a read
+// every 10 ms). That owner is n, or nodes the chaos impaired while they
+// held it (slowed, cut off, crashed or leaving: a slowed node whose
+// renewals still arrive keeps its lease and what it was given, and
+// reports nothing until an answer comes back; its partitions move on when
+// it releases them or is evicted). A healthy node that held p and never
+// reported it breaks the rule. n hears of p on its next heartbeat: the
+// report is due a heartbeat after the limit or n's assignment, whichever
+// is later, plus that heartbeat's round trip (rtt). An assignment is
+// taken at its latest, the end of the read that saw it: under load a
+// read's start and end lie tens of milliseconds apart, and the start would
+// hold the owner to a heartbeat it could not have heard in.
 func (r *chaosRun) deliver(p int, since time.Time, n *node, rtt time.Duration) (time.Time, bool, error) {
 	limit := since.Add(chaosTTL + chaosHeartbeat)
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	h := r.assigned[p]
-	var given, after time.Time
-	for i := len(h) - 1; i >= 0 && h[i].owner == n.id; i-- {
-		given, after = h[i].at, h[i].after // n's ownership as the watcher saw it began here
+	i := len(h)
+	for i > 0 && h[i-1].owner == n.id {
+		i-- // n's ownership as the watcher saw it began at h[i]
 	}
-	r.mu.Unlock()
-	if given.IsZero() {
+	if i == len(h) {
 		return time.Time{}, true, nil // the watcher has not seen it yet
 	}
-	if after.After(limit) {
-		return time.Time{}, false, fmt.Errorf("the database gave it to %s only between %s and %s, past the limit at %s", n.id, r.at(after), r.at(given), r.at(limit))
+	given := h[i].at
+	due := maxTime(limit, given.Add(chaosHeartbeat)).Add(rtt)
+	// Walk back over the owners before n to the one in force at the limit.
+	for j := i; ; j-- {
+		if !h[j].after.After(limit) {
+			return due, false, nil
+		}
+		if j == 0 || h[j-1].owner == "" {
+			return time.Time{}, false, fmt.Errorf("the database gave it to %s only between %s and %s, past the limit at %s", h[j].owner, r.at(h[j].after), r.at(h[j].at), r.at(limit))
+		}
+		if m := h[j-1]; !r.impairedDuring(m.owner, m.after, h[j].at) {
+			return time.Time{}, false, fmt.Errorf("the database gave it to %s, which was healthy and never reported it, between %s and %s", m.owner, r.at(m.after), r.at(h[j].at))
+		}
 	}
-	return maxTime(limit, given.Add(chaosHeartbeat)).Add(rtt), false, nil
 }
 
 func maxTime(a, b time.Time) time.Time {

@@ -338,3 +338,50 @@ func TestCheckerDeliverRule(t *testing.T) {
 		})
 	}
 }
+
+// TestChaosDeliverFollowsTheOwners proves TestChaos's G3 rule judges the
+// owners the database gave a partition to before the node that reported
+// it: the report counts from that node's assignment only when every owner
+// before it, back to the one in force at the limit, was impaired by the
+// chaos while it held the partition.
+func TestChaosDeliverFollowsTheOwners(t *testing.T) {
+	t.Parallel()
+	base := time.Now()
+	at := func(ms int) time.Time { return base.Add(time.Duration(ms) * time.Millisecond) }
+	limitMS := int((chaosTTL + chaosHeartbeat) / time.Millisecond) // the gap begins at base
+	n := &node{id: "n"}
+	slowed := map[string][]span{"m": {{from: at(-500), to: at(limitMS + 900)}}}
+	healed := map[string][]span{"m": {{from: at(-500), to: at(-100)}}}
+	for _, tc := range []struct {
+		name     string
+		history  []assignedAt
+		impaired map[string][]span
+		wantErr  bool
+		due      time.Time
+	}{
+		{"given to n in time", []assignedAt{{after: at(100), at: at(110), owner: "n"}}, nil, false,
+			at(limitMS).Add(50 * time.Millisecond)}, // the limit, and the round trip
+		{"given to n late, nobody before", []assignedAt{{after: at(-10), at: at(0), owner: ""}, {after: at(limitMS + 10), at: at(limitMS + 20), owner: "n"}}, nil, true, time.Time{}},
+		{"given in time to a slowed node, then to n", []assignedAt{{after: at(100), at: at(110), owner: "m"}, {after: at(limitMS + 500), at: at(limitMS + 510), owner: "n"}}, slowed, false,
+			at(limitMS + 510).Add(chaosHeartbeat + 50*time.Millisecond)},
+		{"given in time to a healthy node that never reported it", []assignedAt{{after: at(100), at: at(110), owner: "m"}, {after: at(limitMS + 500), at: at(limitMS + 510), owner: "n"}}, healed, true, time.Time{}},
+		{"given late to a slowed node", []assignedAt{{after: at(-10), at: at(0), owner: ""}, {after: at(limitMS + 100), at: at(limitMS + 110), owner: "m"}, {after: at(limitMS + 500), at: at(limitMS + 510), owner: "n"}}, slowed, true, time.Time{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &chaosRun{begin: base, assigned: map[int][]assignedAt{7: tc.history}, impaired: tc.impaired}
+			if r.impaired == nil {
+				r.impaired = map[string][]span{}
+			}
+			due, retry, err := r.deliver(7, base, n, 50*time.Millisecond)
+			if retry {
+				t.Fatal("deliver asks to wait: the history has n")
+			}
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("deliver: err %v, want an error: %v", err, tc.wantErr)
+			}
+			if err == nil && !due.Equal(tc.due) {
+				t.Errorf("due at %v, want %v", due.Sub(base), tc.due.Sub(base))
+			}
+		})
+	}
+}

@@ -37,10 +37,10 @@ var roundTripSettings = []struct {
 // the cost of a heartbeat, whatever Start and Close cost. The server's own
 // work in the database adds commits: autovacuum is off for the library's
 // tables, the catalogs the migration changed are vacuumed and analyzed
-// before the count, and the long life runs twice, the lower count taken,
-// for what is left (an autovacuum worker's visit to a new database; two CI
+// before the count, and each life runs twice, the lower count taken, for
+// what is left (an autovacuum worker's visit to a new database; two CI
 // runs on a new private cluster counted 5 and 7 commits more in one long
-// life, up to 1.047 a heartbeat).
+// life, up to 1.047 a heartbeat, and one 5 more in the short life, 0.967).
 func TestOneRoundTripPerHeartbeat(t *testing.T) {
 	const short, long = 10, 160
 	admin := openPool(t, needDB(t))
@@ -53,22 +53,29 @@ func TestOneRoundTripPerHeartbeat(t *testing.T) {
 			noAutovacuum(t, dsnWith(t, testDSN, "", name))
 			vacuumAll(t, dsnWith(t, testDSN, "", name))
 
-			c0 := settledCommits(t, admin, name)
-			nShort := live(t, s.driver, dsn, short)
-			c1 := settledCommits(t, admin, name)
-			// Two long lives: the fewer commits a heartbeat is the measure,
-			// since the server's work can only add some.
+			// Two short lives and two long lives: the server's work can
+			// only add commits, so each kind's fewest is its measure (a
+			// short life counted 5 commits more once, which took 0.033
+			// off a heartbeat's count).
+			var cShort, nShort int64 = -1, 0
+			for range 2 {
+				before := settledCommits(t, admin, name)
+				n := live(t, s.driver, dsn, short)
+				if c := settledCommits(t, admin, name) - before; cShort < 0 || c < cShort {
+					cShort, nShort = c, n
+				}
+			}
 			per := math.Inf(1)
 			var logs []string
 			for range 2 {
 				before := settledCommits(t, admin, name)
 				nLong := live(t, s.driver, dsn, long)
 				commits := settledCommits(t, admin, name) - before
-				per = min(per, float64(commits-(c1-c0))/float64(nLong-nShort))
+				per = min(per, float64(commits-cShort)/float64(nLong-nShort))
 				logs = append(logs, fmt.Sprintf("%d over %d", commits, nLong))
 			}
 			t.Logf("%s: %.3f round trips per steady heartbeat (%d commits over %d renewals, %s)",
-				s.name, per, c1-c0, nShort, strings.Join(logs, ", "))
+				s.name, per, cShort, nShort, strings.Join(logs, ", "))
 			// The tolerance is for the server's own work in the database,
 			// which the test keeps out (see above).
 			if math.Abs(per-s.want) > 0.03 {
