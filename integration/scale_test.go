@@ -109,12 +109,21 @@ func TestScale(t *testing.T) {
 
 	// Roll them out in waves of 50 (20 starting at a time), each wave
 	// joining once the ring has settled, as a deployment would.
+	// The least lease any started node had left, sampled as the roll-out
+	// waits: how near a lease came to lapsing.
 	begin := time.Now()
+	leastLeft := ttl
 	for lo := 0; lo < len(nodes); lo += 50 {
 		wave := nodes[lo:min(lo+50, len(nodes))]
 		startAll(t, wave)
 		up := nodes[:lo+len(wave)]
-		if !waitSlow(5*time.Minute, func() bool { _, ok := converged(up, ring, q, nil); return ok }) {
+		if !waitSlow(5*time.Minute, func() bool {
+			for _, n := range up {
+				leastLeft = min(leastLeft, n.client.Stats().LeaseLeft)
+			}
+			_, ok := converged(up, ring, q, nil)
+			return ok
+		}) {
 			t.Fatalf("%d nodes did not converge: %s", len(up), describe(up, ring, q))
 		}
 	}
@@ -123,11 +132,15 @@ func TestScale(t *testing.T) {
 		st := pool.Stats()
 		t.Logf("pool %d during the roll-out: %d waits for a connection, %v in all", i, st.WaitCount, st.WaitDuration.Round(time.Millisecond))
 	}
+	failures := int64(0)
 	for _, n := range nodes {
-		if s := n.client.Stats(); s.LeaseLosses > 0 {
+		s := n.client.Stats()
+		failures += s.RenewFailures
+		if s.LeaseLosses > 0 {
 			t.Errorf("%s lost its lease %d times during the roll-out", n.id, s.LeaseLosses)
 		}
 	}
+	t.Logf("during the roll-out: %d failed heartbeats; the least lease left %v of %v", failures, leastLeft.Round(time.Millisecond), ttl)
 
 	// Measure from the steady state. The clients' views converging is not
 	// the end of the roll-out's writes: the last handoffs are confirmed
