@@ -7,6 +7,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/leasering/leasering"
 )
 
 // The tests of G9 that need no replica: the database is made to look, to
@@ -348,5 +350,38 @@ func TestGraceForgetsNoView(t *testing.T) {
 	if told == 0 {
 		t.Errorf("told_through 0 after the first rebalance under a new identity (ring version %d)", version)
 	}
+	chk.finish()
+}
+
+// TestHoldOutlivesAShortLease: a process that takes a node id over from a
+// live one holds until the older lease's end. If it runs with a shorter
+// TTL and dies during its hold, its own lease would end before the hold:
+// until schema version 11 the others then evicted the node and took its
+// partitions over while the older process still reported them (the
+// checker found them reported twice). The lease now lasts at least as long
+// as the hold.
+func TestHoldOutlivesAShortLease(t *testing.T) {
+	t.Parallel()
+	const q = 64
+	ttl, hb := 4*time.Second, 200*time.Millisecond
+	e := newEnv(t, ttl, hb)
+	old := e.startNode("a", "s", q)
+	e.startNode("b", "s", q)
+	e.waitConverged("s", q, nil, 10*time.Second)
+	chk := e.startChecker("s", q, 3*ttl)
+	old.crash() // cut off: it reports until its deadline, up to a TTL on
+	short := []leasering.Option{leasering.WithTTL(time.Second), leasering.WithHeartbeat(100 * time.Millisecond)}
+	n := e.startNodeWith("a", short, "s", q) // the same id, a new process: it holds
+	n.crash()                                // and dies within its hold
+	oldLeft := old.client.Stats().LeaseLeft
+	t.Logf("the new process died holding; the old one reports for %v more, the new one's TTL is 1s", oldLeft.Round(time.Millisecond))
+	if oldLeft < 2*time.Second {
+		t.Fatalf("the scenario opened no hole: the old process reports for only %v more", oldLeft)
+	}
+	if !waitFor(ttl, func() bool { return old.client.Stats().LeaseLeft == 0 }) {
+		t.Fatal("the old process still reports a TTL after it was cut off")
+	}
+	// The node's partitions go to b once its lease (and hold) is over.
+	e.waitConverged("s", q, nil, ttl+2*hb)
 	chk.finish()
 }

@@ -37,6 +37,7 @@ var oldSchemas = []struct {
 	{"v7", 7, "testdata/schema_and_functions_v7_a49746f.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v8", 8, "testdata/schema_and_functions_v8_38dba32.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v9", 9, "testdata/schema_and_functions_v9_c180b10.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v10", 10, "testdata/schema_and_functions_v10_a0b7cc7.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's
@@ -580,8 +581,8 @@ func TestSQLFilesRefuseOtherVersions(t *testing.T) {
 		{"functions.sql at version 7", "", leasering.FunctionsSQL(), "LR007"},
 		{"migration 6 to 7 at version 7", "", must(leasering.MigrationSQL(6)), "LR007"},
 		{"migration 7 to 8 at version 8", "UPDATE S.schema_version SET version = 8", upgrade, "LR007"},
-		{"schema.sql at version 11", "UPDATE S.schema_version SET version = 11", fresh, "LR002"},
-		{"functions.sql at version 11", "UPDATE S.schema_version SET version = 11", leasering.FunctionsSQL(), "LR002"},
+		{"schema.sql at version 12", "UPDATE S.schema_version SET version = 12", fresh, "LR002"},
+		{"functions.sql at version 12", "UPDATE S.schema_version SET version = 12", leasering.FunctionsSQL(), "LR002"},
 	}
 	for _, c := range cases {
 		tx, err := e.admin.Begin()

@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 10.
+-- leasering: the protocol, schema version 11.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -48,7 +48,8 @@
 --   lapsed  -> live     a heartbeat of the same incarnation ('rejoined', take_lease)
 --   live    -> holding  a heartbeat of another incarnation with p_claim
 --                       (take_lease): it holds until the older lease's end,
---                       and the older incarnation is fenced from then on
+--                       with a lease that lasts at least as long, and the
+--                       older incarnation is fenced from then on
 --   lapsed  -> live     the same, when the older lease has ended already
 --   holding -> live     time: hold_end(hold_until) passes
 --   lapsed  -> absent   eviction, by whoever scans first (scan_and_evict)
@@ -189,12 +190,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 10 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (10)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 11 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (11)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 10 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 10: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 11 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 11: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -431,7 +432,8 @@ LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
-    me nodes;
+    me   nodes;
+    hold timestamptz;  -- the hold_until to write
 BEGIN
     SELECT * INTO me FROM nodes WHERE node_id = p_node FOR UPDATE;
     IF NOT FOUND THEN
@@ -455,11 +457,16 @@ BEGIN
         UPDATE members SET changed = next_version(ring) WHERE node_id = p_node;
         PERFORM bump_version(ring, true) FROM members WHERE node_id = p_node ORDER BY ring;
     END IF;
+    hold := CASE WHEN me.incarnation = p_incarnation THEN me.hold_until  -- a rejoin keeps a hold in force
+                 ELSE greatest(now(), me.expires_at, hold_end(me.hold_until), failover_grace()) END;
     UPDATE nodes
        SET incarnation = p_incarnation,
-           hold_until = CASE WHEN me.incarnation = p_incarnation THEN me.hold_until  -- a rejoin keeps a hold in force
-                             ELSE greatest(now(), me.expires_at, hold_end(me.hold_until), failover_grace()) END,
-           expires_at = p_expires_at,
+           hold_until = hold,
+           -- Never a lease shorter than the hold: a new incarnation with a
+           -- shorter TTL that died during the hold would otherwise be
+           -- evicted, and its partitions taken over, while the older one
+           -- may still use them.
+           expires_at = greatest(p_expires_at, hold),
            metadata = p_metadata,
            ttl_ms = p_ttl_ms
      WHERE node_id = p_node

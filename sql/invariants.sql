@@ -1,4 +1,4 @@
--- leasering: the protocol's invariants, as one query (schema version 10).
+-- leasering: the protocol's invariants, as one query (schema version 11).
 --
 -- It lists the state in the schema that no run of sql/functions.sql can
 -- leave at any commit, one row per violation: kind, ring, partition, node
