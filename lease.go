@@ -89,9 +89,10 @@ type ringState struct {
 type joinState int
 
 const (
-	joined     joinState = iota
-	toJoin               // join it
-	toJoinBusy           // join_rings could not lock it in time: again later, without holding Start back
+	joined        joinState = iota
+	toJoin                  // join it
+	toJoinBusy              // join_rings could not lock it in time: again later, without holding Start back
+	toJoinWaiting           // join_rings recorded the join: a batch makes it (it holds Start back)
 )
 
 func newLease(c *Client, name string, size, vnodes int) *Lease {

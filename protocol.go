@@ -22,6 +22,9 @@ type ringRequest struct {
 	// database tells pending owners when what this node gives up is due.
 	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"`
 	DrainMS     *int64 `json:"drain_ms,omitempty"`
+	// recorded: join_rings has recorded the join already (the client's
+	// own, not sent).
+	recorded bool
 }
 
 // ringChange is one ring in the heartbeat's answer: the node's whole view of

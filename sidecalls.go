@@ -34,9 +34,10 @@ type sideCall struct {
 
 // sideResult is a side call's outcome.
 type sideResult struct {
-	joins   []ringJoin   // join_rings
-	views   []ringViewed // read_views
-	notLive bool         // the lease was not there: the next heartbeat rejoins first
+	joins   []ringJoin    // join_rings
+	waiting []ringRequest // recordJoins: the rings recorded, for the second call
+	views   []ringViewed  // read_views
+	notLive bool          // the lease was not there: the next heartbeat rejoins first
 	err     error
 }
 
@@ -71,17 +72,36 @@ func (s *sideCall) finish(c *Client, res sideResult, now time.Time) {
 	}
 	if s.apply(c, res, now) {
 		s.after = now.Add(c.cfg.heartbeat / 2)
+		if res.joinsWaiting() {
+			// Another call is making a batch of joins, most likely with
+			// this one in it: look again soon, spread out.
+			s.after = now.Add(c.cfg.heartbeat/20 + randomJitter(c.cfg.heartbeat/10))
+		}
 	}
+}
+
+// joinsWaiting says whether join_rings left a join recorded, for a batch.
+func (r sideResult) joinsWaiting() bool {
+	for _, j := range r.joins {
+		if j.Status == ringWaiting {
+			return true
+		}
+	}
+	return false
 }
 
 // ringBusy is join_rings' answer for a ring whose lock it could not get
 // in time: a later call joins it.
 const ringBusy = "busy"
 
+// ringWaiting is join_rings' answer for a join it recorded: the second
+// call makes it, or finds it made, or another call's batch will.
+const ringWaiting = "waiting"
+
 // ringJoin is one ring in join_rings' answer.
 type ringJoin struct {
 	Ring   string `json:"ring"`
-	Status string `json:"status"` // "ok", "size_mismatch" or "busy" (its lock did not come in time)
+	Status string `json:"status"` // "ok", "size_mismatch", "busy" (its lock did not come in time) or "waiting" (recorded)
 	Size   int    `json:"size"`
 }
 
@@ -95,27 +115,82 @@ func (c *Client) joinRequests() []ringRequest {
 	for _, l := range leases {
 		if l.view.join != joined {
 			rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-				HeartbeatMS: c.cfg.heartbeat.Milliseconds(), DrainMS: &drain})
+				HeartbeatMS: c.cfg.heartbeat.Milliseconds(), DrainMS: &drain, recorded: l.view.join == toJoinWaiting})
 		}
 	}
 	return rings
 }
 
-// joinRings makes one join_rings call. It joins rings in name order until
-// it has spent a fortieth of a TTL (10 to 100 ms); those it did not get to
-// stay to join. The call holds each ring's lock until it commits, and the
-// heartbeats of the ring's other members wait for that lock (to confirm
-// releases, to read their views) only briefly: short calls let them in
-// between. One ring is always joined, however long it takes.
+// joinRings joins rings with two join_rings calls. The first records the
+// joins (and creates rings on first use) without waiting for any ring's
+// lock; its commit makes them visible, so that the next call to lead a
+// ring's batch joins every node waiting for it with one rebalance. The
+// second, in name order, finds each join made, or leads the ring's batch
+// (waiting for its lock), or answers "waiting" when another call leads:
+// the loop calls again soon, and only the second then (the joins are
+// recorded). It stops once it has spent a fortieth of a TTL (10 to
+// 100 ms); the rings it did not get to stay to join. It holds each lock
+// it took until it commits, and the heartbeats of the ring's other members
+// wait for that lock (to confirm releases, to read their views) only
+// briefly: short calls let them in between.
 func (c *Client) joinRings(ctx context.Context, rings []ringRequest) sideResult {
+	var waiting, toRecord []ringRequest
+	for _, r := range rings {
+		if r.recorded {
+			waiting = append(waiting, r) // an earlier call recorded it
+		} else {
+			toRecord = append(toRecord, r)
+		}
+	}
+	var res sideResult
+	if len(toRecord) > 0 {
+		res = c.recordJoins(ctx, toRecord, waiting)
+		if res.err != nil || res.notLive {
+			return res
+		}
+		waiting = res.waiting
+	}
+	if len(waiting) == 0 {
+		return res
+	}
+	budget := min(max(c.cfg.ttl/40, 10*time.Millisecond), 100*time.Millisecond)
+	joined := c.callJoinRings(ctx, waiting, budget.Milliseconds())
+	joined.joins = append(res.joins, joined.joins...)
+	return joined
+}
+
+// recordJoins makes the first call for rings not recorded yet: their
+// answers but 'waiting' go to res.joins, and res.waiting is waiting with
+// the rings recorded now.
+func (c *Client) recordJoins(ctx context.Context, rings, waiting []ringRequest) (res sideResult) {
+	recorded := c.callJoinRings(ctx, rings, 0)
+	if recorded.err != nil || recorded.notLive {
+		return recorded
+	}
+	res.waiting = waiting
+	for _, j := range recorded.joins {
+		if j.Status != ringWaiting {
+			res.joins = append(res.joins, j)
+			continue
+		}
+		for _, r := range rings {
+			if r.Ring == j.Ring {
+				res.waiting = append(res.waiting, r)
+			}
+		}
+	}
+	return res
+}
+
+// callJoinRings makes one join_rings call with budget (0: record only).
+func (c *Client) callJoinRings(ctx context.Context, rings []ringRequest, budgetMS int64) sideResult {
 	arg, err := json.Marshal(rings)
 	if err != nil {
 		return sideResult{err: err}
 	}
-	budget := min(max(c.cfg.ttl/40, 10*time.Millisecond), 100*time.Millisecond)
 	var out string
 	err = c.inTx(ctx, c.db, func(q DB) error {
-		return q.QueryRowContext(ctx, c.q.joinRings, c.cfg.nodeID, c.incarnation, string(arg), budget.Milliseconds()).Scan(&out)
+		return q.QueryRowContext(ctx, c.q.joinRings, c.cfg.nodeID, c.incarnation, string(arg), budgetMS).Scan(&out)
 	})
 	if err != nil {
 		return sideResult{err: classifyDBError(err)}
@@ -158,6 +233,8 @@ func (c *Client) joined(res sideResult, now time.Time) (again bool) {
 			c.sizeMismatch(l, j.Size)
 		case ringBusy:
 			l.view.join = toJoinBusy
+		case ringWaiting:
+			l.view.join = toJoinWaiting
 		}
 	}
 	if !any {

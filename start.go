@@ -121,7 +121,7 @@ func (c *Client) startPending() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, l := range c.leases {
-		if l.view.join == toJoin || (l.view.join == joined && (l.view.read || l.view.version == 0)) {
+		if l.view.join == toJoin || l.view.join == toJoinWaiting || (l.view.join == joined && (l.view.read || l.view.version == 0)) {
 			return true
 		}
 	}

@@ -356,7 +356,7 @@ func TestGraceForgetsNoView(t *testing.T) {
 // TestHoldOutlivesAShortLease: a process that takes a node id over from a
 // live one holds until the older lease's end. If it runs with a shorter
 // TTL and dies during its hold, its own lease would end before the hold:
-// until schema version 11 the others then evicted the node and took its
+// before schema version 11 the others then evicted the node and took its
 // partitions over while the older process still reported them (the
 // checker found them reported twice). The lease now lasts at least as long
 // as the hold.

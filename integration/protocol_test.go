@@ -794,3 +794,73 @@ func TestSideCallsBoundTheirFirstWait(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinsAreBatched: nodes that record their joins of a ring (join_rings
+// with budget 0) are all joined by the next call that takes the ring's
+// lock, with one rebalance and one version; the others' second calls then
+// find their joins made. A client of a release before version 12 (one call
+// with a budget) is batched with them.
+func TestJoinsAreBatched(t *testing.T) {
+	s := newSQLNodes(t)
+	s.join("a")
+	const ring = `[{"ring": "r", "size": 8, "vnodes": 8}]`
+	call := func(id string, budget int) string {
+		t.Helper()
+		var answer string
+		if err := s.e.admin.QueryRow(`SELECT "`+s.e.schema+`".join_rings($1, $2, $3::jsonb, $4)::text`, id, "inc-"+id, ring, budget).Scan(&answer); err != nil {
+			t.Fatalf("join_rings for %s, budget %d: %v", id, budget, err)
+		}
+		return answer
+	}
+	version := func() (v, members int64) {
+		t.Helper()
+		if err := s.e.admin.QueryRow(`SELECT version, members_changed FROM "`+s.e.schema+`".rings WHERE name = 'r'`).Scan(&v, &members); err != nil {
+			t.Fatal(err)
+		}
+		return v, members
+	}
+	ids := []string{"b", "c", "d", "e"}
+	for _, id := range ids {
+		if _, err := s.renew(nil, id, true, false, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := call(id, 0); !strings.Contains(got, `"status": "waiting"`) {
+			t.Fatalf("%s recording its join: %s, want waiting", id, got)
+		}
+	}
+	v0, _ := version()
+	if got := call("x-old-client", 1000); !strings.Contains(got, `"not_live"`) {
+		t.Fatalf("a node with no lease: %s, want not_live", got)
+	}
+	if _, err := s.renew(nil, "f", true, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := call("f", 1000); !strings.Contains(got, `"status": "ok"`) { // as a client before version 12 calls
+		t.Fatalf("f joining: %s, want ok", got)
+	}
+	v1, m1 := version()
+	if v1 != v0+1 || m1 != v1 {
+		t.Errorf("the ring went from version %d to %d (members changed at %d) for 5 joins, want one version", v0, v1, m1)
+	}
+	for _, id := range ids {
+		if got := call(id, 1000); !strings.Contains(got, `"status": "ok"`) {
+			t.Errorf("%s after the batch: %s, want ok", id, got)
+		}
+	}
+	if v2, _ := version(); v2 != v1 {
+		t.Errorf("the second calls of the batched nodes moved the ring from version %d to %d", v1, v2)
+	}
+	var members, waiting int
+	if err := s.e.admin.QueryRow(`SELECT (SELECT count(*) FROM "`+s.e.schema+`".members WHERE ring = 'r' AND claimed_by IS NOT NULL),
+		(SELECT count(*) FROM "`+s.e.schema+`".joins)`).Scan(&members, &waiting); err != nil {
+		t.Fatal(err)
+	}
+	if members != 6 || waiting != 0 {
+		t.Errorf("%d members claimed and %d joins waiting, want 6 and 0", members, waiting)
+	}
+	for _, id := range append([]string{"a", "f"}, ids...) {
+		if _, err := s.renew(nil, id, false, false, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -114,21 +114,27 @@
 --   1. nodes rows: the caller's own first (the heartbeat's UPDATE;
 --      take_lease and leave FOR UPDATE; join_rings and read_views FOR KEY
 --      SHARE), then, by an evictor, lapsed nodes' rows
---   2. rings rows, FOR UPDATE, in name order: every change to a ring's
+--   2. joins rows: a node's own, by its join_rings (record_join), which
+--      then waits for the ring; any other only FOR UPDATE SKIP LOCKED, by
+--      join_waiting under the ring's lock
+--   3. rings rows, FOR UPDATE, in name order: every change to a ring's
 --      members or partitions holds its ring's row
---   3. members rows: a node's own, by a transaction that holds its node's
---      row or evicts it; any other only FOR SHARE SKIP LOCKED
---   4. partitions rows, under their ring's lock; holds() share-locks one in
+--   4. members rows: a node's own, by a transaction that holds its node's
+--      row or evicts it; any other only with SKIP LOCKED (FOR SHARE, or
+--      FOR UPDATE by join_waiting, which holds that node's row)
+--   5. partitions rows, under their ring's lock; holds() share-locks one in
 --      a user's transaction
 --
 -- The exceptions, each safe because the late lock is never waited for or
 -- its wait gives up on its own:
 --   - rebalance, under a ring's lock, share-locks nodes and other nodes'
---     member rows with SKIP LOCKED: it never waits for them;
+--     member rows with SKIP LOCKED: it never waits for them; join_waiting
+--     likewise locks the nodes, joins rows and member rows of the joins it
+--     makes;
 --   - an evictor that evicted nothing waits for a node row another evictor
 --     holds only while it holds no ring;
 --   - leave deletes its member rows before it takes its rings: nobody who
---     holds a ring waits for a member row (3);
+--     holds a ring waits for a member row (4);
 --   - a heartbeat goes through rings in name order once per phase (evict
 --     and hand on, then ring work), so its ring work may wait for a name
 --     before one it took while evicting. That wait is a subtransaction's,
@@ -616,16 +622,30 @@ $$;
 -- ---------------------------------------------------------------------
 
 -- join_rings: node p_node joins (or rejoins) the rings of p_rings, a JSON
--- array of {ring, size, vnodes, heartbeat_ms, drain_ms}, in a statement of its own rather than in a
--- heartbeat: creating a ring of 65,536 partitions and the rebalance of a
--- join each take up to a second there, which a heartbeat must never spend
--- (its lease is counted from its start). The node's lease must be live and
--- its incarnation current. Rings go in name order, each waiting at most a
--- second for its lock (a user transaction may hold a partition through
--- holds()); once p_budget_ms has passed after the first, the rest are left
--- for the next call. Returns, for each ring it got to, {ring, status: 'ok' |
--- 'size_mismatch' | 'busy', size}; a ring it did not get to is not listed,
--- and 'not_live' alone when the lease is not there.
+-- array of {ring, size, vnodes, heartbeat_ms, drain_ms}, in statements of
+-- its own rather than in a heartbeat: creating a ring of 65,536 partitions
+-- and the rebalance of a join each take up to a second there, which a
+-- heartbeat must never spend (its lease is counted from its start). The
+-- node's lease must be live and its incarnation current.
+--
+-- Joins are batched. The client calls twice. With p_budget_ms = 0 the call
+-- records the node's joins (record_join: it creates a ring on first use)
+-- and takes no ring's lock; its commit makes them visible. The second call
+-- takes each ring's lock in name order, waiting at most a second (a user
+-- transaction may hold a partition through holds()), and joins every node
+-- recorded as waiting for that ring with one rebalance (join_waiting), or
+-- finds its own join done by another's. So N nodes starting at once
+-- rebalance a few times, not N times, and hold their pooled connections a
+-- few milliseconds each rather than queueing on the ring's lock. Once
+-- p_budget_ms has passed after the first ring, the rest are left for the
+-- next call. A client of a release before schema version 11 calls only
+-- the second way, which records its joins first.
+--
+-- Returns, for each ring it got to, {ring, status, size}: 'ok' (joined),
+-- 'size_mismatch', 'waiting' (recorded: another call makes the batch, or
+-- the next one), or 'busy' (its lock did not come in time: a user
+-- transaction may hold it); a ring it did not get to is not listed, and
+-- 'not_live' alone when the lease is not there.
 CREATE OR REPLACE FUNCTION leasering.join_rings(p_node text, p_incarnation text, p_rings jsonb, p_budget_ms integer)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -635,6 +655,7 @@ DECLARE
     started timestamptz := clock_timestamp();
     r       record;
     st      text;
+    lead    boolean;  -- this call makes the ring's batch
     outs    jsonb[] := '{}';  -- see renew_and_read
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN  -- see renew_and_read
@@ -661,13 +682,26 @@ BEGIN
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, heartbeat_ms integer, drain_ms integer)
          ORDER BY x.ring
     LOOP
-        EXIT WHEN cardinality(outs) > 0 AND clock_timestamp() - started > p_budget_ms * interval '1 millisecond';
+        EXIT WHEN p_budget_ms > 0 AND cardinality(outs) > 0 AND clock_timestamp() - started > p_budget_ms * interval '1 millisecond';
         BEGIN
-            st := claim_vnodes(p_node, p_incarnation, r.ring, r.size, r.vnodes);
-            IF st = 'ok' THEN
-                UPDATE members SET heartbeat_ms = r.heartbeat_ms, drain_ms = r.drain_ms
-                 WHERE ring = r.ring AND node_id = p_node
-                   AND (heartbeat_ms, drain_ms) IS DISTINCT FROM (r.heartbeat_ms, r.drain_ms);
+            IF p_budget_ms = 0 OR NOT EXISTS (SELECT 1 FROM joins WHERE ring = r.ring AND node_id = p_node AND incarnation = p_incarnation) THEN
+                st := record_join(p_node, p_incarnation, r.ring, r.size, r.vnodes, r.heartbeat_ms, r.drain_ms);
+            ELSE
+                st := 'waiting';
+            END IF;
+            -- One call at a time per ring leads (an advisory lock): it waits
+            -- for the ring's lock and makes the batch. The others answer
+            -- 'waiting' at once, not holding their connections, and the
+            -- client calls again soon, most likely to find its join made.
+            IF st = 'waiting' AND p_budget_ms > 0 THEN
+                lead := pg_try_advisory_xact_lock(hashtextextended('leasering join_rings ' || r.ring, 0));
+                IF NOT joined(p_node, p_incarnation, r.ring, r.vnodes) AND lead THEN
+                    PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
+                    PERFORM join_waiting(r.ring);
+                END IF;
+                IF joined(p_node, p_incarnation, r.ring, r.vnodes) THEN
+                    st := 'ok';
+                END IF;
             END IF;
             outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', st,
                                                           'size', (SELECT size FROM rings WHERE name = r.ring)));
@@ -1008,29 +1042,22 @@ BEGIN
 END
 $$;
 
--- claim_vnodes: incarnation p_incarnation of node p_node joins (or
--- rejoins) a ring. The node's lease row must exist. Creates the ring on
--- first use, refuses a size other than the ring's, places the vnodes and
--- rebalances. A member row left by an older incarnation, or by this one
--- before its lease lapsed, is reclaimed: the epochs of the partitions the
--- node owns there rise, so the fencing tokens handed out before die, and
--- the ring is rebalanced. That moves nothing in a balanced ring, but a
--- rebalance may have run while the lease had lapsed and the node counted
--- as dead: it may have left the ring without owners (no other live
--- member) or given the node's share to others, and nothing else would
--- give it back until the members change (found by the invariant check,
--- unowned_with_live_member). Returns 'ok' or 'size_mismatch'; a mismatch
--- writes nothing.
-CREATE OR REPLACE FUNCTION leasering.claim_vnodes(p_node text, p_incarnation text, p_ring text, p_size integer, p_vnodes integer)
+-- record_join: node p_node's join of ring p_ring waits for the ring's lock
+-- (the first call of join_rings, and the second's for a join not recorded
+-- yet). Creates the ring on first use. Returns 'size_mismatch' (the ring
+-- has another size: nothing written), 'ok' (already joined with these
+-- vnodes, heartbeat and drain: nothing to do) or 'waiting'. Takes no
+-- ring's lock: the row in joins is the node's own (see LOCK ORDER).
+CREATE OR REPLACE FUNCTION leasering.record_join(p_node text, p_incarnation text, p_ring text, p_size integer, p_vnodes integer,
+                                                 p_heartbeat_ms integer, p_drain_ms integer)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
     cur_size integer;
-    m        members;
 BEGIN
-    SELECT size INTO cur_size FROM rings WHERE name = p_ring FOR UPDATE;
+    SELECT size INTO cur_size FROM rings WHERE name = p_ring;
     IF NOT FOUND THEN
         INSERT INTO rings (name, size, told_at) VALUES (p_ring, p_size, (SELECT noticed_at FROM server_identity))
         ON CONFLICT (name) DO NOTHING;
@@ -1038,21 +1065,120 @@ BEGIN
             INSERT INTO partitions (ring, partition)
             SELECT p_ring, g FROM generate_series(0, p_size - 1) AS g;
         END IF;
-        SELECT size INTO cur_size FROM rings WHERE name = p_ring FOR UPDATE;
+        SELECT size INTO cur_size FROM rings WHERE name = p_ring;
     END IF;
     IF cur_size <> p_size THEN
         RETURN 'size_mismatch';
     END IF;
+    IF joined(p_node, p_incarnation, p_ring, p_vnodes)
+       AND EXISTS (SELECT 1 FROM members WHERE ring = p_ring AND node_id = p_node
+                      AND (heartbeat_ms, drain_ms) IS NOT DISTINCT FROM (p_heartbeat_ms, p_drain_ms)) THEN
+        RETURN 'ok';
+    END IF;
+    INSERT INTO joins AS j (ring, node_id, incarnation, vnodes, heartbeat_ms, drain_ms)
+    VALUES (p_ring, p_node, p_incarnation, p_vnodes, p_heartbeat_ms, p_drain_ms)
+    ON CONFLICT (ring, node_id) DO UPDATE
+       SET incarnation = excluded.incarnation, vnodes = excluded.vnodes,
+           heartbeat_ms = excluded.heartbeat_ms, drain_ms = excluded.drain_ms
+     WHERE (j.incarnation, j.vnodes, j.heartbeat_ms, j.drain_ms)
+           IS DISTINCT FROM (excluded.incarnation, excluded.vnodes, excluded.heartbeat_ms, excluded.drain_ms);
+    RETURN 'waiting';
+END
+$$;
 
+-- joined: incarnation p_incarnation of node p_node is a member of ring
+-- p_ring with p_vnodes vnodes, claimed.
+CREATE OR REPLACE FUNCTION leasering.joined(p_node text, p_incarnation text, p_ring text, p_vnodes integer)
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT 1 FROM leasering.members m
+                    WHERE m.ring OPERATOR(pg_catalog.=) p_ring AND m.node_id OPERATOR(pg_catalog.=) p_node
+                      AND m.claimed_by OPERATOR(pg_catalog.=) p_incarnation AND m.vnodes OPERATOR(pg_catalog.=) p_vnodes)
+$$;
+
+-- join_waiting: joins every node recorded as waiting for ring p_ring
+-- (record_join) whose lease is live and whose incarnation recorded it, then
+-- rebalances once. The caller holds the ring's row lock. Rows and nodes
+-- another transaction holds are skipped, never waited for: a join being
+-- recorded again, or a node being evicted or taken over; their own calls
+-- join them. The rows it joined are deleted; a row of an older incarnation
+-- is overwritten by the newer one's record, and an evicted node's goes with
+-- its node row.
+CREATE OR REPLACE FUNCTION leasering.join_waiting(p_ring text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    j       record;
+    st      text;
+    placed  boolean := false;  -- a member row was made or changed
+    changed boolean := false;  -- anything to rebalance
+    done    text[] := '{}';
+BEGIN
+    FOR j IN
+        SELECT w.node_id, w.incarnation, w.vnodes, w.heartbeat_ms, w.drain_ms, g.size
+          FROM joins w
+          JOIN nodes n ON n.node_id = w.node_id
+          JOIN rings g ON g.name = w.ring
+         WHERE w.ring = p_ring AND n.incarnation = w.incarnation AND n.expires_at > now()
+         ORDER BY w.node_id
+           FOR UPDATE OF w SKIP LOCKED
+           FOR KEY SHARE OF n SKIP LOCKED
+    LOOP
+        PERFORM 1 FROM members WHERE ring = p_ring AND node_id = j.node_id FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND AND EXISTS (SELECT 1 FROM members WHERE ring = p_ring AND node_id = j.node_id) THEN
+            CONTINUE;  -- its member row is busy (a view being read): its own call joins it
+        END IF;
+        st := claim_vnodes(j.node_id, j.incarnation, p_ring, j.size, j.vnodes);
+        placed := placed OR st = 'placed';
+        changed := changed OR st IN ('placed', 'reclaimed');
+        UPDATE members m SET heartbeat_ms = j.heartbeat_ms, drain_ms = j.drain_ms
+         WHERE m.ring = p_ring AND m.node_id = j.node_id
+           AND (m.heartbeat_ms, m.drain_ms) IS DISTINCT FROM (j.heartbeat_ms, j.drain_ms);
+        done := array_append(done, j.node_id);
+    END LOOP;
+    DELETE FROM joins WHERE ring = p_ring AND node_id = ANY (done);
+    IF changed THEN
+        PERFORM rebalance(p_ring);
+        PERFORM bump_version(p_ring, placed);
+    END IF;
+END
+$$;
+
+-- claim_vnodes: incarnation p_incarnation of node p_node joins (or
+-- rejoins) a ring. The caller holds the ring's row lock and rebalances
+-- after it (join_waiting, once for all the joins it makes). The node's
+-- lease row must exist. Refuses a size other than the ring's, places the
+-- vnodes. A member row left by an older incarnation, or by this one
+-- before its lease lapsed, is reclaimed: the epochs of the partitions the
+-- node owns there rise, so the fencing tokens handed out before die, and
+-- the ring must be rebalanced. That moves nothing in a balanced ring, but
+-- a rebalance may have run while the lease had lapsed and the node counted
+-- as dead: it may have left the ring without owners (no other live
+-- member) or given the node's share to others, and nothing else would
+-- give it back until the members change (found by the invariant check,
+-- unowned_with_live_member). Returns 'placed' (a member row made or its
+-- vnodes changed: stamped with next_version), 'reclaimed', 'ok' (nothing
+-- changed) or 'size_mismatch' (nothing written).
+CREATE OR REPLACE FUNCTION leasering.claim_vnodes(p_node text, p_incarnation text, p_ring text, p_size integer, p_vnodes integer)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    m  members;
+    st text := 'ok';
+BEGIN
+    IF (SELECT size FROM rings WHERE name = p_ring) <> p_size THEN
+        RETURN 'size_mismatch';
+    END IF;
     SELECT * INTO m FROM members WHERE ring = p_ring AND node_id = p_node FOR UPDATE;
     IF FOUND AND m.claimed_by IS DISTINCT FROM p_incarnation THEN
         UPDATE partitions SET epoch = epoch + 1 WHERE ring = p_ring AND owner = p_node;
         UPDATE members SET claimed_by = p_incarnation WHERE ring = p_ring AND node_id = p_node;
-        IF m.vnodes = p_vnodes THEN
-            PERFORM rebalance(p_ring);
-            PERFORM bump_version(p_ring);
-            RETURN 'ok';
-        END IF;
+        st := 'reclaimed';
     END IF;
     INSERT INTO members AS mm (ring, node_id, vnodes, positions, changed, claimed_by)
     VALUES (p_ring, p_node, p_vnodes, vnode_positions(p_ring, p_node, p_vnodes), next_version(p_ring), p_incarnation)
@@ -1060,10 +1186,9 @@ BEGIN
        SET vnodes = excluded.vnodes, positions = excluded.positions, changed = excluded.changed
      WHERE mm.vnodes <> excluded.vnodes;
     IF FOUND THEN
-        PERFORM rebalance(p_ring);
-        PERFORM bump_version(p_ring, true);
+        st := 'placed';
     END IF;
-    RETURN 'ok';
+    RETURN st;
 END
 $$;
 

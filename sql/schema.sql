@@ -104,6 +104,21 @@ CREATE TABLE IF NOT EXISTS leasering.members (
 );
 CREATE INDEX IF NOT EXISTS members_node_id ON leasering.members (node_id);
 
+-- A node's join of a ring, waiting for the ring's lock (join_rings). Whoever
+-- next holds the lock joins every node waiting, with one rebalance. No
+-- foreign key to rings: its check would share-lock the ring's row, which
+-- the join in progress holds.
+CREATE TABLE IF NOT EXISTS leasering.joins (
+    ring         text NOT NULL,
+    node_id      text NOT NULL REFERENCES leasering.nodes (node_id) ON DELETE CASCADE,
+    incarnation  text NOT NULL,
+    vnodes       integer NOT NULL CHECK (vnodes BETWEEN 1 AND 256),
+    heartbeat_ms integer CHECK (heartbeat_ms > 0),
+    drain_ms     integer CHECK (drain_ms >= 0),
+    PRIMARY KEY (ring, node_id)
+);
+CREATE INDEX IF NOT EXISTS joins_node_id ON leasering.joins (node_id);
+
 -- A partition is in one of four states (see functions.sql):
 --   free       owner NULL
 --   owned      owner set, next_owner NULL
