@@ -292,6 +292,11 @@ func (r *chaosRun) join(s *chaosSlot) {
 		r.t.Fatalf("start %s: %v", id, err)
 	}
 	s.n = n
+	r.mu.Lock()
+	if sp := r.impaired[id]; len(sp) > 0 && sp[len(sp)-1].to.IsZero() {
+		sp[len(sp)-1].to = time.Now() // an id started again: healthy from now
+	}
+	r.mu.Unlock()
 	r.event("join %s", id)
 }
 
