@@ -798,8 +798,9 @@ func TestSideCallsBoundTheirFirstWait(t *testing.T) {
 // TestJoinsAreBatched: nodes that record their joins of a ring (join_rings
 // with budget 0) are all joined by the next call that takes the ring's
 // lock, with one rebalance and one version; the others' second calls then
-// find their joins made. A client of a release before version 12 (one call
-// with a budget) is batched with them.
+// find their joins made. A client of a release before version 11 (one call
+// with a budget) is batched with them, and the batches of rings of the same
+// name in other schemas do not hold it up.
 func TestJoinsAreBatched(t *testing.T) {
 	s := newSQLNodes(t)
 	s.join("a")
@@ -835,7 +836,19 @@ func TestJoinsAreBatched(t *testing.T) {
 	if _, err := s.renew(nil, "f", true, false, 0); err != nil {
 		t.Fatal(err)
 	}
-	if got := call("f", 1000); !strings.Contains(got, `"status": "ok"`) { // as a client before version 12 calls
+	// Another schema's batch of a ring of the same name goes on meanwhile:
+	// it must not keep this one's call from leading.
+	other, err := s.e.admin.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback()
+	for _, key := range []string{"leasering join_rings r", "other_schema join_rings r"} {
+		if _, err := other.Exec(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := call("f", 1000); !strings.Contains(got, `"status": "ok"`) { // as a client before version 11 calls
 		t.Fatalf("f joining: %s, want ok", got)
 	}
 	v1, m1 := version()

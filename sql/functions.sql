@@ -689,12 +689,14 @@ BEGIN
             ELSE
                 st := 'waiting';
             END IF;
-            -- One call at a time per ring leads (an advisory lock): it waits
-            -- for the ring's lock and makes the batch. The others answer
+            -- One call at a time per ring leads: it holds an advisory lock
+            -- keyed on this schema (current_schema(), the pinned
+            -- search_path's first) and the ring, waits for the ring's lock
+            -- and makes the batch. The others answer
             -- 'waiting' at once, not holding their connections, and the
             -- client calls again soon, most likely to find its join made.
             IF st = 'waiting' AND p_budget_ms > 0 THEN
-                lead := pg_try_advisory_xact_lock(hashtextextended('leasering join_rings ' || r.ring, 0));
+                lead := pg_try_advisory_xact_lock(hashtextextended(current_schema() || ' join_rings ' || r.ring, 0));
                 IF NOT joined(p_node, p_incarnation, r.ring, r.vnodes) AND lead THEN
                     PERFORM 1 FROM rings WHERE name = r.ring FOR UPDATE;
                     PERFORM join_waiting(r.ring);
