@@ -34,10 +34,9 @@ type sideCall struct {
 
 // sideResult is a side call's outcome.
 type sideResult struct {
-	joins   []ringJoin    // join_rings
-	waiting []ringRequest // recordJoins: the rings recorded, for the second call
-	views   []ringViewed  // read_views
-	notLive bool          // the lease was not there: the next heartbeat rejoins first
+	joins   []ringJoin   // join_rings
+	views   []ringViewed // read_views
+	notLive bool         // the lease was not there: the next heartbeat rejoins first
 	err     error
 }
 
@@ -144,11 +143,25 @@ func (c *Client) joinRings(ctx context.Context, rings []ringRequest) sideResult 
 	}
 	var res sideResult
 	if len(toRecord) > 0 {
-		res = c.recordJoins(ctx, toRecord, waiting)
+		res = c.callJoinRings(ctx, toRecord, 0)
 		if res.err != nil || res.notLive {
 			return res
 		}
-		waiting = res.waiting
+		// The rings just recorded go to the second call; the answers for
+		// the others (joined already, or of another size) stand.
+		answered := res.joins[:0]
+		for _, j := range res.joins {
+			if j.Status != ringWaiting {
+				answered = append(answered, j)
+				continue
+			}
+			for _, r := range toRecord {
+				if r.Ring == j.Ring {
+					waiting = append(waiting, r)
+				}
+			}
+		}
+		res.joins = answered
 	}
 	if len(waiting) == 0 {
 		return res
@@ -157,29 +170,6 @@ func (c *Client) joinRings(ctx context.Context, rings []ringRequest) sideResult 
 	joined := c.callJoinRings(ctx, waiting, budget.Milliseconds())
 	joined.joins = append(res.joins, joined.joins...)
 	return joined
-}
-
-// recordJoins makes the first call for rings not recorded yet: their
-// answers but 'waiting' go to res.joins, and res.waiting is waiting with
-// the rings recorded now.
-func (c *Client) recordJoins(ctx context.Context, rings, waiting []ringRequest) (res sideResult) {
-	recorded := c.callJoinRings(ctx, rings, 0)
-	if recorded.err != nil || recorded.notLive {
-		return recorded
-	}
-	res.waiting = waiting
-	for _, j := range recorded.joins {
-		if j.Status != ringWaiting {
-			res.joins = append(res.joins, j)
-			continue
-		}
-		for _, r := range rings {
-			if r.Ring == j.Ring {
-				res.waiting = append(res.waiting, r)
-			}
-		}
-	}
-	return res
 }
 
 // callJoinRings makes one join_rings call with budget (0: record only).
