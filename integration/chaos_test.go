@@ -718,8 +718,16 @@ func (r *chaosRun) watchLeases() {
 // is later, plus that heartbeat's round trip (rtt). An assignment is
 // taken at its latest, the end of the read that saw it: under load a
 // read's start and end lie tens of milliseconds apart, and the start would
-// hold the owner to a heartbeat it could not have heard in.
-func (r *chaosRun) deliver(p int, since time.Time, n *node, rtt time.Duration) (time.Time, bool, error) {
+// hold the owner to a heartbeat it could not have heard in. When the chaos
+// impaired n itself between its assignment and its report (at), n's
+// heartbeats were held back: a report while still impaired is in time
+// (a slow answer got through), and after the heal it is due by the heal
+// plus a heartbeat's timeout (TTL/2, the most a heartbeat in flight then
+// can take) plus a heartbeat, plus two round trips (a probe goes first
+// when that heartbeat came late). Seen in CI: a node slowed to 888 ms
+// round trips was given partitions 0.4 s before its heal, and its answer
+// in flight delivered them 0.3 s after it.
+func (r *chaosRun) deliver(p int, since, at time.Time, n *node, rtt time.Duration) (time.Time, bool, error) {
 	limit := since.Add(chaosTTL + chaosHeartbeat)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -733,6 +741,16 @@ func (r *chaosRun) deliver(p int, since time.Time, n *node, rtt time.Duration) (
 	}
 	given := h[i].at
 	due := maxTime(limit, given.Add(chaosHeartbeat)).Add(rtt)
+	for _, s := range r.impaired[n.id] {
+		if s.from.After(at) || (!s.to.IsZero() && s.to.Before(given)) {
+			continue // not between n's assignment and its report
+		}
+		if s.to.IsZero() || s.to.After(at) {
+			due = maxTime(due, at)
+		} else {
+			due = maxTime(due, s.to.Add(chaosTTL/2+chaosHeartbeat+2*rtt))
+		}
+	}
 	// Walk back over the owners before n to the one in force at the limit.
 	for j := i; ; j-- {
 		if !h[j].after.After(limit) {

@@ -48,7 +48,7 @@ type checker struct {
 	// an error if the database did not decide in time. retry asks to be
 	// called again while the facts it needs are not in yet. No report by
 	// hardLimit is a violation.
-	deliver    func(p int, since time.Time, n *node, rtt time.Duration) (by time.Time, retry bool, err error)
+	deliver    func(p int, since, at time.Time, n *node, rtt time.Duration) (by time.Time, retry bool, err error)
 	hardLimit  time.Duration
 	delivered  atomic.Int64 // gaps past gapLimit whose partition the database had given in time
 	mu         sync.Mutex
@@ -142,7 +142,7 @@ func (c *checker) run() {
 			}
 		}
 		for p, r := range reported {
-			by, retry, err := c.deliver(p, r.since, r.n, r.rtt)
+			by, retry, err := c.deliver(p, r.since, r.at, r.n, r.rtt)
 			if retry && now.Sub(r.at) < time.Second {
 				continue
 			}
@@ -297,16 +297,16 @@ func TestCheckerDeliverRule(t *testing.T) {
 	y := e.startNode("y", "q", 8) // healthy, and reports nothing of ring r
 	for _, tc := range []struct {
 		name    string
-		deliver func(p int, since time.Time, n *node, rtt time.Duration) (time.Time, bool, error)
+		deliver func(p int, since, at time.Time, n *node, rtt time.Duration) (time.Time, bool, error)
 		fail    bool
 	}{
-		{"reported in time", func(int, time.Time, *node, time.Duration) (time.Time, bool, error) {
+		{"reported in time", func(int, time.Time, time.Time, *node, time.Duration) (time.Time, bool, error) {
 			return time.Now().Add(time.Hour), false, nil
 		}, false},
-		{"reported late", func(_ int, since time.Time, _ *node, _ time.Duration) (time.Time, bool, error) {
+		{"reported late", func(_ int, since, _ time.Time, _ *node, _ time.Duration) (time.Time, bool, error) {
 			return since, false, nil
 		}, true},
-		{"database late", func(int, time.Time, *node, time.Duration) (time.Time, bool, error) {
+		{"database late", func(int, time.Time, time.Time, *node, time.Duration) (time.Time, bool, error) {
 			return time.Time{}, false, errors.New("given too late")
 		}, true},
 	} {
@@ -352,6 +352,10 @@ func TestChaosDeliverFollowsTheOwners(t *testing.T) {
 	n := &node{id: "n"}
 	slowed := map[string][]span{"m": {{from: at(-500), to: at(limitMS + 900)}}}
 	healed := map[string][]span{"m": {{from: at(-500), to: at(-100)}}}
+	nSlowed := map[string][]span{"n": {{from: at(-500), to: at(limitMS + 100)}}}
+	nSlowedBefore := map[string][]span{"n": {{from: at(-500), to: at(100)}}}
+	nStillSlowed := map[string][]span{"n": {{from: at(-500)}}}
+	report := at(limitMS + 2000) // n's report, for the rule on n's own impairment
 	for _, tc := range []struct {
 		name     string
 		history  []assignedAt
@@ -365,6 +369,12 @@ func TestChaosDeliverFollowsTheOwners(t *testing.T) {
 		{"given in time to a slowed node, then to n", []assignedAt{{after: at(100), at: at(110), owner: "m"}, {after: at(limitMS + 500), at: at(limitMS + 510), owner: "n"}}, slowed, false,
 			at(limitMS + 510).Add(chaosHeartbeat + 50*time.Millisecond)},
 		{"given in time to a healthy node that never reported it", []assignedAt{{after: at(100), at: at(110), owner: "m"}, {after: at(limitMS + 500), at: at(limitMS + 510), owner: "n"}}, healed, true, time.Time{}},
+		{"given in time to n while slowed: due a timeout and a heartbeat after the heal", []assignedAt{{after: at(100), at: at(110), owner: "n"}}, nSlowed, false,
+			at(limitMS + 100).Add(chaosTTL/2 + chaosHeartbeat + 100*time.Millisecond)},
+		{"given in time to n after its slowdown healed", []assignedAt{{after: at(100), at: at(110), owner: "n"}}, nSlowedBefore, false,
+			at(limitMS).Add(50 * time.Millisecond)},
+		{"given in time to n still slowed when it reported", []assignedAt{{after: at(100), at: at(110), owner: "n"}}, nStillSlowed, false,
+			report},
 		{"given late to a slowed node", []assignedAt{{after: at(-10), at: at(0), owner: ""}, {after: at(limitMS + 100), at: at(limitMS + 110), owner: "m"}, {after: at(limitMS + 500), at: at(limitMS + 510), owner: "n"}}, slowed, true, time.Time{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -372,7 +382,7 @@ func TestChaosDeliverFollowsTheOwners(t *testing.T) {
 			if r.impaired == nil {
 				r.impaired = map[string][]span{}
 			}
-			due, retry, err := r.deliver(7, base, n, 50*time.Millisecond)
+			due, retry, err := r.deliver(7, base, report, n, 50*time.Millisecond)
 			if retry {
 				t.Fatal("deliver asks to wait: the history has n")
 			}
