@@ -48,15 +48,19 @@ type checker struct {
 	// an error if the database did not decide in time. retry asks to be
 	// called again while the facts it needs are not in yet. No report by
 	// hardLimit is a violation.
-	deliver    func(p int, since, at time.Time, n *node, rtt time.Duration) (by time.Time, retry bool, err error)
-	hardLimit  time.Duration
-	delivered  atomic.Int64 // gaps past gapLimit whose partition the database had given in time
-	mu         sync.Mutex
-	violations []string
-	maxGap     time.Duration
-	maxOver    time.Duration // the most a delivered gap came past gapLimit
-	stop       chan struct{}
-	done       chan struct{}
+	deliver   func(p int, since, at time.Time, n *node, rtt time.Duration) (by time.Time, retry bool, err error)
+	hardLimit time.Duration
+	// heldImpaired, if set, says a gap past hardLimit is not a violation
+	// yet: the database holds the partition with an owner the chaos
+	// impaired (deliver judges the report when it comes).
+	heldImpaired func(p int, since, now time.Time) bool
+	delivered    atomic.Int64 // gaps past gapLimit whose partition the database had given in time
+	mu           sync.Mutex
+	violations   []string
+	maxGap       time.Duration
+	maxOver      time.Duration // the most a delivered gap came past gapLimit
+	stop         chan struct{}
+	done         chan struct{}
 }
 
 func (e *env) startChecker(ring string, size int, gapLimit time.Duration) *checker {
@@ -177,7 +181,7 @@ func (c *checker) run() {
 				c.mu.Unlock()
 				if gap <= c.gapLimit {
 					delete(overSince, p)
-				} else if c.deliver != nil && gap <= c.hardLimit {
+				} else if c.deliver != nil && (gap <= c.hardLimit || c.heldImpaired != nil && c.heldImpaired(p, t, now)) {
 					if _, ok := overSince[p]; !ok {
 						overSince[p] = t
 					}
@@ -391,6 +395,45 @@ func TestChaosDeliverFollowsTheOwners(t *testing.T) {
 			}
 			if err == nil && !due.Equal(tc.due) {
 				t.Errorf("due at %v, want %v", due.Sub(base), tc.due.Sub(base))
+			}
+		})
+	}
+}
+
+// TestChaosHeldImpairedExcusesOnlyTheChaos proves the checker lets a gap run
+// past its hard limit only while the database holds the partition, given
+// in time, with an owner the chaos impaired since it got it.
+func TestChaosHeldImpairedExcusesOnlyTheChaos(t *testing.T) {
+	t.Parallel()
+	base := time.Now()
+	at := func(ms int) time.Time { return base.Add(time.Duration(ms) * time.Millisecond) }
+	limitMS := int((chaosTTL + chaosHeartbeat) / time.Millisecond) // the gap begins at base
+	now := at(limitMS + 1500)
+	tailMS := int(impairedTail(chaosHeartbeat) / time.Millisecond)
+	inTime := []assignedAt{{after: at(100), at: at(110), owner: "m"}}
+	for _, tc := range []struct {
+		name     string
+		history  []assignedAt
+		impaired map[string][]span
+		want     bool
+	}{
+		{"given in time to a node slowed since", inTime, map[string][]span{"m": {{from: at(-500)}}}, true},
+		{"given in time to a node healed just now", inTime, map[string][]span{"m": {{from: at(-500), to: now.Add(-time.Duration(tailMS-100) * time.Millisecond)}}}, true},
+		{"given in time to a node healed a tail ago", inTime, map[string][]span{"m": {{from: at(-500), to: now.Add(-time.Duration(tailMS+100) * time.Millisecond)}}}, false},
+		{"given in time to a node healed before it got it", inTime, map[string][]span{"m": {{from: at(-500), to: at(50)}}}, false},
+		{"given in time to a healthy node", inTime, nil, false},
+		{"given late to a slowed node", []assignedAt{{after: at(-10), at: at(0), owner: ""}, {after: at(limitMS + 100), at: at(limitMS + 110), owner: "m"}},
+			map[string][]span{"m": {{from: at(-500)}}}, false},
+		{"given in time to a healthy node, then to a slowed one", []assignedAt{{after: at(100), at: at(110), owner: "h"}, {after: at(limitMS + 100), at: at(limitMS + 110), owner: "m"}},
+			map[string][]span{"m": {{from: at(-500)}}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &chaosRun{begin: base, assigned: map[int][]assignedAt{7: tc.history}, impaired: tc.impaired}
+			if r.impaired == nil {
+				r.impaired = map[string][]span{}
+			}
+			if got := r.heldImpaired(7, base, now); got != tc.want {
+				t.Errorf("heldImpaired = %v, want %v", got, tc.want)
 			}
 		})
 	}
