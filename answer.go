@@ -122,11 +122,11 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h hand
 		case ringView:
 			l.view.read = true // the loop reads it with read_views
 		case ringIncoming:
-			l.view.setIncoming(ch, now)
+			l.view.setIncoming(ch, incomingMeasured(res.sent, res.recv))
 		default:
 			views++
 			before := len(l.view.current.values)
-			l.applyView(ch, now)
+			l.applyViewAt(ch, now, incomingMeasured(res.sent, res.recv))
 			c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,
 				"owned_before", before, "owned", len(l.view.current.values), "revoking_partitions", ch.Revoking, "partitions", l.view.current.values)
 		}

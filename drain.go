@@ -93,13 +93,29 @@ const (
 )
 
 // setIncoming records a view's (or an incoming answer's) due times of the
-// partitions pending to this node, answered at now.
-func (v *ringState) setIncoming(ch ringChange, now time.Time) {
+// partitions pending to this node, which the database gave as offsets from
+// its clock while it answered: measured is that instant on the local
+// clock. A heartbeat's answer takes it halfway through the round trip
+// (incomingMeasured). Taken at the answer's arrival, every due came late by
+// up to the round trip, and the look after it waited that round trip again
+// (CI: a look answered in 70 ms moved the next 50 ms later, and a handoff
+// with no drain took 129 ms).
+func (v *ringState) setIncoming(ch ringChange, measured time.Time) {
 	v.incoming = v.incoming[:0]
 	for _, ms := range ch.Incoming {
-		v.incoming = append(v.incoming, now.Add(time.Duration(ms)*time.Millisecond))
+		v.incoming = append(v.incoming, measured.Add(time.Duration(ms)*time.Millisecond))
 	}
 	v.waiting = len(ch.Incoming)+ch.IncomingUnknown > 0
+}
+
+// incomingMeasured is when, on the local clock, the database most likely
+// measured the dues of an answer to a call sent at sent and answered at
+// recv: halfway.
+func incomingMeasured(sent, recv time.Time) time.Time {
+	if sent.IsZero() || recv.Before(sent) {
+		return recv
+	}
+	return sent.Add(recv.Sub(sent) / 2)
 }
 
 // nextLook is when the node should next renew to hear of incoming

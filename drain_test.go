@@ -147,3 +147,44 @@ func TestNextRelease(t *testing.T) {
 		t.Errorf("drain 0: nextRelease = %v, want at once", got.Sub(t0))
 	}
 }
+
+// TestIncomingDuesCountFromMidRoundTrip: the dues a heartbeat's answer
+// gives count from halfway through its round trip, when the database most
+// likely measured them, not from the answer's arrival: on a 70 ms round
+// trip, a due the database gave as 21 ms past is 35 ms - 21 ms after the
+// heartbeat was sent. Counted from the arrival, the due came 35 ms late,
+// and the look after it waited a round trip more (CI: a handoff with no
+// drain took 129 ms against a limit of 128).
+func TestIncomingDuesCountFromMidRoundTrip(t *testing.T) {
+	db, _ := newMock(t)
+	c := newTestClient(t, db)
+	l, err := c.Lease("orders", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	recv := sent.Add(70 * time.Millisecond)
+	for _, ch := range []ringChange{
+		{Ring: "orders", Status: ringIncoming, Incoming: []int64{-21}},
+		{Ring: "orders", Version: 2, Status: statusOK, Partitions: []int{0}, Epochs: []int64{1}, Incoming: []int64{-21}},
+	} {
+		c.applyChanges(renewResult{sent: sent, recv: recv, changes: []ringChange{ch}}, recv)
+		c.mu.Lock()
+		got := append([]time.Time(nil), l.view.incoming...)
+		c.mu.Unlock()
+		if want := sent.Add(14 * time.Millisecond); len(got) != 1 || !got[0].Equal(want) {
+			t.Errorf("%s answer: dues %v after the send, want [14ms]", ch.Status, offsets(got, sent))
+		}
+	}
+	if got := incomingMeasured(time.Time{}, recv); !got.Equal(recv) {
+		t.Errorf("no send time: measured at %v, want the answer's arrival", got)
+	}
+}
+
+func offsets(ts []time.Time, from time.Time) []time.Duration {
+	out := make([]time.Duration, len(ts))
+	for i, t := range ts {
+		out[i] = t.Sub(from)
+	}
+	return out
+}

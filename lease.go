@@ -263,9 +263,13 @@ func (l *Lease) replace(s *snapshot, cause error) {
 
 // applyView takes the database's view of this ring. Partitions being handed
 // over are kept out of the visible snapshot from this moment.
-func (l *Lease) applyView(v ringChange, now time.Time) {
+func (l *Lease) applyView(v ringChange, now time.Time) { l.applyViewAt(v, now, now) }
+
+// applyViewAt is applyView for a view whose incoming dues the database
+// measured at the local time measured (see setIncoming).
+func (l *Lease) applyViewAt(v ringChange, now, measured time.Time) {
 	l.view.version = v.Version
-	l.view.setIncoming(v, now)
+	l.view.setIncoming(v, measured)
 	revoking := make(map[int]bool, len(v.Revoking))
 	var locked map[int]bool // read once, if needed
 	for _, p := range v.Revoking {
