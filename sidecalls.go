@@ -150,16 +150,16 @@ func (c *Client) joinRings(ctx context.Context, rings []ringRequest) sideResult 
 		}
 		// The rings just recorded go to the second call; the answers for
 		// the others (joined already, or of another size) stand.
+		byRing := make(map[string]ringRequest, len(toRecord))
+		for _, r := range toRecord {
+			byRing[r.Ring] = r
+		}
 		answered := res.joins[:0]
 		for _, j := range res.joins {
-			if j.Status != ringWaiting {
+			if r, ok := byRing[j.Ring]; ok && j.Status == ringWaiting {
+				waiting = append(waiting, r)
+			} else {
 				answered = append(answered, j)
-				continue
-			}
-			for _, r := range toRecord {
-				if r.Ring == j.Ring {
-					waiting = append(waiting, r)
-				}
 			}
 		}
 		res.joins = answered
