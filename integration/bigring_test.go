@@ -15,9 +15,10 @@ import (
 // it, rebalancing it on a join), so nodes stay live through it. The
 // defaults are the short forms CI runs; BENCHMARKS.md has the full runs.
 var (
-	bigRingNodes    = flag.Int("bigring.nodes", 1, "TestBigRing: nodes on the ring of 65,536 (CI: 1; the full runs: 4 and 100)")
-	manyRingsRings  = flag.Int("manyrings.rings", 100, "TestManyRings: rings of 64 on each client (the full run: 1000)")
-	manyRingsWithin = flag.Duration("manyrings.within", 10*time.Second, "TestManyRings: all live and balanced within this of the first Start")
+	bigRingNodes     = flag.Int("bigring.nodes", 1, "TestBigRing: nodes on the ring of 65,536 (CI: 1; the full runs: 4 and 100)")
+	bigRingHeartbeat = flag.Duration("bigring.heartbeat", 0, "TestBigRing: the nodes' heartbeat (0: the default, TTL/10)")
+	manyRingsRings   = flag.Int("manyrings.rings", 100, "TestManyRings: rings of 64 on each client (the full run: 1000)")
+	manyRingsWithin  = flag.Duration("manyrings.within", 10*time.Second, "TestManyRings: all live and balanced within this of the first Start")
 )
 
 // startAll starts every node, at most 20 Start calls in flight, and fails
@@ -52,8 +53,9 @@ func startAll(t *testing.T, nodes []*node) {
 }
 
 // pooledNodes makes n clients on one shared pool of 20 connections, each
-// with a lease on every ring of rings (all of size q).
-func pooledNodes(t *testing.T, e *env, n int, rings []string, q int) []*node {
+// with a lease on every ring of rings (all of size q), with the env's TTL
+// and opts.
+func pooledNodes(t *testing.T, e *env, n int, rings []string, q int, opts ...leasering.Option) []*node {
 	t.Helper()
 	pool := openDB(t, e.dsn)
 	pool.SetMaxOpenConns(20)
@@ -73,8 +75,8 @@ func pooledNodes(t *testing.T, e *env, n int, rings []string, q int) []*node {
 	for i := range nodes {
 		id := fmt.Sprintf("n%03d", i)
 		warnings := &nodeLog{warnings: !e.trace}
-		c, err := leasering.NewClient(pool, leasering.WithNodeID(id), leasering.WithSchema(e.schema),
-			leasering.WithTTL(e.ttl), leasering.WithLogger(warnings.logger()))
+		c, err := leasering.NewClient(pool, append([]leasering.Option{leasering.WithNodeID(id), leasering.WithSchema(e.schema),
+			leasering.WithTTL(e.ttl), leasering.WithLogger(warnings.logger())}, opts...)...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,7 +110,11 @@ func noLeaseLost(t *testing.T, nodes []*node) {
 func TestBigRing(t *testing.T) {
 	const ring, q = "big", 65536
 	e := newEnv(t, time.Second, 100*time.Millisecond)
-	nodes := pooledNodes(t, e, *bigRingNodes, []string{ring}, q)
+	var opts []leasering.Option
+	if *bigRingHeartbeat > 0 {
+		opts = append(opts, leasering.WithHeartbeat(*bigRingHeartbeat))
+	}
+	nodes := pooledNodes(t, e, *bigRingNodes, []string{ring}, q, opts...)
 
 	begin := time.Now()
 	startAll(t, nodes[:1])

@@ -273,7 +273,8 @@ END $$;
 -- READ COMMITTED transactions from then on.
 --
 -- Phases: late_heartbeat (a probe or a late heartbeat), the renewal itself
--- or take_lease (absent, lapsed or another incarnation's), scan_and_evict
+-- or take_lease (absent, lapsed or another incarnation's), settle_hold
+-- (after a takeover of the id), scan_and_evict
 -- (p_scan), then ring_work for each ring that needs work; one statement
 -- finds those, so a steady heartbeat costs the same for a thousand rings as
 -- for one (a ring that changes after it ran is answered by the next
@@ -326,12 +327,7 @@ BEGIN
     END IF;
     hold := me.hold_until;
     IF hold > '-infinity' THEN  -- only after a takeover of the id
-        hold := hold_end(hold);
-        IF hold <= now() THEN  -- over, on this server: forget it
-            UPDATE nodes SET hold_until = '-infinity'
-             WHERE node_id = p_node
-               AND NOT EXISTS (SELECT 1 FROM partitions WHERE owner = p_node AND released);
-        END IF;
+        hold := settle_hold(p_node, hold);
     END IF;
     IF p_scan THEN
         next_event := scan_and_evict(p_node, p_ttl_ms);
@@ -479,6 +475,28 @@ BEGIN
     RETURNING * INTO me;
     UPDATE members SET claimed_by = NULL WHERE node_id = p_node;
     RETURN me;
+END
+$$;
+
+-- settle_hold: the phase of a heartbeat of a node with a hold recorded
+-- (hold_until > '-infinity', only after a takeover of its id). Returns the
+-- hold's end on this server (hold_end); once that has passed, forgets the
+-- hold (hold_until = '-infinity', so that no later heartbeat asks about the
+-- server), as soon as nothing released during it is left to hand on.
+CREATE OR REPLACE FUNCTION leasering.settle_hold(p_node text, p_hold_until timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    hold timestamptz := hold_end(p_hold_until);
+BEGIN
+    IF hold <= now() THEN
+        UPDATE nodes SET hold_until = '-infinity'
+         WHERE node_id = p_node
+           AND NOT EXISTS (SELECT 1 FROM partitions WHERE owner = p_node AND released);
+    END IF;
+    RETURN hold;
 END
 $$;
 
