@@ -131,8 +131,9 @@
 --     member rows with SKIP LOCKED: it never waits for them; join_waiting
 --     likewise locks the nodes, joins rows and member rows of the joins it
 --     makes;
---   - an evictor that evicted nothing waits for a node row another evictor
---     holds only while it holds no ring;
+--   - an evictor that evicted nothing waits (FOR SHARE) for a node row
+--     another evictor or a rejoin holds, only while it holds no ring, and
+--     never for the KEY SHARE of join_rings or read_views;
 --   - leave deletes its member rows before it takes its rings: nobody who
 --     holds a ring waits for a member row (4);
 --   - a heartbeat goes through rings in name order once per phase (evict
@@ -533,8 +534,7 @@ BEGIN
                                                        THEN hold_end(hold_until) END))
       INTO next_expiry, next_event
       FROM nodes WHERE node_id <> p_node;
-    hold_over := EXISTS (SELECT 1 FROM partitions p JOIN nodes o ON o.node_id = p.owner
-                          WHERE p.released AND hold_end(o.hold_until) <= now());
+    hold_over := EXISTS (SELECT 1 FROM held_released() AS h WHERE h.over);
     IF next_expiry <= now() OR hold_over THEN
         -- A takeover is worth waiting for (the dead node's partitions have
         -- no owner until it is done), and it is rare.
@@ -553,8 +553,12 @@ BEGIN
                 -- outcome and its node takes over now rather than a
                 -- heartbeat later; if that one gave up, evict them here.
                 -- Only while holding no ring lock: the other one may be
-                -- waiting for a ring.
-                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR UPDATE;
+                -- waiting for a ring. FOR SHARE waits for an evictor (FOR
+                -- UPDATE) and a rejoin (take_lease), never for the KEY
+                -- SHARE of a join_rings or read_views, which may run for
+                -- seconds (a batch's rebalance of 65,536 partitions): every
+                -- scanning heartbeat waited out its lock wait on those.
+                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR SHARE;
                 dead_rings := evict_expired(p_node);
             END IF;
             -- The dead's rings and those with partitions released during a
@@ -562,8 +566,7 @@ BEGIN
             FOR dead_ring IN
                 SELECT x FROM unnest(dead_rings) AS x
                 UNION
-                SELECT p.ring FROM partitions p JOIN nodes o ON o.node_id = p.owner
-                 WHERE p.released AND hold_end(o.hold_until) <= now()
+                SELECT h.ring FROM held_released() AS h WHERE h.over
                 ORDER BY 1
             LOOP
                 PERFORM 1 FROM rings WHERE name = dead_ring FOR UPDATE;
@@ -1345,6 +1348,27 @@ BEGIN
         RETURN p_hold_until;
     END IF;
     RETURN greatest(p_hold_until, failover_grace());
+END
+$$;
+
+-- held_released: the rings with partitions released during a hold (only
+-- a node with a hold recorded, hold_until > '-infinity', has any: see
+-- settle_hold), and whether that hold is over on this server. Found from
+-- the nodes, of which few or none hold: every scan asks, and a scan of the
+-- partitions (65,536 in one ring, a table no ANALYZE may have reached yet)
+-- took 70 ms a call on a quiet server, the most frequent point where
+-- heartbeats were cancelled with 100 nodes on a ring of 65,536 at TTL 1 s.
+CREATE OR REPLACE FUNCTION leasering.held_released()
+RETURNS TABLE (ring text, over boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+        SELECT DISTINCT p.ring, hold_end(o.hold_until) <= now()
+          FROM nodes o
+          JOIN partitions p ON p.owner = o.node_id AND p.released
+         WHERE o.hold_until > '-infinity';
 END
 $$;
 
