@@ -30,7 +30,7 @@ func TestScanDoesNotWaitForAJoinsShareLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer joining.Rollback()
-	if _, err := joining.Exec(`SELECT 1 FROM "`+s.e.schema+`".nodes WHERE node_id = 'd' FOR KEY SHARE`); err != nil {
+	if _, err := joining.Exec(`SELECT 1 FROM "` + s.e.schema + `".nodes WHERE node_id = 'd' FOR KEY SHARE`); err != nil {
 		t.Fatal(err)
 	}
 
