@@ -190,8 +190,13 @@ func (c *Client) announce(rings string) {
 	}()
 }
 
-// ringsJSON is names as a JSON array.
+// ringsJSON is names as a JSON array ("[]" for none: a nil slice would be
+// JSON's null, which announce once sent, and which failed in the database
+// after every join_rings call that joined nothing).
 func ringsJSON(names ...string) string {
+	if len(names) == 0 {
+		return "[]"
+	}
 	b, _ := json.Marshal(names)
 	return string(b)
 }

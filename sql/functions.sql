@@ -112,8 +112,9 @@
 --
 --   0. the migration's advisory lock (migrations only; then table locks)
 --   1. nodes rows: the caller's own first (the heartbeat's UPDATE;
---      take_lease and leave FOR UPDATE; join_rings and read_views FOR KEY
---      SHARE), then, by an evictor, lapsed nodes' rows
+--      take_lease FOR NO KEY UPDATE; leave FOR UPDATE; join_rings and
+--      read_views FOR KEY SHARE, which neither of the first two waits
+--      for), then, by an evictor, lapsed nodes' rows
 --   2. joins rows: a node's own, by its join_rings (record_join), which
 --      then waits for the ring; any other only FOR UPDATE SKIP LOCKED, by
 --      join_waiting under the ring's lock
@@ -131,9 +132,9 @@
 --     member rows with SKIP LOCKED: it never waits for them; join_waiting
 --     likewise locks the nodes, joins rows and member rows of the joins it
 --     makes;
---   - an evictor that evicted nothing waits (FOR SHARE) for a node row
---     another evictor or a rejoin holds, only while it holds no ring, and
---     never for the KEY SHARE of join_rings or read_views;
+--   - an evictor that evicted nothing waits (FOR KEY SHARE) for a node
+--     row another evictor holds (FOR UPDATE), only while it holds no ring;
+--     it never waits for a rejoin or for join_rings or read_views;
 --   - leave deletes its member rows before it takes its rings: nobody who
 --     holds a ring waits for a member row (4);
 --   - a heartbeat goes through rings in name order once per phase (evict
@@ -438,7 +439,11 @@ DECLARE
     me   nodes;
     hold timestamptz;  -- the hold_until to write
 BEGIN
-    SELECT * INTO me FROM nodes WHERE node_id = p_node FOR UPDATE;
+    -- NO KEY UPDATE: it waits for an evictor (FOR UPDATE) and another
+    -- heartbeat of the id, never for the KEY SHARE of a join_rings or
+    -- read_views, which may run for seconds: a lapsed node's rejoin,
+    -- whose lock wait is 20 ms, failed over and over behind them.
+    SELECT * INTO me FROM nodes WHERE node_id = p_node FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         INSERT INTO nodes (node_id, incarnation, expires_at, hold_until, metadata, ttl_ms)
         VALUES (p_node, p_incarnation, p_expires_at, '-infinity', p_metadata, p_ttl_ms)
@@ -553,12 +558,13 @@ BEGIN
                 -- outcome and its node takes over now rather than a
                 -- heartbeat later; if that one gave up, evict them here.
                 -- Only while holding no ring lock: the other one may be
-                -- waiting for a ring. FOR SHARE waits for an evictor (FOR
-                -- UPDATE) and a rejoin (take_lease), never for the KEY
-                -- SHARE of a join_rings or read_views, which may run for
-                -- seconds (a batch's rebalance of 65,536 partitions): every
-                -- scanning heartbeat waited out its lock wait on those.
-                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR SHARE;
+                -- waiting for a ring. FOR KEY SHARE waits for an evictor
+                -- (FOR UPDATE) alone: not for a rejoin (take_lease), nor
+                -- for the KEY SHARE of a join_rings or read_views, which
+                -- may run for seconds (a batch's rebalance of 65,536
+                -- partitions): every scanning heartbeat waited out its
+                -- lock wait on those.
+                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR KEY SHARE;
                 dead_rings := evict_expired(p_node);
             END IF;
             -- The dead's rings and those with partitions released during a
