@@ -32,7 +32,9 @@
 // matter. The heartbeat, renew_and_read, extends the node's lease, evicts
 // nodes whose lease has lapsed, confirms partitions the node has released,
 // tells it which rings to join (it joins them, and reads big views, in
-// statements of its own, so no heartbeat does a ring's heavy work), and
+// statements of its own, so no heartbeat creates or joins a ring; the
+// heartbeat that evicts a dead node does rebalance its rings, which for a
+// ring of 65,536 takes most of a second), and
 // answers only for rings whose version moved since the node last looked. In steady state it is one round
 // trip that writes one row (a HOT update), whatever the number of rings.
 // Its answer includes when the earliest other lease ends; the node renews

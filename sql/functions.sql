@@ -132,9 +132,9 @@
 --     member rows with SKIP LOCKED: it never waits for them; join_waiting
 --     likewise locks the nodes, joins rows and member rows of the joins it
 --     makes;
---   - an evictor that evicted nothing waits (FOR KEY SHARE) for a node
---     row another evictor holds (FOR UPDATE), only while it holds no ring;
---     it never waits for a rejoin or for join_rings or read_views;
+--   - an evictor that evicted nothing waits (FOR NO KEY UPDATE) for a
+--     node row another evictor or a rejoin holds, only while it holds no
+--     ring; it never waits for the KEY SHARE of join_rings or read_views;
 --   - leave deletes its member rows before it takes its rings: nobody who
 --     holds a ring waits for a member row (4);
 --   - a heartbeat goes through rings in name order once per phase (evict
@@ -558,13 +558,14 @@ BEGIN
                 -- outcome and its node takes over now rather than a
                 -- heartbeat later; if that one gave up, evict them here.
                 -- Only while holding no ring lock: the other one may be
-                -- waiting for a ring. FOR KEY SHARE waits for an evictor
-                -- (FOR UPDATE) alone: not for a rejoin (take_lease), nor
-                -- for the KEY SHARE of a join_rings or read_views, which
-                -- may run for seconds (a batch's rebalance of 65,536
-                -- partitions): every scanning heartbeat waited out its
-                -- lock wait on those.
-                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR KEY SHARE;
+                -- waiting for a ring. FOR NO KEY UPDATE waits for an
+                -- evictor (FOR UPDATE), a rejoin (take_lease) or a
+                -- rebalance deciding who is dead, and the waiters take
+                -- turns, but it never waits for the KEY SHARE of a
+                -- join_rings or read_views, which may run for seconds (a
+                -- batch's rebalance of 65,536 partitions): every scanning
+                -- heartbeat waited out its lock wait on those.
+                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR NO KEY UPDATE;
                 dead_rings := evict_expired(p_node);
             END IF;
             -- The dead's rings and those with partitions released during a
