@@ -2,9 +2,24 @@ package integration
 
 import (
 	"context"
+	"database/sql"
 	"testing"
 	"time"
 )
+
+// keyShareNode share-locks node id's row in a transaction of its own, as
+// join_rings and read_views do for as long as they run (FOR KEY SHARE).
+func keyShareNode(t *testing.T, s *sqlNodes, id string) *sql.Tx {
+	t.Helper()
+	tx, err := s.e.admin.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`SELECT 1 FROM "`+s.e.schema+`".nodes WHERE node_id = $1 FOR KEY SHARE`, id); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
 
 // TestScanDoesNotWaitForAJoinsShareLock: a lapsed node's row is
 // share-locked by a statement that may run for seconds (join_rings and
@@ -25,14 +40,8 @@ func TestScanDoesNotWaitForAJoinsShareLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.expire("d")
-	joining, err := s.e.admin.BeginTx(context.Background(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	joining := keyShareNode(t, s, "d")
 	defer joining.Rollback()
-	if _, err := joining.Exec(`SELECT 1 FROM "` + s.e.schema + `".nodes WHERE node_id = 'd' FOR KEY SHARE`); err != nil {
-		t.Fatal(err)
-	}
 
 	// The heartbeat's lock wait is a quarter of its TTL, at most a second
 	// (set_lock_wait): 1 s here. Returning before that, with the lock
@@ -80,14 +89,8 @@ func TestRejoinDoesNotWaitForAJoinsShareLock(t *testing.T) {
 		s.join(id)
 	}
 	s.expire("d")
-	joining, err := s.e.admin.BeginTx(context.Background(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	joining := keyShareNode(t, s, "d")
 	defer joining.Rollback()
-	if _, err := joining.Exec(`SELECT 1 FROM "` + s.e.schema + `".nodes WHERE node_id = 'd' FOR KEY SHARE`); err != nil {
-		t.Fatal(err)
-	}
 	h, err := s.renew(nil, "d", false, false, 0)
 	if err != nil {
 		t.Fatalf("d's heartbeat with its row share-locked: %v", err)
