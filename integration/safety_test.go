@@ -12,7 +12,7 @@ import (
 	"github.com/leasering/leasering"
 )
 
-// The tests of this file try the library as a hostile or careless user
+// The tests of the safety*_test.go files try the library as a hostile or careless user
 // would: a search_path that puts a writable schema first, roles with the
 // least privilege, errors that no retry cures, a default isolation other
 // than READ COMMITTED, odd databases and a Start cut short.

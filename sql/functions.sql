@@ -1367,7 +1367,7 @@ $$;
 -- heartbeats were cancelled with 100 nodes on a ring of 65,536 at TTL 1 s.
 CREATE OR REPLACE FUNCTION leasering.held_released()
 RETURNS TABLE (ring text, over boolean)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql  -- not STABLE: hold_end may record a new server (failover_grace)
 SET search_path = leasering, pg_temp
 AS $$
 BEGIN
