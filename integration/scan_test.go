@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -97,5 +98,79 @@ func TestRejoinDoesNotWaitForAJoinsShareLock(t *testing.T) {
 	}
 	if h.status != "rejoined" || h.leaseMS <= 0 {
 		t.Errorf("d's heartbeat answered %q with %d ms of lease, want rejoined and a lease", h.status, h.leaseMS)
+	}
+}
+
+// TestScanKeepsNoLockOnRowsItCouldNotEvict: a scanning heartbeat that waited
+// for a lapsed node's row and then could not evict it (a join holds it)
+// keeps no lock on it for the rest of its transaction: that node's rejoin
+// waits for such a lock, 20 ms at most, and with every node scanning while
+// one has lapsed, the rejoin would rarely find the row free.
+func TestScanKeepsNoLockOnRowsItCouldNotEvict(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	for _, id := range []string{"a", "d"} {
+		s.join(id)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a sees the ring as it is now
+		t.Fatal(err)
+	}
+	s.expire("d")
+	joining := keyShareNode(t, s, "d")
+	defer joining.Rollback()
+
+	// a's scanning heartbeat, in a transaction left open.
+	scanning, err := s.e.admin.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer scanning.Rollback()
+	rings := `[{"ring": "r", "size": 8, "vnodes": 8, "version": ` + fmt.Sprint(s.version["a"]) + `}]`
+	var status string
+	if err := scanning.QueryRow(`SELECT node_status FROM "`+s.e.schema+`".renew_and_read('a', 'inc-a', $1, '', $2::jsonb, false, true, clock_timestamp())`,
+		sqlTTLms, rings).Scan(&status); err != nil || status != "ok" {
+		t.Fatalf("a's scanning heartbeat: %q, %v", status, err)
+	}
+	if !s.exists("d") {
+		t.Fatal("d was evicted while a join held its row")
+	}
+
+	h, err := s.renew(nil, "d", false, false, 0)
+	if err != nil {
+		t.Fatalf("d's rejoin while a's scanning heartbeat is still open: %v", err)
+	}
+	if h.status != "rejoined" || h.leaseMS <= 0 {
+		t.Errorf("d's heartbeat answered %q with %d ms of lease, want rejoined and a lease", h.status, h.leaseMS)
+	}
+}
+
+// TestScanHandsOnAReleaseWhoseHoldWasForgotten: a partition marked released
+// whose owner's hold is already forgotten (hold_until '-infinity') is handed
+// on by the next scan. A late heartbeat that confirms releases takes no
+// lock on its node's row, so its mark can commit just after the node's next
+// heartbeat forgot the hold (settle_hold saw nothing released yet); a scan
+// that looked only at owners with a hold recorded left such a partition
+// unowned until its owner sent the release again.
+func TestScanHandsOnAReleaseWhoseHoldWasForgotten(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a", "b", "c")
+	moving := s.handingOff("a", "b")
+	if len(moving) == 0 {
+		t.Fatalf("a hands nothing to b: %v", s.rows())
+	}
+	p := moving[0]
+	// What the race leaves: released, and a's hold forgotten.
+	if _, err := s.e.admin.Exec(`UPDATE "`+s.e.schema+`".partitions SET released = true WHERE ring = 'r' AND partition = $1`, p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET hold_until = '-infinity' WHERE node_id = 'a'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.renew(nil, "c", false, true, 0); err != nil {
+		t.Fatalf("c's scanning heartbeat: %v", err)
+	}
+	if row := s.rows()[p]; row.owner != "b" || row.next != "" {
+		t.Errorf("partition %d after a scan: %+v, want handed on to b", p, row)
 	}
 }

@@ -111,10 +111,10 @@
 -- two wait for each other:
 --
 --   0. the migration's advisory lock (migrations only; then table locks)
---   1. nodes rows: the caller's own first (the heartbeat's UPDATE;
---      take_lease FOR NO KEY UPDATE; leave FOR UPDATE; join_rings and
---      read_views FOR KEY SHARE, which neither of the first two waits
---      for), then, by an evictor, lapsed nodes' rows
+--   1. nodes rows: the caller's own first (the heartbeat's UPDATE and
+--      take_lease, FOR NO KEY UPDATE, which do not wait for the FOR KEY
+--      SHARE of join_rings and read_views; leave FOR UPDATE), then, by an
+--      evictor, lapsed nodes' rows
 --   2. joins rows: a node's own, by its join_rings (record_join), which
 --      then waits for the ring; any other only FOR UPDATE SKIP LOCKED, by
 --      join_waiting under the ring's lock
@@ -133,8 +133,9 @@
 --     likewise locks the nodes, joins rows and member rows of the joins it
 --     makes;
 --   - an evictor that evicted nothing waits (FOR NO KEY UPDATE) for a
---     node row another evictor or a rejoin holds, only while it holds no
---     ring; it never waits for the KEY SHARE of join_rings or read_views;
+--     node row another evictor, a rejoin or a rebalance holds, only while
+--     it holds no ring, and undoes that wait if it then evicts nothing; it
+--     does not wait for the KEY SHARE of join_rings or read_views;
 --   - leave deletes its member rows before it takes its rings: nobody who
 --     holds a ring waits for a member row (4);
 --   - a heartbeat goes through rings in name order once per phase (evict
@@ -179,6 +180,8 @@
 --   LR005 the transaction is not READ COMMITTED
 --   LR006 the server encoding is neither UTF8 nor SQL_ASCII
 --   LR007 the tables are at another version than the file applied expects
+--   LR008 (never leaves scan_and_evict) a wait for another evictor evicted
+--         nothing: undo it, so that its row locks go
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- partition_of hashes a key's bytes in the server encoding, Go its UTF-8
@@ -439,10 +442,15 @@ DECLARE
     me   nodes;
     hold timestamptz;  -- the hold_until to write
 BEGIN
-    -- NO KEY UPDATE: it waits for an evictor (FOR UPDATE) and another
-    -- heartbeat of the id, never for the KEY SHARE of a join_rings or
-    -- read_views, which may run for seconds: a lapsed node's rejoin,
-    -- whose lock wait is 20 ms, failed over and over behind them.
+    -- NO KEY UPDATE: it waits for an evictor (FOR UPDATE), a rebalance
+    -- deciding whether this node is dead (FOR SHARE: the rejoin must not
+    -- interleave with it), a scanner's wait and another heartbeat of the
+    -- id, but not for the KEY SHARE of a join_rings or read_views, which
+    -- may run for seconds: a lapsed node's rejoin, whose lock wait is
+    -- 20 ms, failed over and over behind them. (Its member rows below may
+    -- still be held by its own read_views.) A takeover by a new
+    -- incarnation no longer waits for the old one's join_rings either:
+    -- a join made for the old one is reclaimed (claim_vnodes) by the new.
     SELECT * INTO me FROM nodes WHERE node_id = p_node FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         INSERT INTO nodes (node_id, incarnation, expires_at, hold_until, metadata, ttl_ms)
@@ -560,13 +568,24 @@ BEGIN
                 -- Only while holding no ring lock: the other one may be
                 -- waiting for a ring. FOR NO KEY UPDATE waits for an
                 -- evictor (FOR UPDATE), a rejoin (take_lease) or a
-                -- rebalance deciding who is dead, and the waiters take
-                -- turns, but it never waits for the KEY SHARE of a
-                -- join_rings or read_views, which may run for seconds (a
-                -- batch's rebalance of 65,536 partitions): every scanning
-                -- heartbeat waited out its lock wait on those.
-                PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR NO KEY UPDATE;
-                dead_rings := evict_expired(p_node);
+                -- rebalance deciding who is dead (FOR SHARE), and the
+                -- waiters take turns, but it does not wait for the KEY
+                -- SHARE of a join_rings or read_views, which may run for
+                -- seconds (a batch's rebalance of 65,536 partitions):
+                -- every scanning heartbeat waited out its lock wait on
+                -- those. A row such a statement holds cannot be evicted
+                -- either; if nothing was, the wait is undone (LR008), so
+                -- that this heartbeat keeps no lock on rows it could not
+                -- evict: their nodes' rejoins wait for those locks.
+                BEGIN
+                    PERFORM 1 FROM nodes WHERE expires_at <= now() AND node_id <> p_node FOR NO KEY UPDATE;
+                    dead_rings := evict_expired(p_node);
+                    IF cardinality(dead_rings) = 0 THEN
+                        RAISE EXCEPTION 'nothing evicted' USING ERRCODE = 'LR008';
+                    END IF;
+                EXCEPTION WHEN SQLSTATE 'LR008' THEN
+                    NULL;
+                END;
             END IF;
             -- The dead's rings and those with partitions released during a
             -- hold that is now over, in name order.
@@ -1131,8 +1150,9 @@ $$;
 -- (record_join) whose lease is live and whose incarnation recorded it, then
 -- rebalances once. The caller holds the ring's row lock. Rows and nodes
 -- another transaction holds are skipped, never waited for: a join being
--- recorded again, or a node being evicted or taken over; their own calls
--- join them. The rows it joined are deleted; a row of an older incarnation
+-- recorded again, or a node being evicted; their own calls join them (a
+-- node taken over meanwhile may be joined for its old incarnation: the
+-- new one reclaims the member row). The rows it joined are deleted; a row of an older incarnation
 -- is overwritten by the newer one's record, and an evicted node's goes with
 -- its node row.
 CREATE OR REPLACE FUNCTION leasering.join_waiting(p_ring text)
@@ -1358,13 +1378,15 @@ BEGIN
 END
 $$;
 
--- held_released: the rings with partitions released during a hold (only
--- a node with a hold recorded, hold_until > '-infinity', has any: see
--- settle_hold), and whether that hold is over on this server. Found from
--- the nodes, of which few or none hold: every scan asks, and a scan of the
--- partitions (65,536 in one ring, a table no ANALYZE may have reached yet)
--- took 70 ms a call on a quiet server, the most frequent point where
--- heartbeats were cancelled with 100 nodes on a ring of 65,536 at TTL 1 s.
+-- held_released: the rings with partitions released during a hold, and
+-- whether their owner's hold is over on this server (an owner whose hold
+-- was forgotten, '-infinity', counts as over: a late heartbeat's release
+-- may commit after settle_hold looked). Every scan asks. Asked as
+-- EXISTS (...), PostgreSQL planned a scan of every partition, which wants
+-- one row fast and, with no statistics yet on a new ring, expects many
+-- released: 70 ms a call on a ring of 65,536, the most frequent point
+-- where heartbeats were cancelled with 100 nodes on it at TTL 1 s. Asked
+-- whole, it reads the partial index partitions_released: under 1 ms.
 CREATE OR REPLACE FUNCTION leasering.held_released()
 RETURNS TABLE (ring text, over boolean)
 LANGUAGE plpgsql  -- not STABLE: hold_end may record a new server (failover_grace)
@@ -1373,9 +1395,9 @@ AS $$
 BEGIN
     RETURN QUERY
         SELECT DISTINCT p.ring, hold_end(o.hold_until) <= now()
-          FROM nodes o
-          JOIN partitions p ON p.owner = o.node_id AND p.released
-         WHERE o.hold_until > '-infinity';
+          FROM partitions p
+          JOIN nodes o ON o.node_id = p.owner
+         WHERE p.released;
 END
 $$;
 
