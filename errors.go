@@ -79,6 +79,9 @@ const (
 	stateConcurrentStart = "LR004"
 	stateNotReadCommit   = "LR005"
 	stateEncoding        = "LR006"
+	// A scan's wait for another evictor that evicted nothing undoes itself
+	// with it; it never leaves the database.
+	stateNothingEvicted = "LR008"
 )
 
 // lrStates says what each of them means to the client: the sentinel a
@@ -97,6 +100,7 @@ var lrStates = map[string]struct {
 	// Another process migrated between our reading the version and our
 	// migration taking its lock: ensureSchema reads the version again.
 	stateSchemaOtherVersion: {retry: true},
+	stateNothingEvicted:     {retry: true}, // caught in scan_and_evict; were it to escape, the next heartbeat scans again
 }
 
 // sqlState is the SQLSTATE of a database error, "" for any other error.
