@@ -41,7 +41,12 @@ func (r *chaosRun) impairedDuring(id string, from, to time.Time) bool {
 // (a slow answer got through), and after the heal it is due by the heal
 // plus impairedTail. Seen in CI: a node slowed to 888 ms round trips was
 // given partitions 0.4 s before its heal, and its answer in flight
-// delivered them 0.3 s after it.
+// delivered them 0.3 s after it. A heal less than impairedTail before the
+// assignment counts too: c03, slowed to 842 ms round trips, healed 9 ms
+// before it was given partitions, while a heartbeat sent during the
+// slowdown was still on its way; that one came back 165 ms later with the
+// view read before the assignment, and the next brought the partitions
+// 1 ms after the healthy node's due time.
 func (r *chaosRun) deliver(p int, since, at time.Time, n *node, rtt time.Duration) (time.Time, bool, error) {
 	limit := since.Add(chaosTTL + chaosHeartbeat)
 	r.mu.Lock()
@@ -57,8 +62,8 @@ func (r *chaosRun) deliver(p int, since, at time.Time, n *node, rtt time.Duratio
 	given := h[i].at
 	due := maxTime(limit, given.Add(chaosHeartbeat)).Add(rtt)
 	for _, s := range r.impaired[n.id] {
-		if s.from.After(at) || (!s.to.IsZero() && s.to.Before(given)) {
-			continue // not between n's assignment and its report
+		if s.from.After(at) || (!s.to.IsZero() && s.to.Add(impairedTail(rtt)).Before(given)) {
+			continue // neither between n's assignment and its report nor healed within a tail before it
 		}
 		if s.to.IsZero() || s.to.After(at) {
 			due = maxTime(due, at)
@@ -170,6 +175,7 @@ func TestChaosDeliverFollowsTheOwners(t *testing.T) {
 	healed := map[string][]span{"m": {{from: at(-500), to: at(-100)}}}
 	nSlowed := map[string][]span{"n": {{from: at(-500), to: at(limitMS + 100)}}}
 	nSlowedBefore := map[string][]span{"n": {{from: at(-500), to: at(100)}}}
+	nHealedJustBefore := map[string][]span{"n": {{from: at(-500), to: at(limitMS - 239)}}}
 	nStillSlowed := map[string][]span{"n": {{from: at(-500)}}}
 	report := at(limitMS + 2000) // n's report, for the rule on n's own impairment
 	for _, tc := range []struct {
@@ -189,6 +195,8 @@ func TestChaosDeliverFollowsTheOwners(t *testing.T) {
 			at(limitMS + 100).Add(chaosTTL/2 + chaosHeartbeat + 100*time.Millisecond)},
 		{"given in time to n after its slowdown healed", []assignedAt{{after: at(100), at: at(110), owner: "n"}}, nSlowedBefore, false,
 			at(limitMS).Add(50 * time.Millisecond)},
+		{"given in time to n just after its slowdown healed: a heartbeat from the slowdown may be on its way", []assignedAt{{after: at(limitMS - 240), at: at(limitMS - 230), owner: "n"}}, nHealedJustBefore, false,
+			at(limitMS - 239).Add(chaosTTL/2 + chaosHeartbeat + 100*time.Millisecond)},
 		{"given in time to n still slowed when it reported", []assignedAt{{after: at(100), at: at(110), owner: "n"}}, nStillSlowed, false,
 			report},
 		{"given late to a slowed node", []assignedAt{{after: at(-10), at: at(0), owner: ""}, {after: at(limitMS + 100), at: at(limitMS + 110), owner: "m"}, {after: at(limitMS + 500), at: at(limitMS + 510), owner: "n"}}, slowed, true, time.Time{}},
