@@ -50,14 +50,7 @@ func TestEvictorThatEvictedSomethingDoesNotWait(t *testing.T) {
 // node itself and its node hears of the new assignment in the same answer.
 func TestEvictorWaitsForAnotherEvictor(t *testing.T) {
 	t.Parallel()
-	s := newSQLNodes(t)
-	for _, id := range []string{"a", "d"} {
-		s.join(id)
-	}
-	if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a sees the ring as it is now
-		t.Fatal(err)
-	}
-	s.expire("d")
+	s := newLapsedBeside(t)
 	other := holdNode(t, s, "d")
 	defer other.Rollback()
 

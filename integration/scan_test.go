@@ -8,6 +8,34 @@ import (
 	"time"
 )
 
+// newLapsedBeside joins nodes a and d on ring "r"; a reads the ring as it
+// is, and d's lease lapses.
+func newLapsedBeside(t *testing.T) *sqlNodes {
+	t.Helper()
+	s := newSQLNodes(t)
+	for _, id := range []string{"a", "d"} {
+		s.join(id)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a sees the ring as it is now
+		t.Fatal(err)
+	}
+	s.expire("d")
+	return s
+}
+
+// expectRejoined fails t unless id's next heartbeat (sent as when says)
+// rejoins with a lease.
+func expectRejoined(t *testing.T, s *sqlNodes, id, when string) {
+	t.Helper()
+	h, err := s.renew(nil, id, false, false, 0)
+	if err != nil {
+		t.Fatalf("%s's heartbeat %s: %v", id, when, err)
+	}
+	if h.status != "rejoined" || h.leaseMS <= 0 {
+		t.Errorf("%s's heartbeat %s answered %q with %d ms of lease, want rejoined and a lease", id, when, h.status, h.leaseMS)
+	}
+}
+
 // keyShareNode share-locks node id's row in a transaction of its own, as
 // join_rings and read_views do for as long as they run (FOR KEY SHARE).
 func keyShareNode(t *testing.T, s *sqlNodes, id string) *sql.Tx {
@@ -33,14 +61,7 @@ func keyShareNode(t *testing.T, s *sqlNodes, id string) *sql.Tx {
 // such rows while joins ran, and leases lapsed.
 func TestScanDoesNotWaitForAJoinsShareLock(t *testing.T) {
 	t.Parallel()
-	s := newSQLNodes(t)
-	for _, id := range []string{"a", "d"} {
-		s.join(id)
-	}
-	if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a sees the ring as it is now
-		t.Fatal(err)
-	}
-	s.expire("d")
+	s := newLapsedBeside(t)
 	joining := keyShareNode(t, s, "d")
 	defer joining.Rollback()
 
@@ -85,20 +106,10 @@ func TestScanDoesNotWaitForAJoinsShareLock(t *testing.T) {
 // never came back.
 func TestRejoinDoesNotWaitForAJoinsShareLock(t *testing.T) {
 	t.Parallel()
-	s := newSQLNodes(t)
-	for _, id := range []string{"a", "d"} {
-		s.join(id)
-	}
-	s.expire("d")
+	s := newLapsedBeside(t)
 	joining := keyShareNode(t, s, "d")
 	defer joining.Rollback()
-	h, err := s.renew(nil, "d", false, false, 0)
-	if err != nil {
-		t.Fatalf("d's heartbeat with its row share-locked: %v", err)
-	}
-	if h.status != "rejoined" || h.leaseMS <= 0 {
-		t.Errorf("d's heartbeat answered %q with %d ms of lease, want rejoined and a lease", h.status, h.leaseMS)
-	}
+	expectRejoined(t, s, "d", "with its row share-locked")
 }
 
 // TestScanKeepsNoLockOnRowsItCouldNotEvict: a scanning heartbeat that waited
@@ -108,14 +119,7 @@ func TestRejoinDoesNotWaitForAJoinsShareLock(t *testing.T) {
 // one has lapsed, the rejoin would rarely find the row free.
 func TestScanKeepsNoLockOnRowsItCouldNotEvict(t *testing.T) {
 	t.Parallel()
-	s := newSQLNodes(t)
-	for _, id := range []string{"a", "d"} {
-		s.join(id)
-	}
-	if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a sees the ring as it is now
-		t.Fatal(err)
-	}
-	s.expire("d")
+	s := newLapsedBeside(t)
 	joining := keyShareNode(t, s, "d")
 	defer joining.Rollback()
 
@@ -135,13 +139,7 @@ func TestScanKeepsNoLockOnRowsItCouldNotEvict(t *testing.T) {
 		t.Fatal("d was evicted while a join held its row")
 	}
 
-	h, err := s.renew(nil, "d", false, false, 0)
-	if err != nil {
-		t.Fatalf("d's rejoin while a's scanning heartbeat is still open: %v", err)
-	}
-	if h.status != "rejoined" || h.leaseMS <= 0 {
-		t.Errorf("d's heartbeat answered %q with %d ms of lease, want rejoined and a lease", h.status, h.leaseMS)
-	}
+	expectRejoined(t, s, "d", "while a's scanning heartbeat is still open")
 }
 
 // TestScanHandsOnAReleaseWhoseHoldWasForgotten: a partition marked released
