@@ -1,0 +1,142 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRebalanceMatchesItsReference: rebalance looks only at the partitions
+// whose row can change (an owner that is not a live member, a pending
+// owner, or one it moves), where the version before it rewrote every
+// partition of the ring. On random rings (sizes, members, weights, lapsed
+// nodes, owners that are gone or not members, pending owners, releases,
+// views told or not, a grace or not) both must leave the same rows and
+// return the same count. Each case runs in a transaction that is rolled
+// back; a failure names its seed.
+func TestRebalanceMatchesItsReference(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	ref, err := os.ReadFile("testdata/rebalance_reference_v11_692a125.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := `"` + s.e.schema + `"`
+	refSQL := strings.ReplaceAll(strings.ReplaceAll(string(ref),
+		"search_path = leasering, pg_temp", "search_path = "+q+", pg_temp"), "leasering.", q+".")
+
+	ctx := context.Background()
+	conn, err := s.e.admin.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	sizes := []int{1, 2, 7, 64, 300, 1024}
+	compared := 0
+	for range 100 {
+		size := sizes[rng.IntN(len(sizes))]
+		nodes := rng.IntN(9)
+		if rng.IntN(6) == 0 {
+			nodes = 10 + rng.IntN(60)
+		}
+		c := rebalanceCase{seed: rng.Float64()*2 - 1, size: size, nodes: nodes,
+			dead: []float64{0, 0, 0.2, 0.6}[rng.IntN(4)], free: []float64{0, 0.1, 1}[rng.IntN(3)],
+			pending: []float64{0, 0.05, 0.4}[rng.IntN(3)], grace: rng.IntN(6) == 0}
+		got, want := c.run(t, ctx, conn, q, refSQL)
+		if got != want {
+			t.Fatalf("case %+v: rebalance and its reference differ:\n%s", c, firstDifference(got, want))
+		}
+		compared += strings.Count(want, "\n") - 1
+	}
+	t.Logf("100 cases agree (%d partition rows compared)", compared)
+}
+
+// rebalanceCase is one random ring: size partitions, nodes nodes (a share
+// dead lapsed), owners drawn from one more id than there are nodes (a node
+// that is gone), a share free and a share with a pending owner.
+type rebalanceCase struct {
+	seed                float64
+	size, nodes         int
+	dead, free, pending float64
+	grace               bool
+}
+
+// run sets the case up in a transaction, rolled back at the end, and
+// returns the ring's rows and the count that rebalance leaves, and those
+// its reference leaves.
+func (c rebalanceCase) run(t *testing.T, ctx context.Context, conn *sql.Conn, q, refSQL string) (got, want string) {
+	t.Helper()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	exec := func(stmt string, args ...any) {
+		t.Helper()
+		if _, err := tx.ExecContext(ctx, strings.ReplaceAll(stmt, "leasering.", q+"."), args...); err != nil {
+			t.Fatalf("case %+v: %v\n%s", c, err, stmt)
+		}
+	}
+	exec(refSQL)
+	exec(`SELECT setseed($1)`, c.seed)
+	exec(`INSERT INTO leasering.rings (name, size, version, members_changed, told_through, told_at)
+		SELECT 'd', $1, 50, 40, (random() * 50)::int,
+		       CASE WHEN random() < 0.5 THEN (SELECT noticed_at FROM leasering.server_identity) END`, c.size)
+	exec(`INSERT INTO leasering.nodes (node_id, incarnation, expires_at, hold_until, ttl_ms)
+		SELECT 'n' || i, 'inc', now() + CASE WHEN random() < $2 THEN interval '-1 second' ELSE interval '1 hour' END,
+		       '-infinity', 1000
+		  FROM generate_series(1, $1) AS i`, c.nodes, c.dead)
+	exec(`INSERT INTO leasering.members (ring, node_id, vnodes, positions, seen)
+		SELECT 'd', node_id, v, leasering.vnode_positions('d', node_id, v), (random() * 50)::int
+		  FROM (SELECT node_id, 1 + (random() * 15)::int AS v FROM leasering.nodes WHERE random() < 0.85) AS m`)
+	exec(`INSERT INTO leasering.partitions (ring, partition, owner, next_owner, epoch, changed, granted, released, release_due)
+		SELECT 'd', p, o, nx, e, greatest(g, ch), g, nx IS NOT NULL AND random() < 0.3,
+		       CASE WHEN nx IS NOT NULL AND random() < 0.5 THEN now() END
+		  FROM (SELECT p, o, CASE WHEN o IS NOT NULL AND random() < $4 THEN nullif('n' || (1 + (random() * $2)::int), o) END AS nx,
+		               (random() * 10)::int AS e, (random() * 50)::int AS g, (random() * 50)::int AS ch
+		          FROM (SELECT p, CASE WHEN random() >= $3 THEN 'n' || (1 + (random() * $2)::int) END AS o
+		                  FROM generate_series(0, $1 - 1) AS p) AS x) AS y`, c.size, c.nodes, c.free, c.pending)
+	if c.grace {
+		exec(`UPDATE leasering.server_identity SET grace_until = now() + interval '1 hour'`)
+	}
+	result := func(fn string) string {
+		t.Helper()
+		var n int
+		var rows, ring string
+		if err := tx.QueryRowContext(ctx, `SELECT `+q+`.`+fn+`('d')`).Scan(&n); err != nil {
+			t.Fatalf("case %+v: %s: %v", c, fn, err)
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT coalesce(string_agg(format('%s owner %s next %s epoch %s changed %s granted %s released %s due %s',
+				partition, owner, next_owner, epoch, changed, granted, released, release_due), E'\n' ORDER BY partition), ''),
+				(SELECT format('version %s told %s at %s', version, told_through, told_at) FROM `+q+`.rings WHERE name = 'd')
+			FROM `+q+`.partitions WHERE ring = 'd'`).Scan(&rows, &ring); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("returned %d, ring %s\n%s\n", n, ring, rows)
+	}
+	exec(`SAVEPOINT before`)
+	want = result("rebalance_reference")
+	exec(`ROLLBACK TO SAVEPOINT before`)
+	got = result("rebalance")
+	return got, want
+}
+
+// firstDifference shows the first line where got and want differ.
+func firstDifference(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := range min(len(g), len(w)) {
+		if g[i] != w[i] {
+			return fmt.Sprintf("line %d:\n  rebalance: %s\n  reference: %s\n(first line: %s / %s)", i, g[i], w[i], g[0], w[0])
+		}
+	}
+	return fmt.Sprintf("rebalance gave %d lines, its reference %d", len(g), len(w))
+}
