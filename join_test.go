@@ -249,3 +249,45 @@ func TestNoRingsAnnouncedAsAnEmptyArray(t *testing.T) {
 		t.Errorf(`ringsJSON("a", "b") = %s, want ["a","b"]`, got)
 	}
 }
+
+// TestJoinPollsBackOff: while another call makes a batch of joins that
+// includes this node's, the client looks again soon at first (a batch on a
+// small ring takes milliseconds), then twice as late each time, up to 2/5
+// of a heartbeat; an answer that is not "waiting" starts over. A batch on a
+// ring of 65,536 takes seconds, and in a roll-out of 100 nodes the waiting
+// nodes' polls, every 5-15 ms each, took more of the database's time than
+// anything else.
+func TestJoinPollsBackOff(t *testing.T) {
+	const heartbeat = 100 * time.Millisecond
+	c := &Client{}
+	c.cfg.heartbeat = heartbeat
+	s := sideCall{apply: func(*Client, sideResult, time.Time) bool { return true }}
+	waiting := sideResult{joins: []ringJoin{{Ring: "r", Status: ringWaiting}}}
+	now := time.Unix(0, 0)
+	gap := func(res sideResult) time.Duration {
+		s.finish(c, res, now)
+		d := s.after.Sub(now)
+		now = s.after
+		return d
+	}
+	for round := range 2 {
+		polls, elapsed := 0, time.Duration(0)
+		for elapsed < 2*time.Second {
+			d := gap(waiting)
+			base := heartbeat / 20 << min(polls, 3)
+			if d < base || d > 2*base {
+				t.Fatalf("round %d, poll %d: looked again %v later, want %v to %v", round, polls, d, base, 2*base)
+			}
+			polls++
+			elapsed += d
+		}
+		// Polling every 5-15 ms, a batch of 2 s took 130-400 looks.
+		if polls > 40 {
+			t.Errorf("round %d: %d looks during a batch of 2 s at heartbeat %v, want at most 40", round, polls, heartbeat)
+		}
+		t.Logf("round %d: %d looks during a batch of 2 s", round, polls)
+		if d := gap(sideResult{}); d != heartbeat/2 {
+			t.Fatalf("after an answer that is not waiting: looked again %v later, want %v", d, heartbeat/2)
+		}
+	}
+}

@@ -31,6 +31,7 @@ type sideCall struct {
 
 	running chan sideResult // the call in flight
 	after   time.Time       // not before this
+	waited  int             // answers in a row that another call is making this one's batch
 }
 
 // sideResult is a side call's outcome.
@@ -70,12 +71,22 @@ func (s *sideCall) finish(c *Client, res sideResult, now time.Time) {
 	if res.err != nil {
 		c.log.Warn("leasering: "+s.what+" failed; retrying", "err", res.err)
 	}
-	if s.apply(c, res, now) {
+	again := s.apply(c, res, now)
+	if !res.joinsWaiting() {
+		s.waited = 0
+	}
+	if again {
 		s.after = now.Add(c.cfg.heartbeat / 2)
 		if res.joinsWaiting() {
 			// Another call is making a batch of joins, most likely with
-			// this one in it: look again soon, spread out.
-			s.after = now.Add(c.cfg.heartbeat/20 + randomJitter(c.cfg.heartbeat/10))
+			// this one in it: look again soon, spread out, and twice as
+			// late each time up to 8 times (2/5 of a heartbeat). A batch
+			// on a ring of 65,536 takes seconds, and in a roll-out of 100
+			// nodes the waiting ones' polls, every 5-15 ms each, took more
+			// of the database than anything else (TestJoinPollsBackOff).
+			wait := c.cfg.heartbeat / 20 << min(s.waited, 3)
+			s.after = now.Add(wait + randomJitter(wait))
+			s.waited++
 		}
 	}
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"database/sql"
 	"flag"
 	"fmt"
 	"sync"
@@ -17,6 +18,7 @@ import (
 var (
 	bigRingNodes     = flag.Int("bigring.nodes", 1, "TestBigRing: nodes on the ring of 65,536 (CI: 1; the full runs: 4 and 100)")
 	bigRingHeartbeat = flag.Duration("bigring.heartbeat", 0, "TestBigRing: the nodes' heartbeat (0: the default, TTL/10)")
+	bigRingPerNode   = flag.Int("bigring.pernode", 0, "TestBigRing: connections in each node's own pool, as separate processes have (0: one pool of 20 for all nodes)")
 	manyRingsRings   = flag.Int("manyrings.rings", 100, "TestManyRings: rings of 64 on each client (the full run: 1000)")
 	manyRingsWithin  = flag.Duration("manyrings.within", 10*time.Second, "TestManyRings: all live and balanced within this of the first Start")
 )
@@ -52,17 +54,32 @@ func startAll(t *testing.T, nodes []*node) {
 	}
 }
 
-// pooledNodes makes n clients on one shared pool of 20 connections, each
+// pooledNodes makes n clients on one shared pool of 20 connections (with
+// perNode > 0: each on a pool of its own of perNode connections), each
 // with a lease on every ring of rings (all of size q), with the env's TTL
 // and opts.
-func pooledNodes(t *testing.T, e *env, n int, rings []string, q int, opts ...leasering.Option) []*node {
+func pooledNodes(t *testing.T, e *env, n, perNode int, rings []string, q int, opts ...leasering.Option) []*node {
 	t.Helper()
-	pool := openDB(t, e.dsn)
-	pool.SetMaxOpenConns(20)
-	pool.SetMaxIdleConns(20)
+	var pools []*sql.DB
+	pool := func() *sql.DB {
+		if len(pools) > 0 && perNode == 0 {
+			return pools[0]
+		}
+		size := 20
+		if perNode > 0 {
+			size = perNode
+		}
+		p := openDB(t, e.dsn)
+		p.SetMaxOpenConns(size)
+		p.SetMaxIdleConns(size)
+		pools = append(pools, p)
+		return p
+	}
 	nodes := make([]*node, n)
 	t.Cleanup(func() {
-		_ = pool.Close() // the leaves fail at once; the schema goes with the env
+		for _, p := range pools {
+			_ = p.Close() // the leaves fail at once; the schema goes with the env
+		}
 		var wg sync.WaitGroup
 		for _, nd := range nodes {
 			if nd != nil {
@@ -75,7 +92,7 @@ func pooledNodes(t *testing.T, e *env, n int, rings []string, q int, opts ...lea
 	for i := range nodes {
 		id := fmt.Sprintf("n%03d", i)
 		warnings := &nodeLog{warnings: !e.trace}
-		c, err := leasering.NewClient(pool, append([]leasering.Option{leasering.WithNodeID(id), leasering.WithSchema(e.schema),
+		c, err := leasering.NewClient(pool(), append([]leasering.Option{leasering.WithNodeID(id), leasering.WithSchema(e.schema),
 			leasering.WithTTL(e.ttl), leasering.WithLogger(warnings.logger())}, opts...)...)
 		if err != nil {
 			t.Fatal(err)
@@ -114,7 +131,7 @@ func TestBigRing(t *testing.T) {
 	if *bigRingHeartbeat > 0 {
 		opts = append(opts, leasering.WithHeartbeat(*bigRingHeartbeat))
 	}
-	nodes := pooledNodes(t, e, *bigRingNodes, []string{ring}, q, opts...)
+	nodes := pooledNodes(t, e, *bigRingNodes, *bigRingPerNode, []string{ring}, q, opts...)
 
 	begin := time.Now()
 	startAll(t, nodes[:1])
@@ -147,7 +164,7 @@ func TestManyRings(t *testing.T) {
 	for i := range rings {
 		rings[i] = fmt.Sprintf("r%04d", i)
 	}
-	nodes := pooledNodes(t, e, 5, rings, q)
+	nodes := pooledNodes(t, e, 5, 0, rings, q)
 	begin := time.Now()
 	startAll(t, nodes)
 	started := time.Since(begin)

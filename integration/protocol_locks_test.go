@@ -43,12 +43,13 @@ func TestEvictorThatEvictedSomethingDoesNotWait(t *testing.T) {
 	}
 }
 
-// TestEvictorWaitsForAnotherEvictor: the only lapsed node is held by another
-// transaction (an evictor at work). A heartbeat that scans and evicts
+// TestEvictorWaitsForALapsedRowHeldElsewhere: the only lapsed node is held
+// by another transaction (a rejoin, a leave, or a batch of joins whose
+// rebalance counts it dead). A heartbeat that scans and evicts
 // nothing waits for it, holding no ring lock, and then finishes the job:
 // here the other one gives up (rolls back), so this heartbeat evicts the
 // node itself and its node hears of the new assignment in the same answer.
-func TestEvictorWaitsForAnotherEvictor(t *testing.T) {
+func TestEvictorWaitsForALapsedRowHeldElsewhere(t *testing.T) {
 	t.Parallel()
 	s := newLapsedBeside(t)
 	other := holdNode(t, s, "d")
@@ -109,8 +110,8 @@ func TestEvictorWaitsForAnotherEvictor(t *testing.T) {
 	}
 }
 
-// holdNode locks node id's row in a transaction of its own, as an evictor
-// that has claimed it and not finished.
+// holdNode locks node id's row in a transaction of its own, as a rejoin, a
+// leave or a rebalance deciding who is dead does (or an evictor at work).
 func holdNode(t *testing.T, s *sqlNodes, id string) *sql.Tx {
 	t.Helper()
 	tx, err := s.e.admin.BeginTx(context.Background(), nil)

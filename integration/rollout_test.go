@@ -31,7 +31,7 @@ func TestRollout(t *testing.T) {
 	drain := hb
 	e := newEnv(t, ttl, hb)
 	e.trace = true // the first handoff over the bound shows its nodes' last records
-	nodes := pooledNodes(t, e, *rolloutNodes, []string{ring}, q)
+	nodes := pooledNodes(t, e, *rolloutNodes, 0, []string{ring}, q)
 	for _, n := range nodes {
 		e.register(n)
 	}

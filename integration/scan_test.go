@@ -172,3 +172,103 @@ func TestScanHandsOnAReleaseWhoseHoldWasForgotten(t *testing.T) {
 		t.Errorf("partition %d after a scan: %+v, want handed on to b", p, row)
 	}
 }
+
+// TestOneHeartbeatEvictsAtATime: while one heartbeat evicts (here it waits
+// for a lapsed node's row that another transaction holds, as a rejoin or a
+// batch of joins' rebalance does), the others that scan meanwhile go on
+// without evicting or waiting, and their nodes hear of the takeover at
+// their next heartbeat. With a hundred nodes on a ring of 65,536, every
+// heartbeat that found a lapsed lease evicted or waited: on the lapsed
+// rows, or for the ring's lock a batch of joins held, a quarter of its TTL
+// each time; heartbeats averaged 190 ms and the lapsed nodes' rejoins,
+// which wait 20 ms for their own rows, never got through.
+func TestOneHeartbeatEvictsAtATime(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a", "b", "d")
+	for _, id := range []string{"a", "b"} {
+		if _, err := s.renew(nil, id, false, false, 0); err != nil { // they see the ring as it is now
+			t.Fatal(err)
+		}
+	}
+	s.expire("d")
+	other := holdNode(t, s, "d")
+	defer other.Rollback()
+
+	// scan runs id's scanning heartbeat on a connection of its own and
+	// returns its backend and where its answer will come.
+	type answer struct {
+		h   heartbeat
+		err error
+	}
+	scan := func(id string) (int, <-chan answer) {
+		conn := openDB(t, s.e.dsn)
+		t.Cleanup(func() { conn.Close() })
+		conn.SetMaxOpenConns(1)
+		var pid int
+		if err := conn.QueryRow(`SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan answer, 1)
+		go func() {
+			h, err := s.renew(conn, id, false, true, 0)
+			done <- answer{h, err}
+		}()
+		return pid, done
+	}
+	waiting := func(pid int) bool {
+		var w bool
+		_ = s.e.admin.QueryRow(`SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&w)
+		return w
+	}
+
+	aPid, aDone := scan("a")
+	if !waitFor(5*time.Second, func() bool { return waiting(aPid) }) {
+		t.Fatal("a's scanning heartbeat did not wait for the lapsed row")
+	}
+	// b's heartbeat (its lock wait is 1 s) must come back without waiting.
+	bPid, bDone := scan("b")
+	var b answer
+	for got := false; !got; {
+		select {
+		case b = <-bDone:
+			got = true
+		case <-time.After(2 * time.Millisecond):
+			if waiting(bPid) {
+				t.Fatal("b's scanning heartbeat waited while a's evicted")
+			}
+		}
+	}
+	if b.err != nil || b.h.status != "ok" || b.h.leaseMS <= 0 {
+		t.Fatalf("b's scanning heartbeat: %q with %d ms of lease (%v), want ok and a lease", b.h.status, b.h.leaseMS, b.err)
+	}
+	if !waiting(aPid) {
+		t.Error("a's heartbeat stopped waiting while the other transaction still held d")
+	}
+
+	// The other transaction ends without renewing d: a's heartbeat evicts
+	// d, and b hears of the takeover at its next heartbeat.
+	if err := other.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case a := <-aDone:
+		if a.err != nil {
+			t.Fatalf("a's heartbeat: %v", a.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a's heartbeat did not return after the other transaction ended")
+	}
+	if s.exists("d") {
+		t.Fatal("the other transaction ended and a's waiting heartbeat did not evict d")
+	}
+	h, err := s.renew(nil, "b", false, false, 0)
+	if err != nil || len(h.changes) != 1 {
+		t.Fatalf("b's next heartbeat: %d ring changes (%v), want the ring after d's eviction", len(h.changes), err)
+	}
+	for p, row := range s.rows() {
+		if row.owner == "d" || row.next == "d" {
+			t.Errorf("partition %d still names the evicted d: %+v", p, row)
+		}
+	}
+}
