@@ -22,12 +22,21 @@ import (
 func TestRebalanceMatchesItsReference(t *testing.T) {
 	t.Parallel()
 	s := newSQLNodes(t)
-	ref, err := os.ReadFile("testdata/rebalance_reference_v11_692a125.sql")
+	// The reference: rebalance as schema version 10 shipped it (and 11 kept
+	// it, to 692a125), installed beside the schema's own.
+	release, err := os.ReadFile("testdata/schema_and_functions_v10_a0b7cc7.sql")
 	if err != nil {
 		t.Fatal(err)
 	}
+	const head = "CREATE OR REPLACE FUNCTION leasering.rebalance("
+	begin := strings.Index(string(release), head)
+	end := strings.Index(string(release[max(begin, 0):]), "\n$$;\n")
+	if begin < 0 || end < 0 {
+		t.Fatal("no rebalance in testdata/schema_and_functions_v10_a0b7cc7.sql")
+	}
+	ref := "CREATE OR REPLACE FUNCTION leasering.rebalance_reference(" + string(release[begin+len(head):begin+end]) + "\n$$;\n"
 	q := `"` + s.e.schema + `"`
-	refSQL := strings.ReplaceAll(strings.ReplaceAll(string(ref),
+	refSQL := strings.ReplaceAll(strings.ReplaceAll(ref,
 		"search_path = leasering, pg_temp", "search_path = "+q+", pg_temp"), "leasering.", q+".")
 
 	ctx := context.Background()
