@@ -33,8 +33,9 @@
 // nodes whose lease has lapsed, confirms partitions the node has released,
 // tells it which rings to join (it joins them, and reads big views, in
 // statements of its own, so no heartbeat creates or joins a ring; the
-// heartbeat that evicts dead nodes, one at a time, does rebalance their
-// rings, which for a ring of 65,536 takes 0.1-0.2 s), and
+// heartbeat whose turn it is to evict, one at a time, evicts every lapsed
+// node and rebalances their rings: for one of 100 members of a ring of
+// 65,536, 0.1-0.2 s), and
 // answers only for rings whose version moved since the node last looked. In steady state it is one round
 // trip that writes one row (a HOT update), whatever the number of rings.
 // Its answer includes when the earliest other lease ends; the node renews

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -18,6 +19,7 @@ const sqlTTLms = 60000
 type sqlNodes struct {
 	t       *testing.T
 	e       *env
+	mu      sync.Mutex        // over version and inc: tests renew from several goroutines
 	version map[string]int64  // ring version each node last saw
 	inc     map[string]string // incarnation of each node id, "inc-<id>" unless set
 }
@@ -51,11 +53,13 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	if db == nil {
 		db = s.e.admin
 	}
+	s.mu.Lock()
 	inc := s.inc[id]
 	if inc == "" {
 		inc = "inc-" + id
 	}
 	rings, _ := json.Marshal([]map[string]any{{"ring": "r", "size": 8, "vnodes": 8, "version": s.version[id], "released": released}})
+	s.mu.Unlock()
 	var h heartbeat
 	var changes sql.NullString
 	err := db.QueryRow(`SELECT lease_ms, node_status, changes::text FROM "`+s.e.schema+`".renew_and_read($1, $2, $3, '', $4::jsonb, $5, $6,
@@ -68,9 +72,11 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 		if err := json.Unmarshal([]byte(changes.String), &h.changes); err != nil {
 			return h, err
 		}
+		s.mu.Lock()
 		for _, c := range h.changes {
 			s.version[id] = c.Version
 		}
+		s.mu.Unlock()
 	}
 	return h, nil
 }

@@ -175,100 +175,166 @@ func TestScanHandsOnAReleaseWhoseHoldWasForgotten(t *testing.T) {
 
 // TestOneHeartbeatEvictsAtATime: while one heartbeat evicts (here it waits
 // for a lapsed node's row that another transaction holds, as a rejoin or a
-// batch of joins' rebalance does), the others that scan meanwhile go on
-// without evicting or waiting, and their nodes hear of the takeover at
-// their next heartbeat. With a hundred nodes on a ring of 65,536, every
-// heartbeat that found a lapsed lease evicted or waited: on the lapsed
-// rows, or for the ring's lock a batch of joins held, a quarter of its TTL
-// each time; heartbeats averaged 190 ms and the lapsed nodes' rejoins,
-// which wait 20 ms for their own rows, never got through.
+// batch of joins' rebalance does), one more waits for it and reads the
+// outcome, and the others that scan meanwhile go on without waiting; their
+// nodes hear of the takeover at their next heartbeat. With a hundred nodes
+// on a ring of 65,536, every heartbeat that found a lapsed lease evicted
+// or waited, on the lapsed rows or for the ring's lock a batch of joins
+// held, a quarter of its TTL each time; heartbeats averaged 190 ms, and
+// the lapsed nodes' rejoins, which wait 20 ms for their own rows, never got
+// through.
 func TestOneHeartbeatEvictsAtATime(t *testing.T) {
 	t.Parallel()
 	s := newSQLNodes(t)
-	s.join("a", "b", "d")
-	for _, id := range []string{"a", "b"} {
+	s.join("a", "b", "c", "d")
+	for _, id := range []string{"a", "b", "c"} {
 		if _, err := s.renew(nil, id, false, false, 0); err != nil { // they see the ring as it is now
 			t.Fatal(err)
 		}
 	}
 	s.expire("d")
-	other := holdNode(t, s, "d")
-	defer other.Rollback()
 
-	// scan runs id's scanning heartbeat on a connection of its own and
-	// returns its backend and where its answer will come.
+	// Each scanning heartbeat runs on a connection of its own, opened
+	// first: the evictor's wait below lasts at most a second.
 	type answer struct {
 		h   heartbeat
 		err error
 	}
-	scan := func(id string) (int, <-chan answer) {
-		conn := openDB(t, s.e.dsn)
-		t.Cleanup(func() { conn.Close() })
-		conn.SetMaxOpenConns(1)
-		var pid int
-		if err := conn.QueryRow(`SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+	type scanner struct {
+		conn *sql.DB
+		pid  int
+		done chan answer
+	}
+	scanners := map[string]*scanner{}
+	for _, id := range []string{"a", "b", "c"} {
+		sc := &scanner{conn: openDB(t, s.e.dsn), done: make(chan answer, 1)}
+		t.Cleanup(func() { sc.conn.Close() })
+		sc.conn.SetMaxOpenConns(1)
+		if err := sc.conn.QueryRow(`SELECT pg_backend_pid()`).Scan(&sc.pid); err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan answer, 1)
-		go func() {
-			h, err := s.renew(conn, id, false, true, 0)
-			done <- answer{h, err}
-		}()
-		return pid, done
+		scanners[id] = sc
 	}
-	waiting := func(pid int) bool {
+	scan := func(id string) {
+		go func() {
+			h, err := s.renew(scanners[id].conn, id, false, true, 0)
+			scanners[id].done <- answer{h, err}
+		}()
+	}
+	waiting := func(id string) bool {
 		var w bool
-		_ = s.e.admin.QueryRow(`SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&w)
+		_ = s.e.admin.QueryRow(`SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`, scanners[id].pid).Scan(&w)
 		return w
 	}
 
-	aPid, aDone := scan("a")
-	if !waitFor(5*time.Second, func() bool { return waiting(aPid) }) {
+	other := holdNode(t, s, "d")
+	defer other.Rollback()
+	scan("a")
+	if !waitFor(5*time.Second, func() bool { return waiting("a") }) {
 		t.Fatal("a's scanning heartbeat did not wait for the lapsed row")
 	}
-	// b's heartbeat (its lock wait is 1 s) must come back without waiting.
-	bPid, bDone := scan("b")
-	var b answer
+	scan("b")
+	if !waitFor(5*time.Second, func() bool { return waiting("b") }) {
+		t.Fatal("b's scanning heartbeat did not wait for a's eviction")
+	}
+	// c's heartbeat must come back without waiting.
+	scan("c")
+	var c answer
 	for got := false; !got; {
 		select {
-		case b = <-bDone:
+		case c = <-scanners["c"].done:
 			got = true
 		case <-time.After(2 * time.Millisecond):
-			if waiting(bPid) {
-				t.Fatal("b's scanning heartbeat waited while a's evicted")
+			if waiting("c") {
+				t.Fatal("c's scanning heartbeat waited while a's evicted and b's waited for it")
 			}
 		}
 	}
-	if b.err != nil || b.h.status != "ok" || b.h.leaseMS <= 0 {
-		t.Fatalf("b's scanning heartbeat: %q with %d ms of lease (%v), want ok and a lease", b.h.status, b.h.leaseMS, b.err)
+	if c.err != nil || c.h.status != "ok" || c.h.leaseMS <= 0 {
+		t.Fatalf("c's scanning heartbeat: %q with %d ms of lease (%v), want ok and a lease", c.h.status, c.h.leaseMS, c.err)
 	}
-	if !waiting(aPid) {
-		t.Error("a's heartbeat stopped waiting while the other transaction still held d")
+	if !waiting("a") || !waiting("b") {
+		t.Fatal("a's or b's heartbeat stopped waiting while the other transaction still held d (each waits at most a second)")
 	}
 
 	// The other transaction ends without renewing d: a's heartbeat evicts
-	// d, and b hears of the takeover at its next heartbeat.
+	// d, b's reads the outcome, and c hears of it at its next heartbeat.
 	if err := other.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case a := <-aDone:
-		if a.err != nil {
-			t.Fatalf("a's heartbeat: %v", a.err)
+	for _, id := range []string{"a", "b"} {
+		select {
+		case got := <-scanners[id].done:
+			if got.err != nil {
+				t.Fatalf("%s's heartbeat: %v", id, got.err)
+			}
+			if len(got.h.changes) != 1 {
+				t.Errorf("%s's heartbeat carries %d ring changes, want the ring after d's eviction", id, len(got.h.changes))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s's heartbeat did not return after the other transaction ended", id)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a's heartbeat did not return after the other transaction ended")
 	}
 	if s.exists("d") {
 		t.Fatal("the other transaction ended and a's waiting heartbeat did not evict d")
 	}
-	h, err := s.renew(nil, "b", false, false, 0)
+	h, err := s.renew(nil, "c", false, false, 0)
 	if err != nil || len(h.changes) != 1 {
-		t.Fatalf("b's next heartbeat: %d ring changes (%v), want the ring after d's eviction", len(h.changes), err)
+		t.Fatalf("c's next heartbeat: %d ring changes (%v), want the ring after d's eviction", len(h.changes), err)
 	}
 	for p, row := range s.rows() {
 		if row.owner == "d" || row.next == "d" {
 			t.Errorf("partition %d still names the evicted d: %+v", p, row)
 		}
+	}
+}
+
+// TestStalledEvictorGivesUpItsTurn: a heartbeat that takes the eviction's
+// turn in an explicit transaction (as the client runs its calls when the
+// database's default isolation is not READ COMMITTED) and whose client
+// stalls before COMMIT does not keep the turn: the server ends its session
+// after half a TTL, and the next scan evicts. Without that, every eviction
+// in the schema would wait for as long as the stalled session lived.
+func TestStalledEvictorGivesUpItsTurn(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a", "b", "d")
+	s.expire("d")
+
+	stalled, err := s.e.admin.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	var pid int
+	if err := stalled.QueryRowContext(context.Background(), `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := stalled.BeginTx(context.Background(), &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	rings := `[{"ring": "r", "size": 8, "vnodes": 8, "version": ` + fmt.Sprint(s.version["a"]) + `}]`
+	const ttlMS = 2000 // the stalled heartbeat's TTL: its session ends 1 s after it went idle
+	if _, err := tx.Exec(`SELECT node_status FROM "`+s.e.schema+`".renew_and_read('a', 'inc-a', $1, '', $2::jsonb, false, true, clock_timestamp())`,
+		ttlMS, rings); err != nil {
+		t.Fatalf("a's scanning heartbeat: %v", err)
+	}
+	// a's transaction evicted d but has not committed, and its client
+	// stalls. b's scans cannot evict d until the server ends a's session.
+	gone := waitFor(10*time.Second, func() bool {
+		var alive bool
+		_ = s.e.admin.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)`, pid).Scan(&alive)
+		return !alive
+	})
+	if !gone {
+		t.Fatal("the stalled evictor's session was still there 10 s after it went idle in its transaction (TTL 2 s)")
+	}
+	if _, err := s.renew(nil, "b", false, true, 0); err != nil {
+		t.Fatalf("b's scanning heartbeat: %v", err)
+	}
+	if s.exists("d") {
+		t.Error("d lapsed, the stalled evictor's session ended, and b's scan did not evict d")
 	}
 }

@@ -52,7 +52,7 @@
 --                       older incarnation is fenced from then on
 --   lapsed  -> live     the same, when the older lease has ended already
 --   holding -> live     time: hold_end(hold_until) passes
---   lapsed  -> absent   eviction, by whoever scans first (scan_and_evict)
+--   lapsed  -> absent   eviction, by the scanning heartbeat whose turn it is (scan_and_evict)
 --   live    -> absent   leave of every ring (holding -> lapsed at its hold's end)
 --
 -- A member row of a live node is claimed (claimed_by is the node's
@@ -89,7 +89,8 @@
 --   revoking -> owned     the owner confirms (confirm_releases): next_owner's,
 --                         epoch + 1; or rebalance calls the move off
 --   revoking -> released  the owner confirms while it holds
---   released -> owned     once the hold is over, whoever scans first
+--   released -> owned     once the hold is over, the scanning heartbeat
+--                         whose turn it is to evict
 --                         (hand_on_released): next_owner's, epoch + 1
 --   revoking, released -> owned   rebalance, when the owner is dead, epoch + 1
 --   any      -> free      rebalance, when the ring has no live member
@@ -115,8 +116,9 @@
 --      take_lease, FOR NO KEY UPDATE, which do not wait for the FOR KEY
 --      SHARE of join_rings and read_views; leave FOR UPDATE), then, by an
 --      evictor, lapsed nodes' rows. One heartbeat evicts at a time: it
---      holds an advisory lock that the others only try (scan_and_evict),
---      so it is never waited for
+--      holds an advisory lock that one other heartbeat may wait for,
+--      holding nothing but its own row and the waiter's advisory lock,
+--      which the others only try (scan_and_evict)
 --   2. joins rows: a node's own, by its join_rings (record_join), which
 --      then waits for the ring; any other only FOR UPDATE SKIP LOCKED, by
 --      join_waiting under the ring's lock
@@ -182,8 +184,8 @@
 --   LR005 the transaction is not READ COMMITTED
 --   LR006 the server encoding is neither UTF8 nor SQL_ASCII
 --   LR007 the tables are at another version than the file applied expects
---   LR008 (never leaves scan_and_evict) a wait for another evictor evicted
---         nothing: undo it, so that its row locks go
+--   LR008 (never leaves scan_and_evict) a wait for a lapsed row another
+--         transaction held evicted nothing: undo it, so that its row locks go
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- partition_of hashes a key's bytes in the server encoding, Go its UTF-8
@@ -520,8 +522,8 @@ $$;
 -- earliest end of another node's lease or hold (NULL: no other node).
 --
 -- Crash detection: the first heartbeat to scan after a lease lapses evicts
--- every lapsed node and rebalances their rings (one heartbeat at a time:
--- the others scanning meanwhile go on). The earliest other lease end goes back
+-- every lapsed node and rebalances their rings (one heartbeat at a time;
+-- one more waits for it, and the others scanning meanwhile go on). The earliest other lease end goes back
 -- to the client, which renews (and scans) right after it, so survivors
 -- take over a crashed node's partitions at once rather than a heartbeat
 -- later. Leases only move later while their nodes live, so a client that
@@ -553,20 +555,37 @@ BEGIN
       FROM nodes WHERE node_id <> p_node;
     hold_over := EXISTS (SELECT 1 FROM held_released() AS h WHERE h.over);
     -- One heartbeat at a time evicts (it holds an advisory lock keyed on
-    -- this schema until its transaction ends); the others go on, and their
-    -- nodes hear of the outcome at their next heartbeat. One eviction takes
-    -- every lapsed node and rebalances each of their rings once. With a
-    -- hundred nodes, every heartbeat that found a lapsed lease evicted one
-    -- of them and waited a quarter of its TTL for the ring's lock, held by
-    -- a batch of joins, and the eviction was undone; heartbeats averaged
-    -- 190 ms, more leases lapsed, and the lapsed nodes' rejoins, which wait
-    -- 20 ms for their own rows, never got through
+    -- this schema until its transaction ends), and one more waits for it,
+    -- so that its node reads the outcome now, or evicts if that one gave
+    -- up; the others go on and look again soon (the client backs off while
+    -- the lease it was told of stays lapsed). One eviction takes every
+    -- lapsed node and rebalances each of their rings once. With a hundred
+    -- nodes, every heartbeat that found a lapsed lease evicted one of them
+    -- and waited a quarter of its TTL for the ring's lock, held by a batch
+    -- of joins, and the eviction was undone; heartbeats averaged 190 ms,
+    -- more leases lapsed, and the lapsed nodes' rejoins, which wait 20 ms
+    -- for their own rows, never got through
     -- (TestOneHeartbeatEvictsAtATime).
     evicting := next_expiry <= now() OR hold_over;
     IF evicting THEN
         evicting := pg_try_advisory_xact_lock(hashtextextended(current_schema() || ' eviction', 0));
+        IF NOT evicting AND pg_try_advisory_xact_lock(hashtextextended(current_schema() || ' eviction wait', 0)) THEN
+            PERFORM set_lock_wait(p_ttl_ms, 1000);
+            BEGIN
+                PERFORM pg_advisory_xact_lock(hashtextextended(current_schema() || ' eviction', 0));
+                evicting := true;
+            EXCEPTION WHEN lock_not_available THEN
+                PERFORM set_lock_wait(p_ttl_ms, 20);
+            END;
+        END IF;
     END IF;
     IF evicting THEN
+        -- A client that runs its calls in explicit transactions (see
+        -- renew_and_read) and stalls before its COMMIT would keep the
+        -- eviction's turn, and so every eviction in the schema, for as long
+        -- as its session lived: the server ends such a session after half
+        -- a TTL (TestStalledEvictorGivesUpItsTurn).
+        PERFORM set_config('idle_in_transaction_session_timeout', greatest(p_ttl_ms / 2, 1)::text, true);
         -- A takeover is worth waiting for (the dead node's partitions have
         -- no owner until it is done), and it is rare.
         PERFORM set_lock_wait(p_ttl_ms, 1000);
@@ -1427,8 +1446,9 @@ $$;
 
 -- evict_expired: remove every node whose lease has lapsed in database time
 -- (their member rows go with them) and return the rings they were in, for
--- the caller to rebalance in name order. Nodes another transaction is
--- already evicting are skipped, never waited for.
+-- the caller to rebalance in name order. Nodes whose row another
+-- transaction holds (a rejoin, a leave, a rebalance deciding who is dead)
+-- are skipped, never waited for.
 CREATE OR REPLACE FUNCTION leasering.evict_expired(p_except text)
 RETURNS text[]
 LANGUAGE sql
