@@ -120,6 +120,17 @@ type partitionRow struct {
 	epoch       int64
 }
 
+// expectNoneNamed fails the test for every partition of ring "r" that
+// still names the evicted node id as owner or pending owner.
+func (s *sqlNodes) expectNoneNamed(id string) {
+	s.t.Helper()
+	for p, row := range s.rows() {
+		if row.owner == id || row.next == id {
+			s.t.Errorf("partition %d still names the evicted %s: %+v", p, id, row)
+		}
+	}
+}
+
 // rows returns ring "r"'s partitions table.
 func (s *sqlNodes) rows() map[int]partitionRow {
 	s.t.Helper()
