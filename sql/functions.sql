@@ -533,8 +533,9 @@ $$;
 -- meanwhile.
 --
 -- G9: on a server in its grace (failover_grace) nobody is evicted, and a
--- lease that lapsed ends with the grace: scanners come back then, not at
--- once.
+-- lease that lapsed ends with the grace: the heartbeat whose turn it is to
+-- evict comes back then, not at once; the others, told an end already
+-- past, look again less often each time (schedule.go).
 CREATE OR REPLACE FUNCTION leasering.scan_and_evict(p_node text, p_ttl_ms integer)
 RETURNS timestamptz
 LANGUAGE plpgsql
