@@ -77,11 +77,12 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 	if c.hb.failures > 0 {
 		c.log.Info("leasering: heartbeat recovered", "failed_attempts", c.hb.failures)
 	}
-	c.hb.lastRTT, c.hb.lastLease = res.recv.Sub(res.sent), res.lease
+	c.hb.lastRTT, c.hb.lastLease = res.rtt(), res.lease
 	c.st.renewed(res)
 	views, h := c.applyChanges(res, now)
 	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold,
-		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h})
+		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h,
+		later: slices.ContainsFunc(res.changes, func(ch ringChange) bool { return ch.Status == ringLater })})
 	c.st.applied(c.hb.deadline, views)
 	c.announce(res.announce)
 	if c.hb.lost && c.hb.deadline.After(now) {
@@ -90,7 +91,7 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 		c.log.Info("leasering: lease regained")
 	}
 	if c.log.Enabled(context.Background(), slog.LevelDebug) {
-		c.log.Debug("leasering: heartbeat", "status", res.status, "state", c.hb.state(now), "round_trip", res.recv.Sub(res.sent),
+		c.log.Debug("leasering: heartbeat", "status", res.status, "state", c.hb.state(now), "round_trip", res.rtt(), "waited", res.waited,
 			"lease", res.lease, "scanned", res.scanned, "next_event_in", res.nextExpiry, "next_renew_in", c.hb.next().Sub(now))
 	}
 }

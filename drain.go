@@ -86,10 +86,12 @@ func (l *Lease) releases(now time.Time, drain, maxDrain time.Duration) (ready []
 	return ready, next
 }
 
-// Looking for incoming partitions (see nextLook).
+// Looking for incoming partitions (see nextLook and lookAwait).
 const (
 	lookSlack   = 2 * time.Millisecond  // after the due time and a round trip: the owner's release is sent then
 	minLookPoll = 10 * time.Millisecond // the least time between two looks at an overdue partition
+	awaitSlack  = 20 * time.Millisecond // a look waits for a release until two round trips and this after its due
+	maxAwait    = 50 * time.Millisecond // and never longer than this (nor a quarter of a heartbeat)
 )
 
 // setIncoming records a view's (or an incoming answer's) due times of the
@@ -147,4 +149,25 @@ func nextLook(dues []time.Time, now time.Time, rtt, heartbeat time.Duration) tim
 		}
 	}
 	return next
+}
+
+// lookAwait is how long a look sent at now may wait in the database for a
+// release due at one of dues (zero: not at all): until two round trips
+// (rtt, the last heartbeat's) and awaitSlack after the due, at most a
+// quarter of a heartbeat and maxAwait. The owner sends its release at its
+// drain's end and it commits about a round trip later, on a busy machine a
+// little more; a look that came just before that waits for the commit
+// (await_release) and hears of it within a few milliseconds, where a look
+// answered a moment too early waited a poll and more for the next (CI: a
+// heal's gap 13 ms past its bound). A release later than that waits for a
+// Lock or a hold: the polls of nextLook find it, and the wait, which holds
+// a pooled connection, is not spent on it.
+func lookAwait(dues []time.Time, now time.Time, rtt, heartbeat time.Duration) time.Duration {
+	var wait time.Duration
+	for _, due := range dues {
+		if !due.After(now) {
+			wait = max(wait, due.Add(2*rtt+awaitSlack).Sub(now))
+		}
+	}
+	return min(wait, heartbeat/4, maxAwait)
 }

@@ -107,6 +107,39 @@ func TestNextLook(t *testing.T) {
 	}
 }
 
+// TestLookAwait: a look may wait in the database for a release that is
+// due until two round trips and 20ms after its due, at most a quarter of
+// a heartbeat and 50ms; not for one not due yet, nor one later than that.
+func TestLookAwait(t *testing.T) {
+	const hb, rtt = time.Second, 4 * time.Millisecond
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	for _, tc := range []struct {
+		name string
+		dues []time.Time
+		now  time.Time
+		hb   time.Duration
+		want time.Duration
+	}{
+		{"nothing incoming", nil, at(0), hb, 0},
+		{"not due yet", []time.Time{at(300)}, at(0), hb, 0},
+		{"the look a round trip after the due", []time.Time{at(300)}, at(306), hb, 22 * time.Millisecond},
+		{"the latest end of the dues passed; none for one ahead", []time.Time{at(300), at(290), at(900)}, at(306), hb, 22 * time.Millisecond},
+		{"past its end", []time.Time{at(300)}, at(330), hb, 0},
+		{"a quarter of a short heartbeat", []time.Time{at(300)}, at(300), 40 * time.Millisecond, 10 * time.Millisecond},
+		{"at most 50ms", []time.Time{at(300)}, at(300), hb, 28 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := lookAwait(tc.dues, tc.now, rtt, tc.hb); got != tc.want {
+				t.Errorf("lookAwait = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if got := lookAwait([]time.Time{at(300)}, at(300), 40*time.Millisecond, hb); got != 50*time.Millisecond {
+		t.Errorf("round trips of 40ms: %v, want the cap of 50ms", got)
+	}
+}
+
 // TestNextRelease: a release the last heartbeat did not carry goes at once
 // once it may (a drain that ended while that heartbeat was on its way was
 // heard of only with its answer, and waited up to a heartbeat more); one it

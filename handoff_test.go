@@ -186,9 +186,10 @@ func TestDrainZeroReleasedAtOnce(t *testing.T) {
 
 // TestNewOwnerLooksWhenDue: a view that says partitions are due to this
 // node in 300ms brings a heartbeat a round trip after that, each
-// heartbeat asks about them (incoming) meanwhile; an answer that says they
-// are overdue brings another a poll later; the view that gives them ends
-// the looks.
+// heartbeat asks about them (incoming) meanwhile, the look lets the
+// database wait for them a little (await); an answer that says they are
+// overdue brings another a poll later; the view that gives them ends the
+// looks.
 func TestNewOwnerLooksWhenDue(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second))
@@ -200,9 +201,13 @@ func TestNewOwnerLooksWhenDue(t *testing.T) {
 	// The wake Start leaves (a twentieth of a heartbeat): still due in 250ms.
 	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{250}}), nil))
-	// The look: 10ms overdue.
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
+	// The look, at 302ms, may wait in the database for the release until
+	// two round trips (0 here) and 20ms after the due: 18ms. It comes back
+	// at once: 10ms overdue.
+	look := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 4, Incoming: true, AwaitMS: 18}}
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", look, false, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{-10}}), nil))
+	// The next look, a poll later, is past the due plus 20ms: no wait.
 	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 2}}), nil))
@@ -238,7 +243,7 @@ func TestReleasesOverOneHeartbeatAreSpaced(t *testing.T) {
 	for p := range maxReleasesPerHeartbeat + 500 {
 		l.view.revokedAt[p] = time.Time{} // never reported: ready at once
 	}
-	rings := c.ringRequests(now)
+	rings := c.ringRequests(now, false)
 	if len(rings) != 1 || len(rings[0].Released) != maxReleasesPerHeartbeat {
 		t.Fatalf("the heartbeat carries %d releases, want %d", len(rings[0].Released), maxReleasesPerHeartbeat)
 	}

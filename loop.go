@@ -118,7 +118,7 @@ func (c *Client) launch(now time.Time) *attempt {
 	if opts.look {
 		c.st.looked()
 	}
-	rings := c.ringRequests(now)
+	rings := c.ringRequests(now, opts.look)
 	ctx, cancel := context.WithTimeout(c.attempts, c.cfg.renewTimeout)
 	a := &attempt{result: make(chan renewResult, 1), timeout: now.Add(c.cfg.renewTimeout), cancel: cancel}
 	c.calls.run(func() {
@@ -129,15 +129,16 @@ func (c *Client) launch(now time.Time) *attempt {
 }
 
 // ringRequests builds the heartbeat's argument: each joined lease's ring,
-// the version of the view it holds, and the releases the drain rule
-// allows.
+// the version of the view it holds, the releases the drain rule allows,
+// and on a look (see nextLook) how long the database may wait for a
+// release due already (lookAwait).
 //
 // A heartbeat confirms at most maxReleasesPerHeartbeat releases: each is a
 // row the database rewrites inside the heartbeat, and a node handing over
 // half of a ring of 65,536 has 32,768. The rest go with the next
 // heartbeats, which the loop sends at once (the wake spacing, a twentieth
 // of a heartbeat, apart).
-func (c *Client) ringRequests(now time.Time) []ringRequest {
+func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 	c.mu.Lock()
 	leases := c.leaseList()
 	c.mu.Unlock()
@@ -165,8 +166,20 @@ func (c *Client) ringRequests(now time.Time) []ringRequest {
 			c.hb.wake(now) // more to confirm
 		}
 		room -= len(released)
-		rings = append(rings, ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-			Version: version, Released: released, Incoming: l.view.waiting})
+		r := ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
+			Version: version, Released: released, Incoming: l.view.waiting}
+		if look && r.Incoming && version == l.view.version {
+			r.AwaitMS = lookAwait(l.view.incoming, now, c.hb.lastRTT, c.cfg.heartbeat).Milliseconds()
+		}
+		rings = append(rings, r)
+	}
+	for _, r := range rings {
+		if len(r.Released) > 0 { // a wait would hold them back from the nodes that wait for them
+			for i := range rings {
+				rings[i].AwaitMS = 0
+			}
+			break
+		}
 	}
 	return rings
 }

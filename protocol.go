@@ -18,6 +18,9 @@ type ringRequest struct {
 	// Incoming: the node waits for partitions handed to it; when nothing
 	// else changed, the answer says only when they are due.
 	Incoming bool `json:"incoming,omitempty"`
+	// AwaitMS, on a look: how long the database may wait for the ring to
+	// move before it answers (drain.go's lookAwait).
+	AwaitMS int64 `json:"await_ms,omitempty"`
 	// For join_rings: the node's heartbeat and drain, from which the
 	// database tells pending owners when what this node gives up is due.
 	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"`
@@ -50,6 +53,8 @@ type ringChange struct {
 	// many more wait with no due time known.
 	Incoming        []int64 `json:"incoming"`
 	IncomingUnknown int     `json:"incoming_unknown"`
+	// WaitedMS: how long the call waited for the ring to move (AwaitMS).
+	WaitedMS int64 `json:"waited_ms"`
 }
 
 type memberView struct {
@@ -89,8 +94,13 @@ type renewResult struct {
 	other      string        // with statusFenced: the incarnation that took over
 	late       time.Duration // > 0: the database answered this long after the call was sent, past a quarter of a lease (see renew)
 	announce   string        // JSON array of the rings this call changed, to NOTIFY
+	waited     time.Duration // a look waited this long in the database for a release (not time on the way)
 	err        error
 }
+
+// rtt is the call's round trip: its time on the way and in the database,
+// without a look's wait for a release.
+func (r renewResult) rtt() time.Duration { return r.recv.Sub(r.sent) - r.waited }
 
 // renew makes one call of renew_and_read, the heartbeat: it extends the
 // node's lease, confirms the releases and reads the rings that changed
@@ -165,6 +175,10 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 		res.nextExpiry = time.Duration(nextExpiryMS.Int64) * time.Millisecond
 	}
 	res.err = decodeChanges(res.status, changes, &res)
+	for _, ch := range res.changes {
+		res.waited = max(res.waited, time.Duration(ch.WaitedMS)*time.Millisecond)
+	}
+	res.waited = min(res.waited, res.recv.Sub(res.sent))
 	return res
 }
 

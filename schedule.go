@@ -28,7 +28,8 @@ import "time"
 //   - A wake (a new lease, an Unlock, a ring announced changed, a "later"
 //     answer, more releases than one heartbeat carries) brings the next
 //     heartbeat forward, but never to less than a twentieth of a heartbeat
-//     after the last launch.
+//     after the last launch; after answers that said "later" in a row (a
+//     lock stays busy), twice as long each time, up to 8 times.
 
 // outcome is what the last heartbeat came to, as far as the schedule cares.
 type outcome int
@@ -60,6 +61,7 @@ type schedule struct {
 	probe    bool // a heartbeat went unanswered in time: extend nothing until a probe is answered in time
 	failures int  // in a row
 	lapsed   int  // scanned answers in a row in which another lease had ended already
+	behind   int  // renewals in a row that left a view behind ("later")
 
 	// The last outcome, and what it says about the next heartbeat.
 	last         outcome
@@ -81,6 +83,7 @@ type renewal struct {
 	scanned    bool          // nextExpiry is known
 	nextExpiry time.Duration // another node's lease ends this long after the answer (-1: none)
 	handoff    handoffTimes
+	later      bool // a ring's view did not come: a lock was busy, or the call ran out of time
 }
 
 // handoffTimes is what the leases' views ask of the schedule.
@@ -114,6 +117,11 @@ func (s *schedule) renewed(now time.Time, r renewal) {
 		} else {
 			s.lapsed = 0
 		}
+	}
+	if r.later {
+		s.behind++
+	} else {
+		s.behind = 0
 	}
 	s.last, s.at, s.sent, s.recv = outcomeRenewed, now, r.sent, r.recv
 	s.handoffTimes = r.handoff
@@ -211,9 +219,18 @@ func (s *schedule) next() time.Time {
 		t = s.at.Add(s.heartbeat)
 	}
 	if !s.woken.IsZero() {
-		t = earliest(t, latest(s.launched.Add(s.heartbeat/20), s.woken))
+		t = earliest(t, latest(s.launched.Add(s.wakeSpacing()), s.woken))
 	}
 	return t
+}
+
+// wakeSpacing is the least time from a launch to a heartbeat a wake brings:
+// a twentieth of a heartbeat, twice as long for each answer in a row after
+// the first that said "later". A view behind a lock held by a batch of
+// joins (seconds, with a hundred nodes) must not bring a heartbeat every
+// few milliseconds.
+func (s *schedule) wakeSpacing() time.Duration {
+	return s.heartbeat / 20 << min(max(s.behind-1, 0), 3)
 }
 
 // due reports whether the next heartbeat should go at now.

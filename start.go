@@ -76,7 +76,7 @@ func (c *Client) joinOnce(ctx context.Context) (heartbeat bool, err error) {
 	now := c.clock.Now()
 	opts := c.hb.launch(now)
 	opts.claim = true
-	res := c.renew(hbCtx, c.ringRequests(now), opts)
+	res := c.renew(hbCtx, c.ringRequests(now, false), opts)
 	cancel()
 	switch {
 	case errors.Is(res.err, ErrRingSizeMismatch):

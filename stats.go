@@ -43,7 +43,7 @@ func (s *stats) renewed(res renewResult) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.renewals++
-	s.latency = res.recv.Sub(res.sent)
+	s.latency = res.rtt()
 	s.lastSent = res.sent
 }
 

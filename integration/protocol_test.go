@@ -43,6 +43,7 @@ type heartbeat struct {
 	changes []struct {
 		Ring    string `json:"ring"`
 		Version int64  `json:"version"`
+		Status  string `json:"status"`
 	}
 }
 
@@ -74,7 +75,9 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 		}
 		s.mu.Lock()
 		for _, c := range h.changes {
-			s.version[id] = c.Version
+			if c.Version > 0 { // a view ('later' and the like carry none)
+				s.version[id] = c.Version
+			}
 		}
 		s.mu.Unlock()
 	}

@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 11.
+-- leasering: the protocol, schema version 12.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -205,12 +205,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 11 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (11)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 12 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (12)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 11 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 11: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 12 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 12: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -223,10 +223,11 @@ END $$;
 -- renew_and_read: the heartbeat, one round trip for all of a node's rings.
 --
 -- p_rings is a JSON array of {ring, size, vnodes, version, released,
--- incoming}: version is the ring version the node last saw (0: none yet),
--- released lists partitions it was told to give up and has stopped using,
--- and incoming says it waits for partitions handed to it (see the handoff
--- timeline above).
+-- incoming, await_ms}: version is the ring version the node last saw (0:
+-- none yet), released lists partitions it was told to give up and has
+-- stopped using, incoming says it waits for partitions handed to it, and
+-- await_ms, on a look, how long the call may wait for such a ring to move
+-- before it renews (see the handoff timeline above, and await_release).
 --
 -- For each ring whose version moved it answers the node's view; for a ring
 -- the node is not a member of (or with other vnodes, or to reclaim), status
@@ -310,6 +311,7 @@ DECLARE
     r           record;
     answer      jsonb;
     outs        jsonb[] := '{}';  -- array_append grows it in place; jsonb || would copy it each time
+    waited      integer;  -- a look's wait for a release, in milliseconds (await_release)
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
@@ -319,6 +321,9 @@ BEGIN
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
         RETURN QUERY SELECT * FROM late_heartbeat(p_node, p_incarnation, p_ttl_ms, p_rings, ring_budget);
         RETURN;
+    END IF;
+    IF p_rings @? '$[*].await_ms' THEN  -- a look: only while it holds nothing
+        waited := await_release(p_rings, coalesce(p_sent_at, now()) + ttl / 8);
     END IF;
     -- greatest: a stale attempt (sent earlier, landing after a newer one)
     -- never shortens the lease the newer one granted. ttl_ms: for G9.
@@ -344,12 +349,12 @@ BEGIN
     -- The rings that need work, in name order, found by one statement.
     FOR r IN
         SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
-               coalesce(x.incoming, false) AS incoming, g.size AS cur_size
+               coalesce(x.incoming, false) AS incoming, x.await_ms, g.size AS cur_size
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
-                                                 incoming boolean)
+                                                 incoming boolean, await_ms integer)
           LEFT JOIN rings g ON g.name = x.ring
          WHERE g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
-            OR cardinality(x.released) > 0 OR x.incoming
+            OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
          ORDER BY x.ring
     LOOP
         IF r.cur_size IS NULL THEN
@@ -363,6 +368,10 @@ BEGIN
         ELSE
             worked := worked + 1;
             answer := ring_work(p_node, p_incarnation, p_ttl_ms, r.ring, r.size, r.vnodes, r.known, r.released, r.incoming);
+        END IF;
+        IF r.await_ms > 0 THEN  -- the wait is not round-trip time: the client leaves it out of its measures
+            answer := coalesce(answer, jsonb_build_object('ring', r.ring, 'status', 'incoming') || incoming_dues(r.ring, p_node))
+                      || jsonb_build_object('waited_ms', waited);
         END IF;
         IF answer IS NOT NULL THEN
             outs := array_append(outs, answer);
@@ -658,11 +667,16 @@ $$;
 -- member with these vnodes, or a member row to reclaim: join_rings does
 -- it, in a statement of its own), 'view' (a big view: read_views reads it,
 -- in a statement of its own), 'incoming' (nothing changed: only when the
--- partitions it waits for are due), or NULL (nothing more changed, or a
--- lock was busy). A subtransaction: if a user
+-- partitions it waits for are due), 'later' (a lock was busy and the
+-- node's view is behind: the client asks again soon, backing off while it
+-- stays busy), or NULL (nothing more changed, or a lock was busy and the
+-- view is current). A subtransaction: if a user
 -- transaction holds one of the ring's partitions through holds() longer
 -- than the lock wait, the ring's change waits for a later heartbeat and
--- the lease is still renewed.
+-- the lease is still renewed. Answered NULL after a member row's lock
+-- wait, a view behind waited for the next regular heartbeat (CI: a
+-- crashed node's partitions reported 20-29 ms past G3's bound, while a
+-- batch of joins held the member rows).
 CREATE OR REPLACE FUNCTION leasering.ring_work(p_node text, p_incarnation text, p_ttl_ms integer, p_ring text,
                                                p_size integer, p_vnodes integer, p_known bigint, p_released integer[],
                                                p_incoming boolean)
@@ -697,7 +711,42 @@ BEGIN
     END IF;
     RETURN give_view(p_node, p_ring, p_known);
 EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+    IF (SELECT version FROM rings WHERE name = p_ring) IS DISTINCT FROM p_known THEN
+        RETURN jsonb_build_object('ring', p_ring, 'status', 'later');
+    END IF;
     RETURN NULL;
+END
+$$;
+
+-- await_release: a look's wait (THE HANDOFF TIMELINE), before the
+-- heartbeat takes any lock: until a ring of p_rings with await_ms moves
+-- from the version the node sent (the owner's release landed, or anything
+-- else changed), its await_ms ends, or p_until. Returns the milliseconds
+-- waited. Without it a look that came a few milliseconds before the
+-- owner's release looked again a poll later (CI: a heal's gap of 594 ms
+-- against a bound of 581); with it the node hears of the release within
+-- a sleep of its commit.
+CREATE OR REPLACE FUNCTION leasering.await_release(p_rings jsonb, p_until timestamptz)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    began timestamptz := clock_timestamp();
+    ends  timestamptz;
+BEGIN
+    SELECT least(p_until, began + max(x.await_ms) * interval '1 millisecond') INTO ends
+      FROM jsonb_to_recordset(p_rings) AS x (await_ms integer)
+     WHERE x.await_ms > 0
+    HAVING count(*) > 0;  -- none: ends stays NULL, no wait (least would skip a NULL)
+    -- Each statement of this VOLATILE function reads what committed before it.
+    WHILE clock_timestamp() < ends
+          AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(p_rings) AS x (ring text, version bigint, await_ms integer)
+                            JOIN rings g ON g.name = x.ring
+                           WHERE x.await_ms > 0 AND g.version <> coalesce(x.version, 0)) LOOP
+        PERFORM pg_sleep(0.002);
+    END LOOP;
+    RETURN ceil(extract(epoch FROM clock_timestamp() - began) * 1000);
 END
 $$;
 
