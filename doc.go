@@ -53,7 +53,8 @@
 // heartbeat hears so, A confirms the release the moment a drain period
 // ends, and only then does B own it, with its epoch (fencing token) one
 // higher. B's views say when the release is due, and B renews just after
-// it, so in a join or a heal the partition goes unreported for the drain
+// it, a heartbeat the database may hold a few milliseconds until the
+// release commits, so in a join or a heal the partition goes unreported for the drain
 // and a few milliseconds, not up to a heartbeat more (Stats.HandoffLooks
 // counts those early heartbeats; README.md says where that bound does not
 // hold yet: roll-outs that move most of a ring at once). A

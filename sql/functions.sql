@@ -104,9 +104,10 @@
 -- (give_view: the owner's drain on from then), or before that an estimate
 -- (the owner's next heartbeat plus its drain, from its lease row and the
 -- heartbeat and drain its member row recorded at its join). The pending
--- owner renews just after that time and, while it waits, asks again with
--- each heartbeat (a ring request with incoming: ring_work answers the
--- dues alone when nothing else changed).
+-- owner renews just after that time (a look, which may wait here for the
+-- release to commit: await_ms, await_release) and, while it waits, asks
+-- again with each heartbeat (a ring request with incoming: ring_work
+-- answers the dues alone when nothing else changed).
 --
 -- LOCK ORDER. Every transaction takes its row locks in this order, so no
 -- two wait for each other:
