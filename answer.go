@@ -82,7 +82,7 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 	views, h := c.applyChanges(res, now)
 	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold,
 		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h,
-		later: slices.ContainsFunc(res.changes, func(ch ringChange) bool { return ch.Status == ringLater })})
+		busy: slices.ContainsFunc(res.changes, func(ch ringChange) bool { return ch.Status == ringLater && ch.Busy })})
 	c.st.applied(c.hb.deadline, views)
 	c.announce(res.announce)
 	if c.hb.lost && c.hb.deadline.After(now) {

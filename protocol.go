@@ -55,6 +55,9 @@ type ringChange struct {
 	IncomingUnknown int     `json:"incoming_unknown"`
 	// WaitedMS: how long the call waited for the ring to move (AwaitMS).
 	WaitedMS int64 `json:"waited_ms"`
+	// Busy, with "later": a lock the view needs was busy (rather than the
+	// heartbeat out of time).
+	Busy bool `json:"busy"`
 }
 
 type memberView struct {

@@ -28,8 +28,8 @@ import "time"
 //   - A wake (a new lease, an Unlock, a ring announced changed, a "later"
 //     answer, more releases than one heartbeat carries) brings the next
 //     heartbeat forward, but never to less than a twentieth of a heartbeat
-//     after the last launch; after answers that said "later" in a row (a
-//     lock stays busy), twice as long each time, up to 8 times.
+//     after the last launch; after answers in a row that said "later"
+//     because a lock was busy, twice as long each time, up to 8 times.
 
 // outcome is what the last heartbeat came to, as far as the schedule cares.
 type outcome int
@@ -61,7 +61,7 @@ type schedule struct {
 	probe    bool // a heartbeat went unanswered in time: extend nothing until a probe is answered in time
 	failures int  // in a row
 	lapsed   int  // scanned answers in a row in which another lease had ended already
-	behind   int  // renewals in a row that left a view behind ("later")
+	behind   int  // renewals in a row that left a view behind a busy lock ("later", busy)
 
 	// The last outcome, and what it says about the next heartbeat.
 	last         outcome
@@ -83,7 +83,7 @@ type renewal struct {
 	scanned    bool          // nextExpiry is known
 	nextExpiry time.Duration // another node's lease ends this long after the answer (-1: none)
 	handoff    handoffTimes
-	later      bool // a ring's view did not come: a lock was busy, or the call ran out of time
+	busy       bool // a ring's view did not come: a lock was busy ("later", busy)
 }
 
 // handoffTimes is what the leases' views ask of the schedule.
@@ -118,7 +118,7 @@ func (s *schedule) renewed(now time.Time, r renewal) {
 			s.lapsed = 0
 		}
 	}
-	if r.later {
+	if r.busy {
 		s.behind++
 	} else {
 		s.behind = 0
@@ -226,9 +226,10 @@ func (s *schedule) next() time.Time {
 
 // wakeSpacing is the least time from a launch to a heartbeat a wake brings:
 // a twentieth of a heartbeat, twice as long for each answer in a row after
-// the first that said "later". A view behind a lock held by a batch of
-// joins (seconds, with a hundred nodes) must not bring a heartbeat every
-// few milliseconds.
+// the first that said "later" because a lock was busy. A view behind a
+// lock held by a batch of joins (seconds, with a hundred nodes) must not
+// bring a heartbeat every few milliseconds; a heartbeat out of time for
+// its rings ("later", not busy) made progress, and the next goes as soon.
 func (s *schedule) wakeSpacing() time.Duration {
 	return s.heartbeat / 20 << min(max(s.behind-1, 0), 3)
 }

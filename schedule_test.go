@@ -28,7 +28,7 @@ func TestSchedule(t *testing.T) {
 	scanned := func(next time.Duration) func(*renewal) {
 		return func(r *renewal) { r.scanned, r.nextExpiry = true, next }
 	}
-	later := func(r *renewal) { r.later = true }
+	busy := func(r *renewal) { r.busy = true }
 	failed := func(d time.Duration) ev { return func(s *schedule) { s.failed(at(d)) } }
 	timedOut := func(d time.Duration) ev { return func(s *schedule) { s.timedOut(at(d)) } }
 	probed := func(d time.Duration) ev { return func(s *schedule) { s.probed(at(d)) } }
@@ -101,15 +101,15 @@ func TestSchedule(t *testing.T) {
 			[]ev{launched(0), woken(ms(10)), launched(ms(50)), renewed(ms(50), ms(70))}, ms(50) + hb},
 		{"a wake after a skip",
 			[]ev{launched(0), woken(ms(10)), skipped(ms(50)), woken(ms(60))}, ms(60)},
-		{"a view behind ('later'): a twentieth of a heartbeat after the launch",
-			[]ev{launched(0), renewed(0, ms(20), later), woken(ms(20))}, ms(50)},
-		{"behind again: twice as long",
-			[]ev{launched(0), renewed(0, ms(20), later), launched(ms(50)), renewed(ms(50), ms(70), later), woken(ms(70))}, ms(50 + 100)},
+		{"a view behind a busy lock: a twentieth of a heartbeat after the launch",
+			[]ev{launched(0), renewed(0, ms(20), busy), woken(ms(20))}, ms(50)},
+		{"behind a busy lock again: twice as long",
+			[]ev{launched(0), renewed(0, ms(20), busy), launched(ms(50)), renewed(ms(50), ms(70), busy), woken(ms(70))}, ms(50 + 100)},
 		{"behind five times: eight times, and no more",
-			[]ev{renewed(0, ms(20), later), renewed(0, ms(20), later), renewed(0, ms(20), later), renewed(0, ms(20), later),
-				launched(ms(50)), renewed(ms(50), ms(70), later), woken(ms(70))}, ms(50 + 400)},
+			[]ev{renewed(0, ms(20), busy), renewed(0, ms(20), busy), renewed(0, ms(20), busy), renewed(0, ms(20), busy),
+				launched(ms(50)), renewed(ms(50), ms(70), busy), woken(ms(70))}, ms(50 + 400)},
 		{"a view that comes starts over",
-			[]ev{renewed(0, ms(20), later), renewed(0, ms(20), later), renewed(0, ms(20), later),
+			[]ev{renewed(0, ms(20), busy), renewed(0, ms(20), busy), renewed(0, ms(20), busy),
 				launched(ms(50)), renewed(ms(50), ms(70)), woken(ms(70))}, ms(50 + 50)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

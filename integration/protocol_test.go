@@ -44,6 +44,7 @@ type heartbeat struct {
 		Ring    string `json:"ring"`
 		Version int64  `json:"version"`
 		Status  string `json:"status"`
+		Busy    bool   `json:"busy"`
 	}
 }
 

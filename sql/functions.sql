@@ -668,9 +668,9 @@ $$;
 -- member with these vnodes, or a member row to reclaim: join_rings does
 -- it, in a statement of its own), 'view' (a big view: read_views reads it,
 -- in a statement of its own), 'incoming' (nothing changed: only when the
--- partitions it waits for are due), 'later' (a lock was busy and the
--- node's view is behind: the client asks again soon, backing off while it
--- stays busy), or NULL (nothing more changed, or a lock was busy and the
+-- partitions it waits for are due), 'later' with busy (a lock was busy
+-- and the node's view is behind: the client asks again soon, backing off
+-- while it stays busy), or NULL (nothing more changed, or a lock was busy and the
 -- view is current). A subtransaction: if a user
 -- transaction holds one of the ring's partitions through holds() longer
 -- than the lock wait, the ring's change waits for a later heartbeat and
@@ -713,7 +713,7 @@ BEGIN
     RETURN give_view(p_node, p_ring, p_known);
 EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
     IF (SELECT version FROM rings WHERE name = p_ring) IS DISTINCT FROM p_known THEN
-        RETURN jsonb_build_object('ring', p_ring, 'status', 'later');
+        RETURN jsonb_build_object('ring', p_ring, 'status', 'later', 'busy', true);
     END IF;
     RETURN NULL;
 END
