@@ -119,15 +119,17 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h hand
 				l.view.join = toJoin // the loop joins it, then a heartbeat reads its view
 			}
 		case ringLater:
-			c.hb.wake(now) // the next heartbeat brings the view
+			if !ch.Busy { // busy: the schedule backs off (schedule.behind)
+				c.hb.wake(now) // the next heartbeat brings the view
+			}
 		case ringView:
 			l.view.read = true // the loop reads it with read_views
 		case ringIncoming:
-			l.view.setIncoming(ch, incomingMeasured(res.sent, res.recv))
+			l.view.setIncoming(ch, incomingMeasured(res.sent.Add(res.waited), res.recv))
 		default:
 			views++
 			before := len(l.view.current.values)
-			l.applyViewAt(ch, now, incomingMeasured(res.sent, res.recv))
+			l.applyViewAt(ch, now, incomingMeasured(res.sent.Add(res.waited), res.recv))
 			c.log.Debug("leasering: ring changed", "ring", ch.Ring, "version", ch.Version,
 				"owned_before", before, "owned", len(l.view.current.values), "revoking_partitions", ch.Revoking, "partitions", l.view.current.values)
 		}

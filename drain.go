@@ -112,7 +112,8 @@ func (v *ringState) setIncoming(ch ringChange, measured time.Time) {
 
 // incomingMeasured is when, on the local clock, the database most likely
 // measured the dues of an answer to a call sent at sent and answered at
-// recv: halfway.
+// recv: halfway. (For a look that waited in the database, sent is moved
+// on by the wait: the dues are measured after it.)
 func incomingMeasured(sent, recv time.Time) time.Time {
 	if sent.IsZero() || recv.Before(sent) {
 		return recv

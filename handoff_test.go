@@ -255,3 +255,51 @@ func TestReleasesOverOneHeartbeatAreSpaced(t *testing.T) {
 		t.Error("no wake for the releases left out")
 	}
 }
+
+// TestRingRequestsOfALook: every ring request says the client backs off
+// from a busy 'later'; a look lets the database wait for a due release
+// (lookAwait), but never past what else the schedule has to do, and not at
+// all when the heartbeat carries releases of its own, which the wait would
+// hold back from the nodes that wait for them.
+func TestRingRequestsOfALook(t *testing.T) {
+	db, _ := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second))
+	a, _ := c.Lease("a", 8)
+	b, _ := c.Lease("b", 8)
+	now := c.clk.Now()
+	c.hb.last, c.hb.sent, c.hb.lastRTT = outcomeRenewed, now.Add(-300*time.Millisecond), 4*time.Millisecond
+	a.view.waiting, a.view.incoming = true, []time.Time{now.Add(-5 * time.Millisecond)} // due 5ms ago
+	b.view.revokedAt[3] = time.Time{}                                                   // never reported: ready at once
+
+	await := func(rings []ringRequest) int64 {
+		t.Helper()
+		for _, r := range rings {
+			if !r.LaterIfBusy {
+				t.Errorf("ring %s's request does not say later_if_busy", r.Ring)
+			}
+		}
+		if len(rings) != 2 || rings[0].Ring != "a" {
+			t.Fatalf("rings %+v, want a and b", rings)
+		}
+		return rings[0].AwaitMS
+	}
+	if got := await(c.ringRequests(now, true)); got != 0 {
+		t.Errorf("a look that carries b's release waits %dms, want 0", got)
+	}
+	delete(b.view.revokedAt, 3)
+	// Two round trips and 20ms after the due: 28 - 5 = 23ms.
+	if got := await(c.ringRequests(now, true)); got != 23 {
+		t.Errorf("a look waits %dms, want 23", got)
+	}
+	if got := await(c.ringRequests(now, false)); got != 0 {
+		t.Errorf("a regular heartbeat waits %dms, want 0", got)
+	}
+	c.hb.release = now.Add(7 * time.Millisecond) // a drain ends first
+	if got := await(c.ringRequests(now, true)); got != 7 {
+		t.Errorf("a look with a drain ending in 7ms waits %dms, want 7", got)
+	}
+	c.hb.release, c.hb.otherExpiry = time.Time{}, now.Add(-time.Millisecond) // a takeover is due
+	if got := await(c.ringRequests(now, true)); got != 0 {
+		t.Errorf("a look with another lease ended waits %dms, want 0", got)
+	}
+}

@@ -167,9 +167,12 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		}
 		room -= len(released)
 		r := ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-			Version: version, Released: released, Incoming: l.view.waiting}
+			Version: version, Released: released, Incoming: l.view.waiting, LaterIfBusy: true}
 		if look && r.Incoming && version == l.view.version {
-			r.AwaitMS = lookAwait(l.view.incoming, now, c.hb.lastRTT, c.cfg.heartbeat).Milliseconds()
+			// Never past what else the schedule has to do: the wait holds
+			// the node's one heartbeat.
+			wait := min(lookAwait(l.view.incoming, now, c.hb.lastRTT, c.cfg.heartbeat), c.hb.quietFor(now))
+			r.AwaitMS = wait.Milliseconds()
 		}
 		rings = append(rings, r)
 	}

@@ -224,6 +224,7 @@ func normalize(rs []ringRequest) []ringRequest {
 		if len(r.Released) == 0 {
 			r.Released = nil
 		}
+		r.LaterIfBusy = false // every request says it: TestRingRequestsSayLaterIfBusy
 		out[i] = r
 	}
 	return out

@@ -21,6 +21,10 @@ type ringRequest struct {
 	// AwaitMS, on a look: how long the database may wait for the ring to
 	// move before it answers (drain.go's lookAwait).
 	AwaitMS int64 `json:"await_ms,omitempty"`
+	// LaterIfBusy: answer "later" with Busy when a lock the view needs is
+	// busy (the schedule backs off from those); a client before schema
+	// version 12 does not say it and gets no answer, as it did.
+	LaterIfBusy bool `json:"later_if_busy,omitempty"`
 	// For join_rings: the node's heartbeat and drain, from which the
 	// database tells pending owners when what this node gives up is due.
 	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"`

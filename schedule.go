@@ -28,8 +28,10 @@ import "time"
 //   - A wake (a new lease, an Unlock, a ring announced changed, a "later"
 //     answer, more releases than one heartbeat carries) brings the next
 //     heartbeat forward, but never to less than a twentieth of a heartbeat
-//     after the last launch; after answers in a row that said "later"
-//     because a lock was busy, twice as long each time, up to 8 times.
+//     after the last launch.
+//   - A view left behind a busy lock ("later", busy): a twentieth of a
+//     heartbeat after the launch, twice as long for each such answer in a
+//     row, up to 8 times.
 
 // outcome is what the last heartbeat came to, as far as the schedule cares.
 type outcome int
@@ -211,6 +213,9 @@ func (s *schedule) next() time.Time {
 			// sent once it is over hands them on.
 			t = earliest(t, s.holdUntil.Add(time.Millisecond))
 		}
+		if retry := s.retryBusy(); !retry.IsZero() {
+			t = earliest(t, retry)
+		}
 	case outcomeFailed:
 		t = s.at.Add(s.backoff()/2 + s.spread)
 	case outcomeProbed:
@@ -219,19 +224,41 @@ func (s *schedule) next() time.Time {
 		t = s.at.Add(s.heartbeat)
 	}
 	if !s.woken.IsZero() {
-		t = earliest(t, latest(s.launched.Add(s.wakeSpacing()), s.woken))
+		t = earliest(t, latest(s.launched.Add(s.heartbeat/20), s.woken))
 	}
 	return t
 }
 
-// wakeSpacing is the least time from a launch to a heartbeat a wake brings:
-// a twentieth of a heartbeat, twice as long for each answer in a row after
-// the first that said "later" because a lock was busy. A view behind a
+// retryBusy is when a view left behind a busy lock is asked for again
+// (zero: none is): a twentieth of a heartbeat after the launch, twice as
+// long for each such answer in a row after the first, up to 8 times. A
 // lock held by a batch of joins (seconds, with a hundred nodes) must not
 // bring a heartbeat every few milliseconds; a heartbeat out of time for
-// its rings ("later", not busy) made progress, and the next goes as soon.
-func (s *schedule) wakeSpacing() time.Duration {
-	return s.heartbeat / 20 << min(max(s.behind-1, 0), 3)
+// its rings ("later", not busy) made progress, and wakes the loop as any
+// other.
+func (s *schedule) retryBusy() time.Time {
+	if s.behind == 0 {
+		return time.Time{}
+	}
+	return s.launched.Add(s.heartbeat / 20 << min(s.behind-1, 3))
+}
+
+// quietFor is how long from now nothing but a look is due: the longest a
+// look may wait in the database (lookAwait) without holding up a release,
+// a takeover, the end of a hold or the next heartbeat. Zero: something is
+// due now.
+func (s *schedule) quietFor(now time.Time) time.Duration {
+	t := s.sent.Add(s.heartbeat)
+	if !s.otherExpiry.IsZero() {
+		t = earliest(t, s.otherExpiry)
+	}
+	if !s.release.IsZero() {
+		t = earliest(t, s.release)
+	}
+	if s.revoking && s.holdUntil.After(now) {
+		t = earliest(t, s.holdUntil)
+	}
+	return max(t.Sub(now), 0)
 }
 
 // due reports whether the next heartbeat should go at now.

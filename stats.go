@@ -12,7 +12,7 @@ type Stats struct {
 	NodeID           string
 	Renewals         int64          // successful heartbeats
 	RenewFailures    int64          // failed or timed-out heartbeats
-	LastRenewLatency time.Duration  // round trip of the last successful heartbeat
+	LastRenewLatency time.Duration  // round trip of the last successful heartbeat (without a look's wait for a release)
 	LastRenewAge     time.Duration  // time since the last successful heartbeat was sent (-1: none)
 	LeaseLeft        time.Duration  // until this node stops reporting partitions (0: not live)
 	RingChanges      int64          // ring views received (joins, leaves, handoffs, rebalances)

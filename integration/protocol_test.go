@@ -22,6 +22,9 @@ type sqlNodes struct {
 	mu      sync.Mutex        // over version and inc: tests renew from several goroutines
 	version map[string]int64  // ring version each node last saw
 	inc     map[string]string // incarnation of each node id, "inc-<id>" unless set
+	// laterIfBusy: renew says later_if_busy, as a client of schema version
+	// 12 on does (without, as an older client)
+	laterIfBusy bool
 }
 
 func newSQLNodes(t *testing.T) *sqlNodes {
@@ -60,7 +63,11 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	if inc == "" {
 		inc = "inc-" + id
 	}
-	rings, _ := json.Marshal([]map[string]any{{"ring": "r", "size": 8, "vnodes": 8, "version": s.version[id], "released": released}})
+	ring := map[string]any{"ring": "r", "size": 8, "vnodes": 8, "version": s.version[id], "released": released}
+	if s.laterIfBusy {
+		ring["later_if_busy"] = true
+	}
+	rings, _ := json.Marshal([]map[string]any{ring})
 	s.mu.Unlock()
 	var h heartbeat
 	var changes sql.NullString

@@ -224,11 +224,14 @@ END $$;
 -- renew_and_read: the heartbeat, one round trip for all of a node's rings.
 --
 -- p_rings is a JSON array of {ring, size, vnodes, version, released,
--- incoming, await_ms}: version is the ring version the node last saw (0:
--- none yet), released lists partitions it was told to give up and has
--- stopped using, incoming says it waits for partitions handed to it, and
--- await_ms, on a look, how long the call may wait for such a ring to move
--- before it renews (see the handoff timeline above, and await_release).
+-- incoming, await_ms, later_if_busy}: version is the ring version the node
+-- last saw (0: none yet), released lists partitions it was told to give up
+-- and has stopped using, incoming says it waits for partitions handed to
+-- it, await_ms, on a look, how long the call may wait for such a ring to
+-- move before it renews (see the handoff timeline above, and
+-- await_release), and later_if_busy that the client backs off from
+-- 'later' answers that say busy (ring_work; a client before version 12
+-- gets NULL instead, as it did).
 --
 -- For each ring whose version moved it answers the node's view; for a ring
 -- the node is not a member of (or with other vnodes, or to reclaim), status
@@ -303,7 +306,7 @@ AS $$
 DECLARE
     ttl         interval := p_ttl_ms * interval '1 millisecond';
     lease_from  timestamptz := least(now(), coalesce(p_sent_at, now()));  -- a granted lease counts from here
-    ring_budget timestamptz := clock_timestamp() + least(p_ttl_ms / 10, 100) * interval '1 millisecond';
+    ring_budget timestamptz;  -- no ring work starts after this but the first (set after a look's wait)
     me          nodes;
     st          text := CASE WHEN p_claim THEN 'ok' ELSE 'rejoined' END;  -- unless renewed
     next_event  timestamptz;  -- the earliest other lease or hold end (p_scan)
@@ -320,12 +323,14 @@ BEGIN
     END IF;
     PERFORM set_lock_wait(p_ttl_ms, 20);
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
-        RETURN QUERY SELECT * FROM late_heartbeat(p_node, p_incarnation, p_ttl_ms, p_rings, ring_budget);
+        RETURN QUERY SELECT * FROM late_heartbeat(p_node, p_incarnation, p_ttl_ms, p_rings,
+                                                  clock_timestamp() + least(p_ttl_ms / 10, 100) * interval '1 millisecond');
         RETURN;
     END IF;
     IF p_rings @? '$[*].await_ms' THEN  -- a look: only while it holds nothing
-        waited := await_release(p_rings, coalesce(p_sent_at, now()) + ttl / 8);
+        waited := await_release(p_node, p_incarnation, p_ttl_ms, p_rings, coalesce(p_sent_at, now()) + ttl / 8);
     END IF;
+    ring_budget := clock_timestamp() + least(p_ttl_ms / 10, 100) * interval '1 millisecond';
     -- greatest: a stale attempt (sent earlier, landing after a newer one)
     -- never shortens the lease the newer one granted. ttl_ms: for G9.
     UPDATE nodes SET expires_at = greatest(expires_at, lease_from + ttl), ttl_ms = p_ttl_ms
@@ -350,9 +355,10 @@ BEGIN
     -- The rings that need work, in name order, found by one statement.
     FOR r IN
         SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
-               coalesce(x.incoming, false) AS incoming, x.await_ms, g.size AS cur_size
+               coalesce(x.incoming, false) AS incoming, x.await_ms, coalesce(x.later_if_busy, false) AS later_if_busy,
+               g.size AS cur_size
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
-                                                 incoming boolean, await_ms integer)
+                                                 incoming boolean, await_ms integer, later_if_busy boolean)
           LEFT JOIN rings g ON g.name = x.ring
          WHERE g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
             OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
@@ -369,6 +375,9 @@ BEGIN
         ELSE
             worked := worked + 1;
             answer := ring_work(p_node, p_incarnation, p_ttl_ms, r.ring, r.size, r.vnodes, r.known, r.released, r.incoming);
+            IF (answer ->> 'busy')::boolean AND NOT r.later_if_busy THEN
+                answer := NULL;  -- a client before version 12: it would ask again at once, without backing off
+            END IF;
         END IF;
         IF r.await_ms > 0 THEN  -- the wait is not round-trip time: the client leaves it out of its measures
             answer := coalesce(answer, jsonb_build_object('ring', r.ring, 'status', 'incoming') || incoming_dues(r.ring, p_node))
@@ -722,12 +731,14 @@ $$;
 -- await_release: a look's wait (THE HANDOFF TIMELINE), before the
 -- heartbeat takes any lock: until a ring of p_rings with await_ms moves
 -- from the version the node sent (the owner's release landed, or anything
--- else changed), its await_ms ends, or p_until. Returns the milliseconds
--- waited. Without it a look that came a few milliseconds before the
+-- else changed), its await_ms ends, or p_until; not at all for node
+-- p_node (incarnation p_incarnation, TTL p_ttl_ms) with less than half a
+-- lease left. Returns the milliseconds waited. Without it a look that came a few milliseconds before the
 -- owner's release looked again a poll later (CI: a heal's gap of 594 ms
 -- against a bound of 581); with it the node hears of the release within
 -- a sleep of its commit.
-CREATE OR REPLACE FUNCTION leasering.await_release(p_rings jsonb, p_until timestamptz)
+CREATE OR REPLACE FUNCTION leasering.await_release(p_node text, p_incarnation text, p_ttl_ms integer, p_rings jsonb,
+                                                   p_until timestamptz)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
@@ -736,6 +747,13 @@ DECLARE
     began timestamptz := clock_timestamp();
     ends  timestamptz;
 BEGIN
+    -- Only with half a lease left: the renewal after the wait counts the
+    -- lease as live from the call's start (now()), and a lease that ended
+    -- meanwhile may have been taken for dead.
+    IF NOT EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation
+                                         AND expires_at > began + p_ttl_ms * interval '0.5 millisecond') THEN
+        RETURN 0;
+    END IF;
     SELECT least(p_until, began + max(x.await_ms) * interval '1 millisecond') INTO ends
       FROM jsonb_to_recordset(p_rings) AS x (await_ms integer)
      WHERE x.await_ms > 0
@@ -747,7 +765,7 @@ BEGIN
                            WHERE x.await_ms > 0 AND g.version <> coalesce(x.version, 0)) LOOP
         PERFORM pg_sleep(0.002);
     END LOOP;
-    RETURN ceil(extract(epoch FROM clock_timestamp() - began) * 1000);
+    RETURN floor(extract(epoch FROM clock_timestamp() - began) * 1000);  -- never more than waited
 END
 $$;
 

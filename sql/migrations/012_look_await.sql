@@ -5,10 +5,11 @@
 --
 -- Version 12 changes no table, only what functions do: a look may wait in
 -- the database for the release it looks for (await_release); ring work
--- that missed a lock while the node's view is behind says 'later'; one
--- heartbeat at a time evicts lapsed nodes (scan_and_evict); rebalance
--- rewrites only the rows that can change. Clients of version 11 send no
--- await_ms and read 'later' as before.
+-- that missed a lock while the node's view is behind says 'later' (busy)
+-- to a client that asks for it (later_if_busy); one heartbeat at a time
+-- evicts lapsed nodes (scan_and_evict); rebalance rewrites only the rows
+-- that can change. Clients of older versions send neither key and get the
+-- answers they got.
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 DO $$
