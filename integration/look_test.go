@@ -72,7 +72,7 @@ func TestLookWaitsForTheRelease(t *testing.T) {
 
 	// With less than half of its lease left, a look does not wait: the
 	// renewal after the wait counts the lease from the call's start.
-	if _, err := s.e.admin.Exec(`UPDATE "`+s.e.schema+`".nodes SET expires_at = now() + interval '20 seconds' WHERE node_id = 'b'`); err != nil {
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes SET expires_at = now() + interval '20 seconds' WHERE node_id = 'b'`); err != nil {
 		t.Fatal(err)
 	}
 	answer, took = s.look("b", 150)
