@@ -186,6 +186,7 @@ func TestSQLFilesRefuseOtherVersions(t *testing.T) {
 	installOld(t, e, "testdata/schema_and_functions_v7_a49746f.sql", 7)
 	fresh := must(leasering.MigrationSQL(0))
 	upgrade := must(leasering.MigrationSQL(7))
+	newer := "UPDATE S.schema_version SET version = " + strconv.Itoa(leasering.SchemaVersion+1)
 	cases := []struct {
 		what, setup, script, state string
 	}{
@@ -193,8 +194,8 @@ func TestSQLFilesRefuseOtherVersions(t *testing.T) {
 		{"functions.sql at version 7", "", leasering.FunctionsSQL(), "LR007"},
 		{"migration 6 to 7 at version 7", "", must(leasering.MigrationSQL(6)), "LR007"},
 		{"migration 7 to 8 at version 8", "UPDATE S.schema_version SET version = 8", upgrade, "LR007"},
-		{"schema.sql at version 12", "UPDATE S.schema_version SET version = 12", fresh, "LR002"},
-		{"functions.sql at version 12", "UPDATE S.schema_version SET version = 12", leasering.FunctionsSQL(), "LR002"},
+		{"schema.sql at a newer version", newer, fresh, "LR002"},
+		{"functions.sql at a newer version", newer, leasering.FunctionsSQL(), "LR002"},
 	}
 	for _, c := range cases {
 		tx, err := e.admin.Begin()
