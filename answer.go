@@ -162,7 +162,7 @@ func (c *Client) handoff(now time.Time) handoffTimes {
 			h.release = next
 		}
 		h.revoking = h.revoking || len(l.view.revokedAt) > 0
-		if look := nextLook(l.view.incoming, now, c.hb.lastRTT, c.cfg.heartbeat); !look.IsZero() && (h.look.IsZero() || look.Before(h.look)) {
+		if look := nextLook(l.view.incoming, now, c.cfg.heartbeat); !look.IsZero() && (h.look.IsZero() || look.Before(h.look)) {
 			h.look = look
 		}
 	}

@@ -88,7 +88,7 @@ func (l *Lease) releases(now time.Time, drain, maxDrain time.Duration) (ready []
 
 // Looking for incoming partitions (see nextLook and lookAwait).
 const (
-	lookSlack   = 2 * time.Millisecond  // after the due time and a round trip: the owner's release is sent then
+	lookSlack   = 2 * time.Millisecond  // a look goes this long after the due time
 	minLookPoll = 10 * time.Millisecond // the least time between two looks at an overdue partition
 	awaitSlack  = 20 * time.Millisecond // a look waits for a release until two round trips and this after its due
 	maxAwait    = 50 * time.Millisecond // and never longer than this (nor a quarter of a heartbeat)
@@ -123,21 +123,25 @@ func incomingMeasured(sent, recv time.Time) time.Time {
 
 // nextLook is when the node should next renew to hear of incoming
 // partitions due at dues, as known at now; zero: no look (the regular
-// heartbeats ask, and each answers the dues afresh). A look goes a round
-// trip (rtt, the last heartbeat's) and lookSlack after a due time: the
-// owner's release, sent when its drain ends, has landed by then. One still
-// missing is looked for again half as long after as it is overdue (at
+// heartbeats ask, and each answers the dues afresh). A look goes lookSlack
+// after a due time and waits in the database for the owner's release
+// (lookAwait), which the owner sends when its drain ends and which lands
+// about a round trip after the due; the look is answered within a few
+// milliseconds of its commit. (Sent a round trip after the due, as before
+// the look could wait, it came back a round trip and a half after it: a
+// join's gaps reached 576 ms, drain 500 ms, under -race beside a busy
+// core.) One still missing is looked for again half as long after as it is overdue (at
 // least a poll, a heartbeat's hundredth or minLookPoll), so that a late
 // release is heard within about half its own lateness more, at a cost of
 // a few looks (about ten at most), until it is a heartbeat overdue: then
 // the owner holds a Lock (the max drain) or holds for an older process,
 // and the regular heartbeats look. (Each answer says the dues afresh: an
 // owner told later than the database guessed gets its real due time.)
-func nextLook(dues []time.Time, now time.Time, rtt, heartbeat time.Duration) time.Time {
+func nextLook(dues []time.Time, now time.Time, heartbeat time.Duration) time.Time {
 	poll := max(heartbeat/100, minLookPoll)
 	var next time.Time
 	for _, due := range dues {
-		at := due.Add(rtt + lookSlack)
+		at := due.Add(lookSlack)
 		if !at.After(now) {
 			overdue := now.Sub(due)
 			if overdue >= heartbeat {
