@@ -20,8 +20,17 @@ import (
 // A partition the node never reported (given and taken back before it
 // heard, or given during a hold) has nothing to drain: its release goes at
 // once. drainEnd is the rule; the heartbeat's argument (releases) and its
-// schedule (the next drain end) both read it. The node sends the release
-// at the drain's end, not with its next heartbeat.
+// schedule (the next drain end) both read it.
+//
+// The node sends the release a lead (releaseLead: about a round trip)
+// before the drain ends, not with its next heartbeat, and says how long
+// the drain has left as it sends (release_after_ms): the database writes
+// the change of owner, then waits that long from the statement's start
+// before it commits, which is never before the drain's end on this node's
+// clock, whatever the two clocks read. Sent at the drain's end, the change
+// committed most of a round trip after it, and a release of thousands of
+// rows the time of their writes later still (TestRollout: 1.10-1.42 s
+// unowned with a drain of 1 s).
 //
 // The other side: a partition moved to this node has no reporter from the
 // moment its owner stops until this node hears it is its own. Each view
@@ -32,58 +41,84 @@ import (
 // the drain and a few milliseconds rather than the drain and up to a
 // heartbeat.
 
-// drainEnd is when a partition may be confirmed released, as known at now.
-// stopped is when this node stopped reporting it (zero: never reported);
-// locked says whether a Lock on one of its keys is held. A time not after
-// now means at once.
-func drainEnd(stopped time.Time, locked bool, now time.Time, drain, maxDrain time.Duration) time.Time {
-	if stopped.IsZero() {
+// drainEnd is when a partition may be confirmed released. stopped is when
+// this node stopped reporting it (zero: never reported, at once); locked
+// says whether a Lock on one of its keys is held: then the max drain,
+// since the Lock may outlast the drain (Unlock wakes the loop, which reads
+// the end again). A release is sent ahead of its end only as far as a
+// Lock cannot change it: none can be taken on a revoked partition.
+func drainEnd(stopped time.Time, locked bool, drain, maxDrain time.Duration) time.Time {
+	switch {
+	case stopped.IsZero():
 		return stopped
+	case locked:
+		return stopped.Add(maxDrain)
 	}
-	end := stopped.Add(drain)
-	if locked && !end.After(now) {
-		// Unlock wakes the loop; the max drain bounds the wait.
-		end = stopped.Add(maxDrain)
-	}
-	return end
+	return stopped.Add(drain)
+}
+
+// Releasing ahead of the drain's end (see releaseLead).
+const (
+	leadSlack  = 5 * time.Millisecond  // the lead is a round trip and this
+	perRelease = 10 * time.Microsecond // and this for each partition it may carry (the database writes each)
+	maxLead    = 50 * time.Millisecond // and never more than this (nor a quarter of a heartbeat)
+)
+
+// releaseLead is how long before a drain's end the release goes, for a
+// node whose last round trip took rtt and that has revoked partitions
+// waiting: long enough for the call to reach the database and write them
+// before the end (the write of 1,000 rows takes about 10 ms), so that it
+// commits at the end; at most maxLead or a quarter of a heartbeat, since
+// the call holds a pooled connection and the ring's lock while it waits.
+func releaseLead(rtt, heartbeat time.Duration, revoked int) time.Duration {
+	return min(rtt+leadSlack+time.Duration(revoked)*perRelease, heartbeat/4, maxLead)
 }
 
 // nextRelease is when a heartbeat should next carry releases, as known at
-// now (zero: none waits): now if one may go that the last heartbeat did
-// not carry (never reported, a drain of 0, or a drain that ended while
-// that heartbeat was on its way), else the next drain end. One the last
-// heartbeat carried and that is still revoked waits for what it waits for
-// (a hold's end, which the schedule knows), or goes with the next
-// heartbeat.
-func (l *Lease) nextRelease(now time.Time, drain, maxDrain time.Duration) time.Time {
-	ready, next := l.releases(now, drain, maxDrain)
+// now with a lead of lead (zero: none waits): now if one may go that the
+// last heartbeat did not carry (never reported, a drain of 0, or a drain
+// that ended while that heartbeat was on its way), else the lead before
+// the next drain end. One the last heartbeat carried and that is still
+// revoked waits for what it waits for (a hold's end, which the schedule
+// knows), or goes with the next heartbeat.
+func (l *Lease) nextRelease(now time.Time, lead, drain, maxDrain time.Duration) time.Time {
+	ready, _, next := l.releases(now, lead, drain, maxDrain)
 	for _, p := range ready {
 		if _, sent := slices.BinarySearch(l.view.releasing, p); !sent {
 			return now
 		}
 	}
-	return next
+	if next.IsZero() {
+		return next
+	}
+	return next.Add(-lead)
 }
 
-// releases lists the revoked partitions that may be confirmed released at
-// now, sorted, and the earliest time after now at which another one may
-// (zero: none). Called by the heartbeat loop.
-func (l *Lease) releases(now time.Time, drain, maxDrain time.Duration) (ready []int, next time.Time) {
+// releases lists the revoked partitions that may go with a heartbeat sent
+// at now, sorted: those whose drain ends within lead of now. by is the
+// latest of their ends (zero if none is after now): the database commits
+// their release no earlier. next is the earliest end of the others (zero:
+// none). Called by the heartbeat loop.
+func (l *Lease) releases(now time.Time, lead, drain, maxDrain time.Duration) (ready []int, by, next time.Time) {
 	if len(l.view.revokedAt) == 0 {
-		return nil, time.Time{}
+		return nil, time.Time{}, time.Time{}
 	}
 	locked := l.locks.partitions()
+	horizon := now.Add(lead)
 	for p, stopped := range l.view.revokedAt {
-		end := drainEnd(stopped, locked[p], now, drain, maxDrain)
+		end := drainEnd(stopped, locked[p], drain, maxDrain)
 		switch {
-		case !end.After(now):
+		case !end.After(horizon):
 			ready = append(ready, p)
+			if end.After(now) && end.After(by) {
+				by = end
+			}
 		case next.IsZero() || end.Before(next):
 			next = end
 		}
 	}
 	sort.Ints(ready)
-	return ready, next
+	return ready, by, next
 }
 
 // Looking for incoming partitions (see nextLook and lookAwait).

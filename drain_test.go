@@ -7,7 +7,10 @@ import (
 )
 
 // TestDrainRule: when a revoked partition may be confirmed released, with
-// a drain of 100ms and a max drain of 1s.
+// a drain of 100ms and a max drain of 1s. A key locked counts as locked
+// until the max drain, even during the drain: a release sent ahead of the
+// drain's end must not go while a Lock may outlast it (Unlock wakes the
+// loop, which reads the end again).
 func TestDrainRule(t *testing.T) {
 	const drain, maxDrain = 100 * time.Millisecond, time.Second
 	stopped := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -16,24 +19,19 @@ func TestDrainRule(t *testing.T) {
 		name    string
 		stopped time.Time
 		locked  bool
-		now     time.Duration // after stopped
 		end     time.Duration // after stopped; -1: at once (never reported)
 	}{
-		{"never reported: at once", time.Time{}, false, 0, -1},
-		{"never reported, a key locked: at once", time.Time{}, true, 0, -1},
-		{"during the drain", stopped, false, ms(50), ms(100)},
-		{"the drain over", stopped, false, ms(100), ms(100)},
-		{"during the drain, a key locked: the drain's end first", stopped, true, ms(50), ms(100)},
-		{"the drain over, a key locked: the max drain", stopped, true, ms(100), maxDrain},
-		{"the max drain over, a key locked", stopped, true, ms(1500), maxDrain},
+		{"never reported: at once", time.Time{}, false, -1},
+		{"never reported, a key locked: at once", time.Time{}, true, -1},
+		{"the drain", stopped, false, ms(100)},
+		{"a key locked: the max drain", stopped, true, maxDrain},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			now := stopped.Add(tc.now)
 			want := stopped.Add(tc.end)
 			if tc.end < 0 {
 				want = time.Time{}
 			}
-			got := drainEnd(tc.stopped, tc.locked, now, drain, maxDrain)
+			got := drainEnd(tc.stopped, tc.locked, drain, maxDrain)
 			if !got.Equal(want) {
 				t.Errorf("drainEnd = %v after the stop, want %v", got.Sub(stopped), want.Sub(stopped))
 			}
@@ -59,16 +57,47 @@ func TestLeaseReleases(t *testing.T) {
 		3: now.Add(-drain / 4),   // a quarter drained
 		4: now.Add(-2 * drain),   // drained, but a key is locked
 	}
-	ready, next := l.releases(now, drain, maxDrain)
-	if !reflect.DeepEqual(ready, []int{1, 5}) || !next.Equal(now.Add(drain/2)) {
-		t.Errorf("releases = %v, next in %v; want [1 5], next in %v", ready, next.Sub(now), drain/2)
+	ready, by, next := l.releases(now, 0, drain, maxDrain)
+	if !reflect.DeepEqual(ready, []int{1, 5}) || !by.IsZero() || !next.Equal(now.Add(drain/2)) {
+		t.Errorf("releases = %v by %v, next in %v; want [1 5] by now, next in %v", ready, by, next.Sub(now), drain/2)
+	}
+	// A lead of 60ms takes the half drained one too, due in 50ms: the
+	// database commits its release no earlier.
+	ready, by, next = l.releases(now, 60*time.Millisecond, drain, maxDrain)
+	if !reflect.DeepEqual(ready, []int{1, 2, 5}) || !by.Equal(now.Add(drain/2)) || !next.Equal(now.Add(3*drain/4)) {
+		t.Errorf("releases with a lead of 60ms = %v by %v, next in %v; want [1 2 5] by %v, next in %v",
+			ready, by.Sub(now), next.Sub(now), drain/2, 3*drain/4)
+	}
+	// The locked one is not released ahead, whatever the lead short of the max drain.
+	if ready, _, _ := l.releases(now, 700*time.Millisecond, drain, maxDrain); !reflect.DeepEqual(ready, []int{1, 2, 3, 5}) {
+		t.Errorf("releases with a lead of 700ms = %v, want [1 2 3 5]", ready)
 	}
 	l.Unlock(k)
-	if ready, _ := l.releases(now, drain, maxDrain); !reflect.DeepEqual(ready, []int{1, 4, 5}) {
+	if ready, _, _ := l.releases(now, 0, drain, maxDrain); !reflect.DeepEqual(ready, []int{1, 4, 5}) {
 		t.Errorf("releases after Unlock = %v, want [1 4 5]", ready)
 	}
-	if ready, next := l.releases(now.Add(time.Second), drain, maxDrain); len(ready) != 5 || !next.IsZero() {
+	if ready, _, next := l.releases(now.Add(time.Second), 0, drain, maxDrain); len(ready) != 5 || !next.IsZero() {
 		t.Errorf("releases a second later = %v, next at %v; want all, none next", ready, next)
+	}
+}
+
+// TestReleaseLead: a round trip and 5ms ahead, and 10µs more per
+// partition waiting, within 50ms and a quarter of a heartbeat.
+func TestReleaseLead(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	for _, tc := range []struct {
+		rtt, heartbeat time.Duration
+		revoked        int
+		want           time.Duration
+	}{
+		{ms(4), time.Second, 0, ms(9)},
+		{ms(4), time.Second, 1000, ms(19)},
+		{ms(30), time.Second, 3686, ms(50)},
+		{ms(4), ms(20), 0, ms(5)},
+	} {
+		if got := releaseLead(tc.rtt, tc.heartbeat, tc.revoked); got != tc.want {
+			t.Errorf("releaseLead(%v, %v, %d) = %v, want %v", tc.rtt, tc.heartbeat, tc.revoked, got, tc.want)
+		}
 	}
 }
 
@@ -144,7 +173,8 @@ func TestLookAwait(t *testing.T) {
 // TestNextRelease: a release the last heartbeat did not carry goes at once
 // once it may (a drain that ended while that heartbeat was on its way was
 // heard of only with its answer, and waited up to a heartbeat more); one it
-// carried (marked during a hold) is not sent again at once.
+// carried (marked during a hold) is not sent again at once. With a lead,
+// the heartbeat goes that long before the drain's end.
 func TestNextRelease(t *testing.T) {
 	const drain, maxDrain = 100 * time.Millisecond, time.Second
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -155,13 +185,16 @@ func TestNextRelease(t *testing.T) {
 		releasing []int
 		now       time.Time
 		want      time.Time
+		lead      time.Duration
 	}{
-		{"nothing revoked", nil, nil, at(50), time.Time{}},
-		{"draining: its end", map[int]time.Time{3: t0}, nil, at(50), at(100)},
-		{"drained while the last heartbeat flew: at once", map[int]time.Time{3: t0}, nil, at(120), at(120)},
-		{"drained and carried by the last heartbeat: no hurry", map[int]time.Time{3: t0}, []int{3}, at(120), time.Time{}},
-		{"carried, and another draining: the other's end", map[int]time.Time{3: t0, 5: at(60)}, []int{3}, at(120), at(160)},
-		{"never reported: at once", map[int]time.Time{3: {}}, nil, at(0), at(0)},
+		{"nothing revoked", nil, nil, at(50), time.Time{}, 0},
+		{"draining: its end", map[int]time.Time{3: t0}, nil, at(50), at(100), 0},
+		{"drained while the last heartbeat flew: at once", map[int]time.Time{3: t0}, nil, at(120), at(120), 0},
+		{"drained and carried by the last heartbeat: no hurry", map[int]time.Time{3: t0}, []int{3}, at(120), time.Time{}, 0},
+		{"carried, and another draining: the other's end", map[int]time.Time{3: t0, 5: at(60)}, []int{3}, at(120), at(160), 0},
+		{"never reported: at once", map[int]time.Time{3: {}}, nil, at(0), at(0), 0},
+		{"a lead of 20ms: 20ms before its end", map[int]time.Time{3: t0}, nil, at(50), at(80), 20 * time.Millisecond},
+		{"within the lead of its end: at once", map[int]time.Time{3: t0}, nil, at(85), at(85), 20 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newLease(nil, "r", 8, 8)
@@ -169,7 +202,7 @@ func TestNextRelease(t *testing.T) {
 				l.view.revokedAt[p] = stopped
 			}
 			l.view.releasing = tc.releasing
-			if got := l.nextRelease(tc.now, drain, maxDrain); !got.Equal(tc.want) {
+			if got := l.nextRelease(tc.now, tc.lead, drain, maxDrain); !got.Equal(tc.want) {
 				t.Errorf("nextRelease = %v, want %v", got.Sub(t0), tc.want.Sub(t0))
 			}
 		})
@@ -177,7 +210,7 @@ func TestNextRelease(t *testing.T) {
 	// A drain of 0: at once.
 	l := newLease(nil, "r", 8, 8)
 	l.view.revokedAt[3] = t0
-	if got := l.nextRelease(t0, 0, maxDrain); !got.Equal(t0) {
+	if got := l.nextRelease(t0, 0, 0, maxDrain); !got.Equal(t0) {
 		t.Errorf("drain 0: nextRelease = %v, want at once", got.Sub(t0))
 	}
 }

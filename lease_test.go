@@ -151,14 +151,14 @@ func TestLockExcludesAndIsRevoked(t *testing.T) {
 	if !errors.Is(context.Cause(second), ErrRevoked) {
 		t.Errorf("cause %v, want ErrRevoked", context.Cause(second))
 	}
-	if r, next := l.releases(now.Add(time.Second), 0, time.Hour); len(r) != 0 || !next.Equal(now.Add(time.Hour)) {
+	if r, _, next := l.releases(now.Add(time.Second), 0, 0, time.Hour); len(r) != 0 || !next.Equal(now.Add(time.Hour)) {
 		t.Errorf("released %v while a lock is held, next at %v; want none until the max drain", r, next.Sub(now))
 	}
-	if r, _ := l.releases(now.Add(2*time.Hour), 0, time.Hour); !reflect.DeepEqual(r, []int{3}) {
+	if r, _, _ := l.releases(now.Add(2*time.Hour), 0, 0, time.Hour); !reflect.DeepEqual(r, []int{3}) {
 		t.Errorf("released %v after the max drain, want [3]", r)
 	}
 	l.Unlock(k)
-	if r, next := l.releases(now.Add(time.Second), 0, time.Hour); !reflect.DeepEqual(r, []int{3}) || !next.IsZero() {
+	if r, _, next := l.releases(now.Add(time.Second), 0, 0, time.Hour); !reflect.DeepEqual(r, []int{3}) || !next.IsZero() {
 		t.Errorf("released %v after Unlock, next at %v; want [3], nothing next", r, next)
 	}
 

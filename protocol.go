@@ -15,6 +15,10 @@ type ringRequest struct {
 	VNodes   int    `json:"vnodes"`
 	Version  int64  `json:"version"`
 	Released []int  `json:"released,omitempty"`
+	// ReleaseAfterMS: Released goes ahead of its drain's end, which is
+	// this long after the call is sent: the database commits the release
+	// no earlier than that long after the statement began (drain.go).
+	ReleaseAfterMS int64 `json:"release_after_ms,omitempty"`
 	// Incoming: the node waits for partitions handed to it; when nothing
 	// else changed, the answer says only when they are due.
 	Incoming bool `json:"incoming,omitempty"`
@@ -57,7 +61,8 @@ type ringChange struct {
 	// many more wait with no due time known.
 	Incoming        []int64 `json:"incoming"`
 	IncomingUnknown int     `json:"incoming_unknown"`
-	// WaitedMS: how long the call waited for the ring to move (AwaitMS).
+	// WaitedMS: how long the call waited for the ring to move (AwaitMS),
+	// or for the drain's end of a release sent ahead (ReleaseAfterMS).
 	WaitedMS int64 `json:"waited_ms"`
 	// Busy, with "later": a lock the view needs was busy (rather than the
 	// heartbeat out of time).
@@ -101,12 +106,12 @@ type renewResult struct {
 	other      string        // with statusFenced: the incarnation that took over
 	late       time.Duration // > 0: the database answered this long after the call was sent, past a quarter of a lease (see renew)
 	announce   string        // JSON array of the rings this call changed, to NOTIFY
-	waited     time.Duration // a look waited this long in the database for a release (not time on the way)
+	waited     time.Duration // the call waited this long in the database: a look for a release, a release for its drain's end (not time on the way)
 	err        error
 }
 
 // rtt is the call's round trip: its time on the way and in the database,
-// without a look's wait for a release.
+// without a look's wait for a release or a release's wait for its drain.
 func (r renewResult) rtt() time.Duration { return r.recv.Sub(r.sent) - r.waited }
 
 // renew makes one call of renew_and_read, the heartbeat: it extends the

@@ -35,6 +35,7 @@ var oldSchemas = []struct {
 	{"v9", 9, "testdata/schema_and_functions_v9_c180b10.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v10", 10, "testdata/schema_and_functions_v10_a0b7cc7.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v11", 11, "testdata/schema_and_functions_v11_5dfb324.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v12", 12, "testdata/schema_and_functions_v12_be18648.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's
