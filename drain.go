@@ -59,17 +59,18 @@ func drainEnd(stopped time.Time, locked bool, drain, maxDrain time.Duration) tim
 
 // Releasing ahead of the drain's end (see releaseLead).
 const (
-	leadSlack  = 5 * time.Millisecond  // the lead is a round trip and this
-	perRelease = 10 * time.Microsecond // and this for each partition it may carry (the database writes each)
-	maxLead    = 50 * time.Millisecond // and never more than this (nor a quarter of a heartbeat)
+	leadSlack  = 5 * time.Millisecond   // the lead is a round trip and this
+	perRelease = 40 * time.Microsecond  // and this for each partition it may carry (sql/functions.sql's release_work)
+	maxLead    = 200 * time.Millisecond // and never more than this (nor a quarter of a heartbeat)
 )
 
 // releaseLead is how long before a drain's end the release goes, for a
 // node whose last round trip took rtt and that has revoked partitions
 // waiting: long enough for the call to reach the database and write them
-// before the end (the write of 1,000 rows takes about 10 ms), so that it
-// commits at the end; at most maxLead or a quarter of a heartbeat, since
-// the call holds a pooled connection and the ring's lock while it waits.
+// before the end (the database starts them as long before it as it
+// estimates they take: release_work), so that it commits at the end; at
+// most maxLead or a quarter of a heartbeat, since the call holds a pooled
+// connection while it waits.
 func releaseLead(rtt, heartbeat time.Duration, revoked int) time.Duration {
 	return min(rtt+leadSlack+time.Duration(revoked)*perRelease, heartbeat/4, maxLead)
 }

@@ -81,8 +81,8 @@ func TestLeaseReleases(t *testing.T) {
 	}
 }
 
-// TestReleaseLead: a round trip and 5ms ahead, and 10µs more per
-// partition waiting, within 50ms and a quarter of a heartbeat.
+// TestReleaseLead: a round trip and 5ms ahead, and 40µs more per
+// partition waiting, within 200ms and a quarter of a heartbeat.
 func TestReleaseLead(t *testing.T) {
 	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 	for _, tc := range []struct {
@@ -91,8 +91,10 @@ func TestReleaseLead(t *testing.T) {
 		want           time.Duration
 	}{
 		{ms(4), time.Second, 0, ms(9)},
-		{ms(4), time.Second, 1000, ms(19)},
-		{ms(30), time.Second, 3686, ms(50)},
+		{ms(4), time.Second, 1000, ms(49)},
+		{ms(30), time.Second, 3686, ms(182440) / 1000},
+		{ms(30), time.Second, 5000, ms(200)},
+		{ms(4), ms(200), 3686, ms(50)},
 		{ms(4), ms(20), 0, ms(5)},
 	} {
 		if got := releaseLead(tc.rtt, tc.heartbeat, tc.revoked); got != tc.want {
