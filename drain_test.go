@@ -92,7 +92,7 @@ func TestReleaseLead(t *testing.T) {
 	}{
 		{ms(4), time.Second, 0, ms(9)},
 		{ms(4), time.Second, 1000, ms(49)},
-		{ms(30), time.Second, 3686, ms(182440) / 1000},
+		{ms(30), time.Second, 3686, 182440 * time.Microsecond},
 		{ms(30), time.Second, 5000, ms(200)},
 		{ms(4), ms(200), 3686, ms(50)},
 		{ms(4), ms(20), 0, ms(5)},

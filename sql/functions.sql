@@ -327,9 +327,6 @@ BEGIN
               USING ERRCODE = 'LR005';
     END IF;
     PERFORM set_lock_wait(p_ttl_ms, 20);
-    IF p_rings @? '$[*] ? (@.release_after_ms < 0 || @.release_after_ms > 1000)' THEN
-        RAISE EXCEPTION 'release_after_ms must be between 0 and 1000: %', p_rings USING ERRCODE = '22023';
-    END IF;
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
         RETURN QUERY SELECT * FROM late_heartbeat(p_node, p_incarnation, p_ttl_ms, p_rings,
                                                   clock_timestamp() + least(p_ttl_ms / 10, 100) * interval '1 millisecond');
@@ -363,7 +360,7 @@ BEGIN
     -- The rings that need work, in name order, found by one statement.
     FOR r IN
         SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
-               statement_timestamp() + coalesce(x.release_after_ms, 0) * interval '1 millisecond' AS release_at,
+               coalesce(x.release_after_ms, 0) AS release_after_ms,
                coalesce(x.incoming, false) AS incoming, x.await_ms, coalesce(x.later_if_busy, false) AS later_if_busy,
                g.size AS cur_size
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
@@ -374,6 +371,7 @@ BEGIN
             OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
          ORDER BY x.ring
     LOOP
+        PERFORM release_at(r.release_after_ms);  -- refuses a wait out of bounds before anything is done
         IF r.cur_size IS NULL THEN
             answer := jsonb_build_object('ring', r.ring, 'status', 'join');
         ELSIF r.cur_size <> r.size AND p_claim THEN  -- a starting process: refuse the whole call, write nothing
@@ -385,7 +383,7 @@ BEGIN
         ELSE
             worked := worked + 1;
             answer := ring_work(p_node, p_incarnation, p_ttl_ms, r.ring, r.size, r.vnodes, r.known, r.released,
-                                r.release_at, r.incoming);
+                                release_at(r.release_after_ms), r.incoming);
             IF (answer ->> 'busy')::boolean AND NOT r.later_if_busy THEN
                 answer := NULL;  -- a client before version 12: it would ask again at once, without backing off
             END IF;
@@ -435,7 +433,7 @@ BEGIN
         RETURN;
     END IF;
     FOR r IN
-        SELECT x.ring, x.released, statement_timestamp() + coalesce(x.release_after_ms, 0) * interval '1 millisecond' AS at
+        SELECT x.ring, x.released, release_at(coalesce(x.release_after_ms, 0)) AS at
           FROM jsonb_to_recordset(p_rings) AS x (ring text, released integer[], release_after_ms integer)
          WHERE cardinality(x.released) > 0
          ORDER BY x.ring
@@ -1467,6 +1465,24 @@ BEGIN
         PERFORM pg_sleep(greatest(extract(epoch FROM p_at - clock_timestamp()), 0.001));
     END LOOP;
     RETURN floor(extract(epoch FROM clock_timestamp() - began) * 1000);
+END
+$$;
+
+-- release_at: when a release sent with release_after_ms = p_after_ms may
+-- commit: that long after the statement began, which is after the client
+-- sent it, so never before the drain's end on the client's clock. Refuses
+-- (22023) a wait under 0 or over a second: the call would hold a pooled
+-- connection, and the ring's lock, that long.
+CREATE OR REPLACE FUNCTION leasering.release_at(p_after_ms integer)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    IF p_after_ms NOT BETWEEN 0 AND 1000 THEN
+        RAISE EXCEPTION 'release_after_ms must be between 0 and 1000, not %', p_after_ms USING ERRCODE = '22023';
+    END IF;
+    RETURN statement_timestamp() + p_after_ms * interval '1 millisecond';
 END
 $$;
 
