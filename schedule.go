@@ -15,10 +15,10 @@ import "time"
 //
 //   - After a renewal: one heartbeat after it was sent; sooner, just after
 //     another node's lease ends (jittered), so that a dead node's
-//     partitions are taken over at once; when a revoked partition's drain
-//     ends; at once when a release may go that the last heartbeat did not
-//     carry (never reported, a drain of 0, a drain that ended while it
-//     flew); just after a hold ends while partitions wait to be handed on;
+//     partitions are taken over at once; a lead before a revoked
+//     partition's drain ends (drain.go's releaseLead); at once when a
+//     release may go that the last heartbeat did not carry (never
+//     reported, a drain of 0, a drain that ended while it flew); just after a hold ends while partitions wait to be handed on;
 //     when a partition handed to this node is due (a look, drain.go's
 //     nextLook), never closer than minLookPoll to the last launch.
 //   - After a failure: a jittered exponential backoff, an eighth of a

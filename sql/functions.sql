@@ -103,7 +103,8 @@
 -- time its drain has left as it sends; the heartbeat hands the partitions
 -- on, makes its answer, and then waits (ring_work) until that long after
 -- the statement began, which is never before the drain's end, so the
--- change commits at the drain's end rather than a round trip after it. The pending owner's views list when what it waits for is due
+-- change commits at the drain's end rather than a round trip after it.
+-- The pending owner's views list when what it waits for is due
 -- (incoming, see ring_view): release_due, set when the owner is told
 -- (give_view: the owner's drain on from then), or before that an estimate
 -- (the owner's next heartbeat plus its drain, from its lease row and the
@@ -1450,9 +1451,9 @@ $$;
 
 -- wait_until: sleeps until p_at (NULL or past: not at all); returns the
 -- milliseconds it slept, rounded down. A release sent ahead of its drain's
--- end (THE HANDOFF TIMELINE) writes its rows and then waits here, so that
--- it commits at the drain's end; the wait never exceeds the second that
--- renew_and_read admits for release_after_ms.
+-- end (THE HANDOFF TIMELINE) waits here before its writes, as long as they
+-- are estimated to take, and after them, so that it commits at the
+-- drain's end; never more than the second that release_at admits.
 CREATE OR REPLACE FUNCTION leasering.wait_until(p_at timestamptz)
 RETURNS integer
 LANGUAGE plpgsql
