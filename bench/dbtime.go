@@ -55,8 +55,8 @@ func buildRing(ctx context.Context, s *scratch, q, n int) error {
 		return err
 	}
 	if _, err := s.db.ExecContext(ctx, `
-		INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, hold_until, metadata)
-		SELECT 'm' || lpad(i::text, 4, '0'), 'inc', now() + interval '1 hour', now(), ''
+		INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, hold_until, metadata, ttl_ms)
+		SELECT 'm' || lpad(i::text, 4, '0'), 'inc', now() + interval '1 hour', '-infinity', '', 60000
 		  FROM generate_series(1, $1 - 1) AS i`, n); err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func rebalanceTime(ctx context.Context, s *scratch, tries int) (stats, int, erro
 			return stats{}, 0, err
 		}
 		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, hold_until) VALUES ('joiner', 'i', now() + interval '1 hour', now());
+			INSERT INTO `+s.quoted+`.nodes (node_id, incarnation, expires_at, hold_until, ttl_ms) VALUES ('joiner', 'i', now() + interval '1 hour', now(), 60000);
 			INSERT INTO `+s.quoted+`.members (ring, node_id, vnodes, positions) VALUES ('r', 'joiner', 8, `+s.quoted+`.vnode_positions('r', 'joiner', 8))`); err != nil {
 			_ = tx.Rollback()
 			return stats{}, 0, err
