@@ -158,8 +158,7 @@ func (c *Client) handoff(now time.Time) handoffTimes {
 	c.mu.Unlock()
 	var h handoffTimes
 	for _, l := range leases {
-		lead := releaseLead(c.hb.lastRTT, c.cfg.heartbeat, len(l.view.revokedAt))
-		if next := l.nextRelease(now, lead, c.cfg.drain, c.cfg.maxDrain); !next.IsZero() && (h.release.IsZero() || next.Before(h.release)) {
+		if next := l.nextRelease(now, c.releaseLead(l), c.cfg.drain, c.cfg.maxDrain); !next.IsZero() && (h.release.IsZero() || next.Before(h.release)) {
 			h.release = next
 		}
 		h.revoking = h.revoking || len(l.view.revokedAt) > 0

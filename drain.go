@@ -75,6 +75,12 @@ func releaseLead(rtt, heartbeat time.Duration, revoked int) time.Duration {
 	return min(rtt+leadSlack+time.Duration(revoked)*perRelease, heartbeat/4, maxLead)
 }
 
+// releaseLead is lease l's lead now: the schedule (handoff) and the
+// heartbeat's argument (ringRequests) must read the same one.
+func (c *Client) releaseLead(l *Lease) time.Duration {
+	return releaseLead(c.hb.lastRTT, c.cfg.heartbeat, len(l.view.revokedAt))
+}
+
 // nextRelease is when a heartbeat should next carry releases, as known at
 // now with a lead of lead (zero: none waits): now if one may go that the
 // last heartbeat did not carry (never reported, a drain of 0, or a drain

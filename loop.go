@@ -157,8 +157,7 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		if l.rejoin.Swap(false) { // ask for the whole view again
 			version, l.view.awaitRejoin = 0, true
 		}
-		lead := releaseLead(c.hb.lastRTT, c.cfg.heartbeat, len(l.view.revokedAt))
-		released, by, _ := l.releases(now, lead, c.cfg.drain, c.cfg.maxDrain)
+		released, by, _ := l.releases(now, c.releaseLead(l), c.cfg.drain, c.cfg.maxDrain)
 		// All of them count as carried (nextRelease): those left out go
 		// with the heartbeats the wake brings, a twentieth of a heartbeat
 		// apart, not back to back.

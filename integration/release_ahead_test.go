@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,49 @@ func (s *sqlNodes) releaseAhead(id string, afterMS int, sentAgo time.Duration, r
 	return nil, nil
 }
 
+// toldHandoff joins a and then b to ring "r" and tells a of the
+// partitions it must hand to b, which it returns.
+func (s *sqlNodes) toldHandoff() []int {
+	s.t.Helper()
+	s.join("a", "b")
+	moving := s.handingOff("a", "b")
+	if len(moving) == 0 {
+		s.t.Fatal("b's join moved nothing from a")
+	}
+	if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a is told
+		s.t.Fatal(err)
+	}
+	return moving
+}
+
+// ringLockFreeWhileSleeping waits until a call of renew_and_read sleeps in
+// the database and reports whether another transaction could take ring
+// "r"'s lock meanwhile.
+func (s *sqlNodes) ringLockFreeWhileSleeping() (bool, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var n int
+		if err := s.e.admin.QueryRow(`SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event = 'PgSleep' AND query LIKE '%renew_and_read%'`).Scan(&n); err != nil {
+			return false, err
+		}
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return false, errors.New("no call of renew_and_read slept within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	tx, err := s.e.admin.Begin()
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = tx.Rollback() }()
+	_, err = tx.Exec(`SELECT 1 FROM "` + s.e.schema + `".rings WHERE name = 'r' FOR UPDATE NOWAIT`)
+	return err == nil, nil
+}
+
 // watchOwner polls partition p's owner on ring "r" until it is want or
 // stop closes; the function it returns waits for that and says when it
 // first read want (zero: never).
@@ -78,7 +122,8 @@ func (s *sqlNodes) watchOwner(p int, want string, stop <-chan struct{}) func() t
 // end, saying the drain has 300ms left, hands the partitions on no earlier
 // than 300ms after the call was sent, whatever the database's clock says,
 // and soon after (the rows are written before the wait, so the change
-// commits when it ends); the answer says how long it waited. A late
+// commits when it ends), and the ring's lock stays free while it waits
+// for its writes' start; the answer says how long it waited. A late
 // heartbeat, which extends nothing but still confirms releases, waits the
 // same. Without the wait, the database handed them on a few milliseconds
 // after the call.
@@ -87,25 +132,29 @@ func TestReleaseAheadCommitsAtTheDrainEnd(t *testing.T) {
 	for _, late := range []bool{false, true} {
 		name := map[bool]string{false: "a heartbeat", true: "a late heartbeat"}[late]
 		s := newSQLNodes(t)
-		s.join("a", "b")
-		moving := s.handingOff("a", "b")
-		if len(moving) == 0 {
-			t.Fatal("b's join moved nothing from a")
-		}
-		if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a is told
-			t.Fatal(err)
-		}
+		moving := s.toldHandoff()
 		sentAgo := time.Duration(0)
 		if late {
 			sentAgo = sqlTTLms/4*time.Millisecond + time.Second
 		}
 		stop := make(chan struct{})
 		seen := s.watchOwner(moving[0], "b", stop)
+		lockFree := make(chan error, 1)
+		go func() {
+			free, err := s.ringLockFreeWhileSleeping()
+			if err == nil && !free {
+				err = errors.New("the ring's lock was held")
+			}
+			lockFree <- err
+		}()
 		sent := time.Now()
 		answer, err := s.releaseAhead("a", 300, sentAgo, moving...)
 		returned := time.Now()
 		if err != nil {
 			t.Fatalf("%s releasing ahead: %v", name, err)
+		}
+		if err := <-lockFree; err != nil {
+			t.Errorf("%s: while the release waited for its writes' start: %v; want the ring's lock free", name, err)
 		}
 		giveUp := time.AfterFunc(10*time.Second, func() { close(stop) })
 		at := seen()
@@ -139,11 +188,7 @@ func TestReleaseAheadCommitsAtTheDrainEnd(t *testing.T) {
 func TestReleaseAheadRefusesAWaitOverASecond(t *testing.T) {
 	t.Parallel()
 	s := newSQLNodes(t)
-	s.join("a", "b")
-	moving := s.handingOff("a", "b")
-	if _, err := s.renew(nil, "a", false, false, 0); err != nil {
-		t.Fatal(err)
-	}
+	moving := s.toldHandoff()
 	before, leaseEnd := s.rows(), s.expiresAt("a")
 	for _, ms := range []int{1001, -1} {
 		if _, err := s.releaseAhead("a", ms, 0, moving...); sqlStateOf(err) != "22023" {
