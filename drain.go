@@ -134,6 +134,10 @@ const (
 	minLookPoll = 10 * time.Millisecond // the least time between two looks at an overdue partition
 	awaitSlack  = 20 * time.Millisecond // a look waits for a release until two round trips and this after its due
 	maxAwait    = 50 * time.Millisecond // and never longer than this (nor a quarter of a heartbeat)
+	// maxOnItsWay bounds a look's wait while the release is on its way
+	// (awaitOnItsWay): a release goes at most maxLead ahead, and
+	// its writes take tens of milliseconds more.
+	maxOnItsWay = 250 * time.Millisecond
 )
 
 // setIncoming records a view's (or an incoming answer's) due times of the
@@ -217,4 +221,17 @@ func lookAwait(dues []time.Time, now time.Time, rtt, heartbeat time.Duration) ti
 		}
 	}
 	return min(wait, heartbeat/4, maxAwait)
+}
+
+// awaitOnItsWay is how long a look may wait in all while the call of the
+// owner that releases what it waits for is on its way (the database sees
+// that call's advisory lock, await_release): a quarter of a heartbeat, at
+// most maxOnItsWay, and never past what else the schedule has to do (the
+// caller's bound). The owner drains from when its answer reached it, and
+// its due was set when it was told in the database: for the view of a
+// rebalance of a whole ring the answer came 90-190 ms later (TestRollout),
+// so a look bounded by lookAwait alone gave up a few milliseconds before
+// the commit, and the next came a poll later.
+func awaitOnItsWay(heartbeat time.Duration) time.Duration {
+	return min(heartbeat/4, maxOnItsWay)
 }

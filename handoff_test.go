@@ -205,9 +205,10 @@ func TestNewOwnerLooksWhenDue(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{250}}), nil))
 	// The look, at 302ms, may wait in the database for the release until
-	// two round trips (0 here) and 20ms after the due: 18ms. It comes back
-	// at once: 10ms overdue.
-	look := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 4, Incoming: true, AwaitMS: 18}}
+	// two round trips (0 here) and 20ms after the due: 18ms, and while the
+	// release is on its way a quarter of a heartbeat. It comes back at
+	// once: 10ms overdue.
+	look := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 4, Incoming: true, AwaitMS: 18, AwaitReleaseMS: 250}}
 	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", look, false, true, sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{-10}}), nil))
 	// The next look, a poll later, is past the due plus 20ms: no wait.
@@ -286,20 +287,21 @@ func TestRingRequestsOfALook(t *testing.T) {
 		}
 		return rings[0].AwaitMS
 	}
-	if got := await(c.ringRequests(now, true)); got != 0 {
-		t.Errorf("a look that carries b's release waits %dms, want 0", got)
+	if rings := c.ringRequests(now, true); await(rings) != 0 || rings[0].AwaitReleaseMS != 0 {
+		t.Errorf("a look that carries b's release waits %dms, %dms while a release is on its way; want 0", rings[0].AwaitMS, rings[0].AwaitReleaseMS)
 	}
 	delete(b.view.revokedAt, 3)
-	// Two round trips and 20ms after the due: 28 - 5 = 23ms.
-	if got := await(c.ringRequests(now, true)); got != 23 {
-		t.Errorf("a look waits %dms, want 23", got)
+	// Two round trips and 20ms after the due: 28 - 5 = 23ms; while the
+	// release is on its way, a quarter of a heartbeat (at most 250ms).
+	if rings := c.ringRequests(now, true); await(rings) != 23 || rings[0].AwaitReleaseMS != 250 {
+		t.Errorf("a look waits %dms, %dms while the release is on its way; want 23 and 250", rings[0].AwaitMS, rings[0].AwaitReleaseMS)
 	}
 	if got := await(c.ringRequests(now, false)); got != 0 {
 		t.Errorf("a regular heartbeat waits %dms, want 0", got)
 	}
 	c.hb.release = now.Add(7 * time.Millisecond) // a drain ends first
-	if got := await(c.ringRequests(now, true)); got != 7 {
-		t.Errorf("a look with a drain ending in 7ms waits %dms, want 7", got)
+	if rings := c.ringRequests(now, true); await(rings) != 7 || rings[0].AwaitReleaseMS != 7 {
+		t.Errorf("a look with a drain ending in 7ms waits %dms, %dms while the release is on its way; want 7 and 7", rings[0].AwaitMS, rings[0].AwaitReleaseMS)
 	}
 	c.hb.release, c.hb.otherExpiry = time.Time{}, now.Add(-time.Millisecond) // a takeover is due
 	if got := await(c.ringRequests(now, true)); got != 0 {

@@ -176,15 +176,19 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		if look && r.Incoming && version == l.view.version {
 			// Never past what else the schedule has to do: the wait holds
 			// the node's one heartbeat.
-			wait := min(lookAwait(l.view.incoming, now, c.hb.lastRTT, c.cfg.heartbeat), c.hb.quietFor(now))
+			quiet := c.hb.quietFor(now)
+			wait := min(lookAwait(l.view.incoming, now, c.hb.lastRTT, c.cfg.heartbeat), quiet)
 			r.AwaitMS = wait.Milliseconds()
+			if r.AwaitMS > 0 {
+				r.AwaitReleaseMS = min(awaitOnItsWay(c.cfg.heartbeat), quiet).Milliseconds()
+			}
 		}
 		rings = append(rings, r)
 	}
 	for _, r := range rings {
 		if len(r.Released) > 0 { // a wait would hold them back from the nodes that wait for them
 			for i := range rings {
-				rings[i].AwaitMS = 0
+				rings[i].AwaitMS, rings[i].AwaitReleaseMS = 0, 0
 			}
 			break
 		}

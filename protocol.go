@@ -25,6 +25,10 @@ type ringRequest struct {
 	// AwaitMS, on a look: how long the database may wait for the ring to
 	// move before it answers (drain.go's lookAwait).
 	AwaitMS int64 `json:"await_ms,omitempty"`
+	// AwaitReleaseMS, on a look: how long, past AwaitMS, the database may
+	// go on waiting while the owner's call that releases what the node
+	// waits for is on its way (drain.go's awaitOnItsWay).
+	AwaitReleaseMS int64 `json:"await_release_ms,omitempty"`
 	// LaterIfBusy: answer "later" with Busy when a lock the view needs is
 	// busy (the schedule backs off from those); a client before schema
 	// version 12 does not say it and gets no answer, as it did.

@@ -10,12 +10,17 @@ import (
 
 // look is one renew_and_read call of node id on ring "r" that waits for
 // partitions handed to it (incoming), letting the database wait awaitMS for
-// the ring to move; it returns ring "r"'s answer and the call's time.
-func (s *sqlNodes) look(id string, awaitMS int) (answer map[string]any, took time.Duration) {
+// the ring to move, and with onItsWayMS, that long in all while the release
+// is on its way (await_release_ms); it returns ring "r"'s answer and the
+// call's time.
+func (s *sqlNodes) look(id string, awaitMS int, onItsWayMS ...int) (answer map[string]any, took time.Duration) {
 	s.t.Helper()
 	s.mu.Lock()
-	rings, _ := json.Marshal([]map[string]any{{"ring": "r", "size": 8, "vnodes": 8, "version": s.version[id],
-		"incoming": true, "await_ms": awaitMS}})
+	req := map[string]any{"ring": "r", "size": 8, "vnodes": 8, "version": s.version[id], "incoming": true, "await_ms": awaitMS}
+	if len(onItsWayMS) > 0 {
+		req["await_release_ms"] = onItsWayMS[0]
+	}
+	rings, _ := json.Marshal([]map[string]any{req})
 	s.mu.Unlock()
 	var changes sql.NullString
 	began := time.Now()
@@ -170,4 +175,80 @@ func TestViewBehindABusyLockSaysLater(t *testing.T) {
 			t.Errorf("then: ring r %q, want %q", got, want)
 		}
 	}
+}
+
+// TestLookWaitsForAReleaseOnItsWay: past its await_ms a look goes on
+// waiting while the owner of a partition pending to it is in the call that
+// releases it (sent ahead of its drain's end, which commits at that end),
+// and answers within a few milliseconds of the commit with the view that
+// gives them. The node's due counts from when its owner was told in the
+// database, the owner's drain from when the answer reached it, up to 190
+// ms later for the view of a rebalance of a whole ring (TestRollout): a
+// look that gave up at its await_ms came a few milliseconds before the
+// commit, and the next a poll later.
+func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
+	s := newSQLNodes(t)
+	moving := s.toldHandoff()
+	if _, err := s.renew(nil, "b", false, false, 0); err != nil { // b at the ring's version
+		t.Fatal(err)
+	}
+
+	// Nothing on its way: the look answers when its await_ms ends.
+	answer, took := s.look("b", 50, 2000)
+	if answer["status"] != "incoming" || took > 500*time.Millisecond {
+		t.Errorf("with no release on its way a look answered %v after %v; want the dues after its await_ms of 50ms", answer, took)
+	}
+
+	var released time.Time
+	done := make(chan error, 1)
+	release := func(afterMS int) {
+		go func() {
+			_, err := s.releaseAhead("a", afterMS, 0, moving...)
+			released = time.Now()
+			done <- err
+		}()
+		if _, err := s.ringLockFreeWhileSleeping(); err != nil { // a's call sleeps until its drain's end
+			t.Fatal(err)
+		}
+	}
+
+	// A client before version 14 does not say await_release_ms: it waits
+	// its await_ms alone, as it did, though a's releasing call is on its
+	// way (its lock, held here as that call holds it).
+	tx, err := s.e.admin.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`SELECT pg_advisory_xact_lock_shared("` + s.e.schema + `".release_key('r', 'a'))`); err != nil {
+		t.Fatal(err)
+	}
+	answer, took = s.look("b", 50)
+	tx.Rollback()
+	if answer["status"] != "incoming" || took > 500*time.Millisecond {
+		t.Errorf("without await_release_ms a look answered %v after %v; want the dues after its await_ms of 50ms", answer, took)
+	}
+
+	release(400)
+	answer, took = s.look("b", 50, 2000)
+	heard := time.Now()
+	if err := <-done; err != nil {
+		t.Fatalf("a's release: %v", err)
+	}
+	if answer["status"] != "ok" {
+		t.Fatalf("after %v the look answered %v; want b's view with the partitions released to it", took, answer)
+	}
+	var got []int
+	for _, p := range answer["partitions"].([]any) {
+		got = append(got, int(p.(float64)))
+	}
+	for _, p := range moving {
+		if !slices.Contains(got, p) {
+			t.Errorf("partition %d released to b is not in b's view %v", p, got)
+		}
+	}
+	if took < 200*time.Millisecond || heard.Sub(released) > 100*time.Millisecond {
+		t.Errorf("the look took %v and answered %v after the release's answer; want past its await_ms of 50ms, within a few ms of the release",
+			took, heard.Sub(released))
+	}
+	t.Logf("the look took %v; answered %v after the release's answer came back", took, heard.Sub(released))
 }

@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 13.
+-- leasering: the protocol, schema version 14.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -110,7 +110,8 @@
 -- (the owner's next heartbeat plus its drain, from its lease row and the
 -- heartbeat and drain its member row recorded at its join). The pending
 -- owner renews just after that time (a look, which may wait here for the
--- release to commit: await_ms, await_release) and, while it waits, asks
+-- release to commit: await_ms, and past it while the owner's releasing call
+-- holds release_key's lock; await_release) and, while it waits, asks
 -- again with each heartbeat (a ring request with incoming: ring_work
 -- answers the dues alone when nothing else changed).
 --
@@ -138,6 +139,9 @@
 --
 -- The exceptions, each safe because the late lock is never waited for or
 -- its wait gives up on its own:
+--   - a call that releases partitions takes release_key's advisory lock,
+--     shared, at any step: nobody takes it exclusively, so nobody waits
+--     for it (a look only reads pg_locks);
 --   - rebalance, under a ring's lock, share-locks nodes and other nodes'
 --     member rows with SKIP LOCKED: it never waits for them; join_waiting
 --     likewise locks the nodes, joins rows and member rows of the joins it
@@ -211,12 +215,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 13 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (13)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 14 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (14)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 13 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 13: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 14 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 14: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -229,12 +233,13 @@ END $$;
 -- renew_and_read: the heartbeat, one round trip for all of a node's rings.
 --
 -- p_rings is a JSON array of {ring, size, vnodes, version, released,
--- release_after_ms, incoming, await_ms, later_if_busy}: version is the ring
+-- release_after_ms, incoming, await_ms, await_release_ms, later_if_busy}: version is the ring
 -- version the node last saw (0: none yet), released lists partitions it
 -- was told to give up and has stopped using or will have by
 -- release_after_ms (0 to 1,000) after the call, incoming says it waits for partitions handed to
 -- it, await_ms, on a look, how long the call may wait for such a ring to
--- move before it renews (see the handoff timeline above, and
+-- move before it renews, and await_release_ms how long in all while the
+-- release it waits for is on its way (see the handoff timeline above, and
 -- await_release), and later_if_busy that the client backs off from
 -- 'later' answers that say busy (ring_work; a client before version 12
 -- gets NULL instead, as it did).
@@ -442,7 +447,8 @@ BEGIN
         EXIT WHEN worked > 0 AND clock_timestamp() > p_budget;  -- the rest with the next
         worked := worked + 1;
         BEGIN
-            PERFORM wait_until(r.at - release_work(cardinality(r.released)));  -- as in ring_work
+            PERFORM pg_advisory_xact_lock_shared(release_key(r.ring, p_node));  -- as in ring_work
+            PERFORM wait_until(r.at - release_work(cardinality(r.released)));
             PERFORM confirm_releases(p_node, r.ring, r.released, p_ttl_ms);
             release_at := greatest(release_at, r.at);
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
@@ -725,6 +731,7 @@ DECLARE
     waited integer := 0;
 BEGIN
     IF cardinality(p_released) > 0 THEN
+        PERFORM pg_advisory_xact_lock_shared(release_key(p_ring, p_node));  -- seen by await_release
         waited := wait_until(p_release_at - release_work(cardinality(p_released)));
         PERFORM confirm_releases(p_node, p_ring, p_released, p_ttl_ms);
     END IF;
@@ -785,10 +792,18 @@ $$;
 -- from the version the node sent (the owner's release landed, or anything
 -- else changed), its await_ms ends, or p_until; not at all for node
 -- p_node (incarnation p_incarnation, TTL p_ttl_ms) with less than half a
--- lease left. Returns the milliseconds waited. Without it a look that came a few milliseconds before the
--- owner's release looked again a poll later (CI: a heal's gap of 594 ms
--- against a bound of 581); with it the node hears of the release within
--- a sleep of its commit.
+-- lease left. Past await_ms it goes on waiting, until await_release_ms
+-- or p_until, while an owner of a partition pending to the node is in the call that releases
+-- it (that call holds release_key's lock from its start, and commits at
+-- its drain's end): the due the node was told counts from when the owner
+-- was told in the database, and the owner stops, and so drains, from when
+-- its answer reaches it, which for the view of a rebalance of a whole
+-- ring came 90-190 ms later (TestRollout), so the look gave up a few
+-- milliseconds before the commit and the next came a poll later. Returns
+-- the milliseconds waited. Without the wait a look that came a few
+-- milliseconds before the owner's release looked again a poll later (CI:
+-- a heal's gap of 594 ms against a bound of 581); with it the node hears
+-- of the release within a sleep of its commit.
 CREATE OR REPLACE FUNCTION leasering.await_release(p_node text, p_incarnation text, p_ttl_ms integer, p_rings jsonb,
                                                    p_until timestamptz)
 RETURNS integer
@@ -796,8 +811,10 @@ LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
-    began timestamptz := clock_timestamp();
-    ends  timestamptz;
+    began    timestamptz := clock_timestamp();
+    ends     timestamptz;
+    on_way   timestamptz;  -- the end of the wait while a release is on its way (await_release_ms)
+    keys     bigint[];     -- release_key of each owner of a partition pending to the node in an awaited ring
 BEGIN
     -- Only with half a lease left: the renewal after the wait counts the
     -- lease as live from the call's start (now()), and a lease that ended
@@ -806,12 +823,20 @@ BEGIN
                                          AND expires_at > began + p_ttl_ms * interval '0.5 millisecond') THEN
         RETURN 0;
     END IF;
-    SELECT least(p_until, began + max(x.await_ms) * interval '1 millisecond') INTO ends
-      FROM jsonb_to_recordset(p_rings) AS x (await_ms integer)
+    SELECT least(p_until, began + max(x.await_ms) * interval '1 millisecond'),
+           least(p_until, began + max(x.await_release_ms) * interval '1 millisecond')
+      INTO ends, on_way
+      FROM jsonb_to_recordset(p_rings) AS x (await_ms integer, await_release_ms integer)
      WHERE x.await_ms > 0
     HAVING count(*) > 0;  -- none: ends stays NULL, no wait (least would skip a NULL)
+    IF on_way > ends THEN  -- a client before version 14 does not say it: no wait past await_ms
+        SELECT array_agg(DISTINCT release_key(p.ring, p.owner)) INTO keys
+          FROM jsonb_to_recordset(p_rings) AS x (ring text, await_ms integer)
+          JOIN partitions p ON p.ring = x.ring AND p.next_owner = p_node
+         WHERE x.await_ms > 0;
+    END IF;
     -- Each statement of this VOLATILE function reads what committed before it.
-    WHILE clock_timestamp() < ends
+    WHILE (clock_timestamp() < ends OR clock_timestamp() < on_way AND releasing(keys))
           AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(p_rings) AS x (ring text, version bigint, await_ms integer)
                             JOIN rings g ON g.name = x.ring
                            WHERE x.await_ms > 0 AND g.version <> coalesce(x.version, 0)) LOOP
@@ -1498,6 +1523,32 @@ CREATE OR REPLACE FUNCTION leasering.release_work(p_count integer)
 RETURNS interval
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT (2 + p_count / 25.0) * interval '1 millisecond' $$;
+
+-- release_key: the advisory lock a call that releases partitions of ring
+-- p_ring owned by node p_node holds, shared, from its start to its commit
+-- (ring_work, late_heartbeat), so that a look waiting for them sees the
+-- release on its way (await_release). Nobody takes it exclusively: it never
+-- makes anyone wait. Keys of two pairs that collide only make a look wait
+-- longer, never past its bound.
+CREATE OR REPLACE FUNCTION leasering.release_key(p_ring text, p_node text)
+RETURNS bigint
+LANGUAGE sql STABLE
+AS $$ SELECT pg_catalog.hashtextextended(pg_catalog.current_schema() || ' release ' || p_ring || ' ' || p_node, 0) $$;
+
+-- releasing: whether a call holds the release lock (release_key) of one of
+-- p_keys now. pg_locks shows a bigint key as its high 32 bits (classid)
+-- and low 32 bits (objid), with objsubid 1.
+CREATE OR REPLACE FUNCTION leasering.releasing(p_keys bigint[])
+RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT cardinality(p_keys) > 0
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                        WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+                          AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                             WHERE d.datname = pg_catalog.current_database())
+                          AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY (p_keys))
+$$;
 
 -- hand_on_released: partitions of ring p_ring that their owner released
 -- while it held go to their pending owners once the hold is over (the
