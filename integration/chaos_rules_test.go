@@ -31,9 +31,10 @@ func (r *chaosRun) impairedDuring(id string, from, to time.Time) bool {
 // reports nothing until an answer comes back; its partitions move on when
 // it releases them or is evicted), or healthy nodes it moved p on from
 // before they were due to report it. A healthy node that held p past that
-// and never reported it breaks the rule. n hears of p on its next heartbeat: the
-// report is due a heartbeat after the limit or n's assignment, whichever
-// is later, plus that heartbeat's round trip (rtt). An assignment is
+// and never reported it breaks the rule. n hears of p on its next
+// heartbeat: the report is due a heartbeat after the limit or n's
+// assignment, whichever is later, plus that heartbeat's round trip (rtt).
+// An assignment is
 // taken at its latest, the end of the read that saw it: under load a
 // read's start and end lie tens of milliseconds apart, and the start would
 // hold the owner to a heartbeat it could not have heard in. When the chaos
@@ -89,11 +90,12 @@ func impairedTail(rtt time.Duration) time.Duration {
 // givenInTime walks back over a partition's owners, from the last of h to
 // the one in force at the limit: each owner before the last must have been
 // impaired by the chaos while it held the partition, or moved on before
-// it was due to report it (a heartbeat after its assignment, plus rtt): a rebalance moves a partition straight on
-// from an owner that has not heard of it yet, as it must (seen in CI: a
-// crashed node's partition given to c04 2.18 s into its gap, in time, and
-// 75 ms later, before c04's next heartbeat, to c18, which reported it 2.26
-// s into the gap). The caller holds r.mu.
+// it was due to report it (a heartbeat after its assignment, plus rtt): a
+// rebalance moves a partition straight on from an owner that has not
+// heard of it yet, as it must (seen in CI: a crashed node's partition
+// given to c04 2.18 s into its gap, in time, and 75 ms later, before c04's
+// next heartbeat, to c18, which reported it 2.26 s into the gap). The
+// caller holds r.mu.
 func (r *chaosRun) givenInTime(h []assignedAt, limit time.Time, rtt time.Duration) error {
 	for j := len(h) - 1; ; j-- {
 		if !h[j].after.After(limit) {
