@@ -140,8 +140,8 @@
 -- The exceptions, each safe because the late lock is never waited for or
 -- its wait gives up on its own:
 --   - a call that releases partitions takes release_key's advisory lock,
---     shared, at any step: nobody takes it exclusively, so nobody waits
---     for it (a look only reads pg_locks);
+--     shared, at any step: a look only tries it exclusively and undoes the
+--     try at once (releasing), so a wait for it lasts microseconds;
 --   - rebalance, under a ring's lock, share-locks nodes and other nodes'
 --     member rows with SKIP LOCKED: it never waits for them; join_waiting
 --     likewise locks the nodes, joins rows and member rows of the joins it
@@ -196,6 +196,7 @@
 --   LR007 the tables are at another version than the file applied expects
 --   LR008 (never leaves scan_and_evict) a wait for a lapsed row another
 --         transaction held evicted nothing: undo it, so that its row locks go
+--   LR009 (never leaves releasing) undoes a try of a release lock
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- partition_of hashes a key's bytes in the server encoding, Go its UTF-8
@@ -1527,27 +1528,42 @@ AS $$ SELECT (2 + p_count / 25.0) * interval '1 millisecond' $$;
 -- release_key: the advisory lock a call that releases partitions of ring
 -- p_ring owned by node p_node holds, shared, from its start to its commit
 -- (ring_work, late_heartbeat), so that a look waiting for them sees the
--- release on its way (await_release). Nobody takes it exclusively: it never
--- makes anyone wait. Keys of two pairs that collide only make a look wait
--- longer, never past its bound.
+-- release on its way (await_release, releasing). Keys of two pairs that
+-- collide only make a look wait longer, never past its bound.
 CREATE OR REPLACE FUNCTION leasering.release_key(p_ring text, p_node text)
 RETURNS bigint
 LANGUAGE sql STABLE
 AS $$ SELECT pg_catalog.hashtextextended(pg_catalog.current_schema() || ' release ' || p_ring || ' ' || p_node, 0) $$;
 
 -- releasing: whether a call holds the release lock (release_key) of one of
--- p_keys now. pg_locks shows a bigint key as its high 32 bits (classid)
--- and low 32 bits (objid), with objsubid 1.
+-- p_keys now. Each key is tried exclusively, which fails while a call holds
+-- it, shared, and the try is undone at once (a subtransaction rolled back),
+-- so a releasing call that comes meanwhile waits microseconds at most.
+-- (Read from pg_locks instead, each poll took every lock partition's
+-- lock and every backend's fast-path lock in turn: on a starved CPU that
+-- holds up every other lock taken.)
 CREATE OR REPLACE FUNCTION leasering.releasing(p_keys bigint[])
 RETURNS boolean
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
 AS $$
-    SELECT cardinality(p_keys) > 0
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
-                        WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
-                          AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                             WHERE d.datname = pg_catalog.current_database())
-                          AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY (p_keys))
+DECLARE
+    k    bigint;
+    free boolean;
+BEGIN
+    FOREACH k IN ARRAY coalesce(p_keys, '{}') LOOP
+        BEGIN
+            free := pg_try_advisory_xact_lock(k);
+            RAISE EXCEPTION USING ERRCODE = 'LR009';
+        EXCEPTION WHEN SQLSTATE 'LR009' THEN
+            NULL;  -- the lock, if taken, went with the subtransaction
+        END;
+        IF NOT free THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END
 $$;
 
 -- hand_on_released: partitions of ring p_ring that their owner released

@@ -4,10 +4,10 @@
 -- then ../functions.sql, all in one transaction (see ../schema.sql).
 --
 -- Version 14 changes no table, only what functions do: a call that
--- releases partitions holds an advisory lock (release_key, shared: it
--- makes nobody wait) from its start to its commit, and a look goes on
--- waiting past its await_ms while the owner of a partition pending to it
--- holds it (await_release, releasing). Clients of older versions send the
+-- releases partitions holds an advisory lock (release_key, shared) from
+-- its start to its commit, and a look goes on waiting past its await_ms
+-- while the owner of a partition pending to it holds it (await_release,
+-- releasing, which tries it and undoes the try at once). Clients of older versions send the
 -- same requests and get the same answers.
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
