@@ -44,6 +44,24 @@ func (s *sqlNodes) look(id string, awaitMS int, onItsWayMS ...int) (answer map[s
 	return nil, took
 }
 
+// wantGiven fails unless a look's answer, after took, is b's view with
+// every partition of moving.
+func wantGiven(t *testing.T, answer map[string]any, took time.Duration, moving []int) {
+	t.Helper()
+	if answer["status"] != "ok" {
+		t.Fatalf("after %v the look answered %v; want b's view with the partitions released to it", took, answer)
+	}
+	var got []int
+	for _, p := range answer["partitions"].([]any) {
+		got = append(got, int(p.(float64)))
+	}
+	for _, p := range moving {
+		if !slices.Contains(got, p) {
+			t.Errorf("partition %d released to b is not in b's view %v", p, got)
+		}
+	}
+}
+
 // TestLookWaitsForTheRelease: a look (a heartbeat sent when partitions
 // handed to the node are due) may wait in the database for the owner's
 // release, and answers within a few milliseconds of its commit with the
@@ -92,18 +110,7 @@ func TestLookWaitsForTheRelease(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("a's release: %v", err)
 	}
-	if answer["status"] != "ok" {
-		t.Fatalf("the look answered %v, want b's view with the partitions released to it", answer)
-	}
-	var got []int
-	for _, p := range answer["partitions"].([]any) {
-		got = append(got, int(p.(float64)))
-	}
-	for _, p := range moving {
-		if !slices.Contains(got, p) {
-			t.Errorf("partition %d released to b is not in b's view %v", p, got)
-		}
-	}
+	wantGiven(t, answer, took, moving)
 	if took < 150*time.Millisecond || heard.Sub(released) > 100*time.Millisecond {
 		t.Errorf("the look took %v and answered %v after the release's answer; want about 200ms, within a few ms of the release",
 			took, heard.Sub(released))
@@ -234,18 +241,7 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("a's release: %v", err)
 	}
-	if answer["status"] != "ok" {
-		t.Fatalf("after %v the look answered %v; want b's view with the partitions released to it", took, answer)
-	}
-	var got []int
-	for _, p := range answer["partitions"].([]any) {
-		got = append(got, int(p.(float64)))
-	}
-	for _, p := range moving {
-		if !slices.Contains(got, p) {
-			t.Errorf("partition %d released to b is not in b's view %v", p, got)
-		}
-	}
+	wantGiven(t, answer, took, moving)
 	if took < 200*time.Millisecond || heard.Sub(released) > 100*time.Millisecond {
 		t.Errorf("the look took %v and answered %v after the release's answer; want past its await_ms of 50ms, within a few ms of the release",
 			took, heard.Sub(released))
