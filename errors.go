@@ -82,6 +82,9 @@ const (
 	// A scan's wait for another evictor that evicted nothing undoes itself
 	// with it; it never leaves the database.
 	stateNothingEvicted = "LR008"
+	// A look's try of an owner's release lock undoes itself with it
+	// (releasing); it never leaves the database.
+	stateTryUndone = "LR009"
 )
 
 // lrStates says what each of them means to the client: the sentinel a
@@ -101,6 +104,7 @@ var lrStates = map[string]struct {
 	// migration taking its lock: ensureSchema reads the version again.
 	stateSchemaOtherVersion: {retry: true},
 	stateNothingEvicted:     {retry: true}, // caught in scan_and_evict; were it to escape, the next heartbeat scans again
+	stateTryUndone:          {retry: true}, // caught in releasing; were it to escape, the next look tries again
 }
 
 // sqlState is the SQLSTATE of a database error, "" for any other error.
