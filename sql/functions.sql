@@ -234,8 +234,8 @@ END $$;
 -- renew_and_read: the heartbeat, one round trip for all of a node's rings.
 --
 -- p_rings is a JSON array of {ring, size, vnodes, version, released,
--- release_after_ms, incoming, await_ms, await_release_ms, later_if_busy}: version is the ring
--- version the node last saw (0: none yet), released lists partitions it
+-- release_after_ms, incoming, await_ms, await_release_ms, later_if_busy}:
+-- version is the ring version the node last saw (0: none yet), released lists partitions it
 -- was told to give up and has stopped using or will have by
 -- release_after_ms (0 to 1,000) after the call, incoming says it waits for partitions handed to
 -- it, await_ms, on a look, how long the call may wait for such a ring to
@@ -794,13 +794,14 @@ $$;
 -- else changed), its await_ms ends, or p_until; not at all for node
 -- p_node (incarnation p_incarnation, TTL p_ttl_ms) with less than half a
 -- lease left. Past await_ms it goes on waiting, until await_release_ms
--- or p_until, while an owner of a partition pending to the node is in the call that releases
--- it (that call holds release_key's lock from its start, and commits at
--- its drain's end): the due the node was told counts from when the owner
--- was told in the database, and the owner stops, and so drains, from when
--- its answer reaches it, which for the view of a rebalance of a whole
--- ring came 90-190 ms later (TestRollout), so the look gave up a few
--- milliseconds before the commit and the next came a poll later. Returns
+-- or p_until, while an owner of a partition pending to the node is in the
+-- call that releases it (that call holds release_key's lock from its
+-- start, and commits at its drain's end): the due the node was told
+-- counts from when the owner was told in the database, and the owner
+-- stops, and so drains, from when its answer reaches it, which for the
+-- view of a rebalance of a whole ring came 90-190 ms later (TestRollout),
+-- so the look gave up a few milliseconds before the commit and the next
+-- came a poll later. Returns
 -- the milliseconds waited. Without the wait a look that came a few
 -- milliseconds before the owner's release looked again a poll later (CI:
 -- a heal's gap of 594 ms against a bound of 581); with it the node hears
