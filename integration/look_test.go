@@ -214,7 +214,7 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 			released = time.Now()
 			done <- err
 		}()
-		if _, err := s.ringLockFreeWhileSleeping(); err != nil { // a's call sleeps until its drain's end
+		if err := s.untilSleeping(); err != nil { // a's call sleeps until its drain's end
 			t.Fatal(err)
 		}
 	}
@@ -247,4 +247,42 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 			took, heard.Sub(released))
 	}
 	t.Logf("the look took %v; answered %v after the release's answer came back", took, heard.Sub(released))
+}
+
+// TestReleasingLeavesNoLock: a look's check of an owner's release lock
+// (releasing) says whether a call holds it, and leaves no lock of its own
+// behind, in either case: a try it kept would hold up, until the look's
+// commit, the owner's next releasing call.
+func TestReleasingLeavesNoLock(t *testing.T) {
+	s := newSQLNodes(t)
+	q := `"` + s.e.schema + `"`
+	check := func(want bool) {
+		t.Helper()
+		tx, err := s.e.admin.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback() }()
+		var got bool
+		var held int
+		if err := tx.QueryRow(`SELECT ` + q + `.releasing(ARRAY[` + q + `.release_key('r', 'a')])`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&held); err != nil {
+			t.Fatal(err)
+		}
+		if got != want || held != 0 {
+			t.Errorf("releasing = %v with %d advisory locks left in the transaction; want %v and none", got, held, want)
+		}
+	}
+	check(false)
+	owner, err := s.e.admin.Begin() // a's releasing call, as ring_work holds it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = owner.Rollback() }()
+	if _, err := owner.Exec(`SELECT pg_advisory_xact_lock_shared(` + q + `.release_key('r', 'a'))`); err != nil {
+		t.Fatal(err)
+	}
+	check(true)
 }

@@ -57,24 +57,32 @@ func (s *sqlNodes) toldHandoff() []int {
 	return moving
 }
 
-// ringLockFreeWhileSleeping waits until a call of renew_and_read sleeps in
-// the database and reports whether another transaction could take ring
-// "r"'s lock meanwhile.
-func (s *sqlNodes) ringLockFreeWhileSleeping() (bool, error) {
+// untilSleeping waits until a call of renew_and_read sleeps in the
+// database (at most 5s).
+func (s *sqlNodes) untilSleeping() error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var n int
 		if err := s.e.admin.QueryRow(`SELECT count(*) FROM pg_stat_activity
 			WHERE wait_event = 'PgSleep' AND query LIKE '%renew_and_read%'`).Scan(&n); err != nil {
-			return false, err
+			return err
 		}
 		if n > 0 {
-			break
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return false, errors.New("no call of renew_and_read slept within 5s")
+			return errors.New("no call of renew_and_read slept within 5s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// ringLockFreeWhileSleeping waits until a call of renew_and_read sleeps in
+// the database and reports whether another transaction could take ring
+// "r"'s lock meanwhile.
+func (s *sqlNodes) ringLockFreeWhileSleeping() (bool, error) {
+	if err := s.untilSleeping(); err != nil {
+		return false, err
 	}
 	tx, err := s.e.admin.Begin()
 	if err != nil {
