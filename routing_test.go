@@ -44,9 +44,17 @@ func TestMemberDeltas(t *testing.T) {
 		t.Errorf("OwnerOf(3) = %+v, %v; want c", m, ok)
 	}
 
-	// a leaves: the ids no longer list it; its partitions were reassigned.
+	// a leaves: the ids no longer list it; its partition 0 was reassigned,
+	// and partition 1, not listed, has no owner (carried over by id, a is
+	// gone).
 	l.applyView(ringChange{Version: 3, MemberIDs: []string{"b", "c"},
-		Changed: []int{0, 1}, Owners: []int{0, 1}}, time.Time{})
+		Changed: []int{0}, Owners: []int{0}}, time.Time{})
+	if m, ok := l.OwnerOf(1); ok {
+		t.Errorf("OwnerOf(1) = %+v; want none: its owner a left and no new one came", m)
+	}
+	if m, ok := l.OwnerOf(3); !ok || m.ID != "c" {
+		t.Errorf("OwnerOf(3) = %+v, %v; want c (its index moved from 2 to 1)", m, ok)
+	}
 	if got := ids(l.Members()); !reflect.DeepEqual(got, []string{"b", "c"}) {
 		t.Fatalf("members %v, want [b c]", got)
 	}
