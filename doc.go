@@ -95,10 +95,11 @@
 //
 // PartitionOf maps a key to a partition with PostgreSQL's own text hash, so
 // the SQL function partition_of gives the same answer and users filter
-// their rows by it. Each heartbeat that sees a ring change also brings the
+// their rows by it. The heartbeat after a ring changes also brings the
 // routing changes (the member ids and the details of new members only, and
 // the owners of partitions that moved), from which Owner and Successors
-// answer without a query. Every change of owner
+// answer without a query; while the ring keeps changing, a node whose own
+// partitions did not change takes them at most every four heartbeats. Every change of owner
 // raises the partition's epoch; the SQL function holds checks it inside the
 // user's transaction and locks the partition's row until that transaction
 // ends, so a guarded write never lands after a takeover. Lock holds a key

@@ -308,3 +308,50 @@ func TestRingRequestsOfALook(t *testing.T) {
 		t.Errorf("a look with another lease ended waits %dms, want 0", got)
 	}
 }
+
+// TestRingRequestsSayOwnOnlyAfterAView: a ring whose last view came
+// within routingEvery heartbeats asks only for changes of the node's own
+// (its routing can wait while the ring keeps changing); one whose view is
+// older, or that has none yet, or whose node waits for partitions, asks
+// for the whole change.
+func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
+	db, _ := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second))
+	l, _ := c.Lease("a", 8)
+	now := c.clk.Now()
+	ownOnlyAt := func(viewAgo time.Duration) bool {
+		t.Helper()
+		if viewAgo >= 0 {
+			l.view.viewAt = now.Add(-viewAgo)
+		}
+		rings := c.ringRequests(now, false)
+		if len(rings) != 1 {
+			t.Fatalf("rings %+v, want a", rings)
+		}
+		return rings[0].OwnOnly
+	}
+	if ownOnlyAt(-1) {
+		t.Error("a ring with no view yet says own_only")
+	}
+	l.applyView(ringChange{Ring: "a", Version: 7, Status: statusOK}, now.Add(-time.Second))
+	if l.view.viewAt != now.Add(-time.Second) {
+		t.Errorf("a view applied at %v noted at %v", now.Add(-time.Second), l.view.viewAt)
+	}
+	for _, c := range []struct {
+		ago  time.Duration
+		want bool
+	}{{0, true}, {routingEvery*time.Second - time.Millisecond, true}, {routingEvery * time.Second, false}, {time.Hour, false}} {
+		if got := ownOnlyAt(c.ago); got != c.want {
+			t.Errorf("a view %v old: own_only %v, want %v", c.ago, got, c.want)
+		}
+	}
+	l.view.waiting = true // a look waits for the version it holds to move
+	if ownOnlyAt(0) {
+		t.Error("a node that waits for partitions says own_only")
+	}
+	l.view.waiting = false
+	l.rejoin.Store(true) // a view that did not fit: the whole view again
+	if ownOnlyAt(0) {
+		t.Error("a request for the whole view (version 0) says own_only")
+	}
+}

@@ -80,6 +80,7 @@ type ringState struct {
 	incoming  []time.Time       // when the partitions pending to this node are due, sorted; see nextLook
 	waiting   bool              // partitions are pending to this node (some may have no due time)
 	releasing []int             // the releases the last heartbeat carried, sorted (see nextRelease)
+	viewAt    time.Time         // when the last view came (see ownOnly)
 	// awaitRejoin: a request for the whole view (rejoin) went; the view
 	// that answers it ends a resign's pause.
 	awaitRejoin bool
@@ -269,6 +270,7 @@ func (l *Lease) applyView(v ringChange, now time.Time) { l.applyViewAt(v, now, n
 // measured at the local time measured (see setIncoming).
 func (l *Lease) applyViewAt(v ringChange, now, measured time.Time) {
 	l.view.version = v.Version
+	l.view.viewAt = now
 	l.view.setIncoming(v, measured)
 	revoking := make(map[int]bool, len(v.Revoking))
 	var locked map[int]bool // read once, if needed

@@ -168,7 +168,8 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		}
 		room -= len(released)
 		r := ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-			Version: version, Released: released, Incoming: l.view.waiting, LaterIfBusy: true}
+			Version: version, Released: released, Incoming: l.view.waiting, LaterIfBusy: true,
+			OwnOnly: version != 0 && !l.view.waiting && ownOnly(l.view.viewAt, now, c.cfg.heartbeat)}
 		if len(released) > 0 && by.After(now) {
 			// Rounded up: the database waits at least what is left.
 			r.ReleaseAfterMS = int64((by.Sub(now) + time.Millisecond - 1) / time.Millisecond)
@@ -194,6 +195,25 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		}
 	}
 	return rings
+}
+
+// routingEvery is how often, at most, a node takes a view for its
+// routing alone, in heartbeats. In a roll-out the ring's version moves
+// with every join and release, and each move sent every member a view on
+// its next heartbeat: the members times the heartbeats, which at 2,000
+// nodes took both cores of the server (BENCHMARKS.md, Scale). A change of
+// what the node owns or waits for still comes with the next heartbeat.
+const routingEvery = 4
+
+// ownOnly says whether a heartbeat at now asks only for changes of the
+// node's own (ringRequest.OwnOnly): its last view came at viewAt, within
+// routingEvery heartbeats. After a quiet spell the first change of the
+// ring comes whole with the next heartbeat. A node that waits for
+// partitions never asks it (ringRequests): its look waits in the database
+// until the ring's version moves from the one it holds, and with a version
+// left behind it would not wait at all.
+func ownOnly(viewAt, now time.Time, heartbeat time.Duration) bool {
+	return !viewAt.IsZero() && now.Sub(viewAt) < routingEvery*heartbeat
 }
 
 // randomJitter is the schedule's jitter: uniform in [0, n].

@@ -225,6 +225,7 @@ func normalize(rs []ringRequest) []ringRequest {
 			r.Released = nil
 		}
 		r.LaterIfBusy = false // every request says it: TestRingRequestsSayLaterIfBusy
+		r.OwnOnly = false     // TestRingRequestsSayOwnOnlyAfterAView
 		out[i] = r
 	}
 	return out

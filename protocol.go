@@ -33,6 +33,9 @@ type ringRequest struct {
 	// busy (the schedule backs off from those); a client before schema
 	// version 12 does not say it and gets no answer, as it did.
 	LaterIfBusy bool `json:"later_if_busy,omitempty"`
+	// OwnOnly: answer a view only if something this node owns or waits
+	// for changed since Version; its routing can wait (see ownOnly).
+	OwnOnly bool `json:"own_only,omitempty"`
 	// For join_rings: the node's heartbeat and drain, from which the
 	// database tells pending owners when what this node gives up is due.
 	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"`

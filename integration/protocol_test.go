@@ -25,6 +25,9 @@ type sqlNodes struct {
 	// laterIfBusy: renew says later_if_busy, as a client of schema version
 	// 12 on does (without, as an older client)
 	laterIfBusy bool
+	// ownOnly: renew says own_only, as a client of schema version 15 on
+	// does within a few heartbeats of its last view
+	ownOnly bool
 }
 
 func newSQLNodes(t *testing.T) *sqlNodes {
@@ -66,6 +69,9 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	ring := map[string]any{"ring": "r", "size": 8, "vnodes": 8, "version": s.version[id], "released": released}
 	if s.laterIfBusy {
 		ring["later_if_busy"] = true
+	}
+	if s.ownOnly {
+		ring["own_only"] = true
 	}
 	rings, _ := json.Marshal([]map[string]any{ring})
 	s.mu.Unlock()

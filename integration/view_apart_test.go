@@ -1,0 +1,194 @@
+package integration
+
+import (
+	"encoding/json"
+	"slices"
+	"testing"
+)
+
+// ringView is the part of a view these tests read.
+type ringView struct {
+	Version    int64    `json:"version"`
+	Status     string   `json:"status"`
+	Partitions []int    `json:"partitions"`
+	Revoking   []int    `json:"revoking"`
+	MemberIDs  []string `json:"member_ids"`
+	Changed    []int    `json:"changed"`
+	Owners     []int    `json:"owners"`
+}
+
+// viewOf reads ring "r"'s view for node id as a node that knows version
+// known (ring_view, which writes nothing).
+func (s *sqlNodes) viewOf(id string, known int64) ringView {
+	s.t.Helper()
+	var text string
+	if err := s.e.admin.QueryRow(`SELECT "`+s.e.schema+`".ring_view('r', $1, $2)::text`, id, known).Scan(&text); err != nil {
+		s.t.Fatal(err)
+	}
+	var v ringView
+	if err := json.Unmarshal([]byte(text), &v); err != nil {
+		s.t.Fatal(err)
+	}
+	return v
+}
+
+// readViews calls read_views for node id on ring "r" at the version it
+// holds, and returns the view it gives (Status empty: none).
+func (s *sqlNodes) readViews(id string) ringView {
+	s.t.Helper()
+	arg, _ := json.Marshal([]map[string]any{{"ring": "r", "version": s.version[id]}})
+	var text string
+	if err := s.e.admin.QueryRow(`SELECT "`+s.e.schema+`".read_views($1, $2, $3::jsonb)::text`, id, "inc-"+id, string(arg)).Scan(&text); err != nil {
+		s.t.Fatal(err)
+	}
+	var out []struct {
+		View ringView `json:"view"`
+	}
+	if err := json.Unmarshal([]byte(text), &out); err != nil {
+		s.t.Fatalf("read_views: %s: %v", text, err)
+	}
+	if len(out) != 1 {
+		s.t.Fatalf("read_views: %s, want one view", text)
+	}
+	return out[0].View
+}
+
+// TestRoutingCarriesOwnerChangesOnly: a view's routing lists the
+// partitions whose owner changed since the version the node knows, each
+// once. A join's rebalance, which only names b the pending owner of what
+// a hands it, changes no route; a's release does, and then the moved
+// partitions come with b as their owner. Sent by any change of the row,
+// every member read each moved partition twice in a roll-out.
+func TestRoutingCarriesOwnerChangesOnly(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a")
+	before := s.version["a"]
+	moving := s.toldHandoff() // joins b: a is told to hand these to b
+	pending := s.viewOf("a", before)
+	if len(pending.Changed) != 0 {
+		t.Errorf("the view after b's join lists partitions %v as changed, want none: no owner changed", pending.Changed)
+	}
+	if !slices.Equal(pending.Revoking, moving) {
+		t.Errorf("a's view revokes %v, want %v", pending.Revoking, moving)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	after := s.viewOf("a", before)
+	if !slices.Equal(after.Changed, moving) {
+		t.Fatalf("the view after a's release lists %v as changed, want the moved %v", after.Changed, moving)
+	}
+	b := slices.Index(after.MemberIDs, "b")
+	for i, p := range after.Changed {
+		if after.Owners[i] != b {
+			t.Errorf("partition %d's owner in the view: member %d, want b (%d of %v)", p, after.Owners[i], b, after.MemberIDs)
+		}
+	}
+}
+
+// TestReleaseAnswersViewToReadApart: a heartbeat that releases answers
+// 'view' to a client that says later_if_busy (version 12 on, which reads
+// it with read_views, a statement of its own) rather than build the view
+// while it holds the ring's lock, which every other release and join of
+// the ring waits for; read_views then gives the view after the release.
+// An older client, which would not read it, gets the view in the answer.
+func TestReleaseAnswersViewToReadApart(t *testing.T) {
+	t.Parallel()
+	for _, laterIfBusy := range []bool{true, false} {
+		s := newSQLNodes(t)
+		s.laterIfBusy = laterIfBusy
+		moving := s.toldHandoff()
+		h, err := s.renew(nil, "a", false, false, 0, moving...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h.changes) != 1 {
+			t.Fatalf("later_if_busy %v: the release answered %+v, want one ring", laterIfBusy, h.changes)
+		}
+		if !laterIfBusy {
+			if h.changes[0].Status != "ok" {
+				t.Errorf("an older client's release answered %q, want the view (ok)", h.changes[0].Status)
+			}
+			continue
+		}
+		if h.changes[0].Status != "view" {
+			t.Fatalf("the release answered %q, want view", h.changes[0].Status)
+		}
+		v := s.readViews("a")
+		if v.Status != "ok" || v.Version == 0 {
+			t.Fatalf("read_views after the release: %+v, want a view", v)
+		}
+		for _, p := range moving {
+			if slices.Contains(v.Partitions, p) {
+				t.Errorf("a's view after its release still gives it partition %d", p)
+			}
+		}
+		if got := s.handingOff("a", "b"); len(got) != 0 {
+			t.Errorf("partitions %v still pending from a to b after the release", got)
+		}
+	}
+}
+
+// TestOwnOnlyAnswersOwnChanges: a heartbeat that says own_only gets a view
+// only when something its node owns or waits for changed since the
+// version it holds. A move of the ring's version that touches none of a's
+// rows (made here by hand) gets a's own_only heartbeat no view, and a
+// keeps its version; without own_only the same heartbeat gets the view.
+// A join that takes partitions from a gets a's own_only heartbeat the view
+// that revokes them, and a's release of them the new owner's.
+func TestOwnOnlyAnswersOwnChanges(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	moving := s.toldHandoff()
+	for _, id := range []string{"a", "b"} { // a releases; both read the ring as it is now
+		if _, err := s.renew(nil, id, false, false, 0, map[string][]int{"a": moving}[id]...); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.renew(nil, id, false, false, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.ownOnly = true
+	known := s.version["a"]
+	if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".rings SET version = version + 1 WHERE name = 'r'`); err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.renew(nil, "a", false, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.changes) != 0 || s.version["a"] != known {
+		t.Fatalf("own_only after a change of none of a's rows: answered %+v, version %d; want nothing, version %d", h.changes, s.version["a"], known)
+	}
+	s.ownOnly = false
+	if h, err = s.renew(nil, "a", false, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.changes) != 1 || h.changes[0].Status != "ok" || s.version["a"] == known {
+		t.Fatalf("without own_only after the same change: answered %+v, want the view", h.changes)
+	}
+
+	s.ownOnly = true
+	s.join("c")
+	if h, err = s.renew(nil, "a", false, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	toC := s.handingOff("a", "c")
+	if len(h.changes) != 1 || h.changes[0].Status != "ok" || len(toC) == 0 {
+		t.Fatalf("own_only for a after c's join: answered %+v, handing %v to c; want the view that revokes them", h.changes, toC)
+	}
+	before := s.version["c"]
+	if _, err := s.renew(nil, "a", false, false, 0, toC...); err != nil {
+		t.Fatal(err)
+	}
+	if h, err = s.renew(nil, "c", false, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.changes) != 1 || h.changes[0].Status != "ok" || s.version["c"] == before {
+		t.Errorf("own_only for c after a released %v to it: answered %+v, want the view", toC, h.changes)
+	}
+	if v := s.viewOf("c", 0); !slices.Equal(v.Partitions, toC) {
+		t.Errorf("c owns %v, want %v", v.Partitions, toC)
+	}
+}
