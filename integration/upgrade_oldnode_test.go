@@ -38,6 +38,7 @@ type oldNode struct {
 	unreadable int       // answers its client could not read (a failed heartbeat)
 	lapseNext  bool      // the next heartbeat ends the lease first, in its own transaction
 	lapsed     bool      // it did
+	viewsRead  int       // views read with read_views after a 'view' answer
 	stopped    bool
 }
 
@@ -91,6 +92,39 @@ func (o *oldNode) values() []int {
 	return out
 }
 
+// take applies a view. Caller holds o.mu.
+func (o *oldNode) take(v oldView) {
+	o.version, o.owned, o.revoking = v.Version, v.Partitions, map[int]bool{}
+	for _, p := range v.Revoking {
+		o.revoking[p] = true
+	}
+}
+
+// readView reads the ring's view with read_views, as a client of schema
+// version 12 on does after a 'view' answer, and applies it if it answers
+// the version the node still holds. Caller holds o.mu.
+func (o *oldNode) readView() {
+	arg, _ := json.Marshal([]map[string]any{{"ring": o.ring, "version": o.version}})
+	var answer string
+	if err := o.db.QueryRow(`SELECT "`+o.schema+`".read_views($1, $2, $3::jsonb)::text`, o.id, o.inc, string(arg)).Scan(&answer); err != nil {
+		o.t.Logf("%s: read_views: %v", o.id, err)
+		return
+	}
+	var read []struct {
+		Known int64   `json:"known"`
+		View  oldView `json:"view"`
+	}
+	if err := json.Unmarshal([]byte(answer), &read); err != nil {
+		return // "not_live": the next heartbeat says
+	}
+	for _, r := range read {
+		if r.Known == o.version && r.View.Status == "ok" && len(r.View.Epochs) == len(r.View.Partitions) {
+			o.take(r.View)
+			o.viewsRead++
+		}
+	}
+}
+
 type oldView struct {
 	Ring       string  `json:"ring"`
 	Version    int64   `json:"version"`
@@ -111,8 +145,12 @@ func (o *oldNode) heartbeat() {
 		released = append(released, p)
 	}
 	sort.Ints(released)
-	arg, _ := json.Marshal([]map[string]any{{"ring": o.ring, "size": o.size, "vnodes": leasering.DefaultVNodes,
-		"version": o.version, "released": released}})
+	ring := map[string]any{"ring": o.ring, "size": o.size, "vnodes": leasering.DefaultVNodes,
+		"version": o.version, "released": released}
+	if o.client.laterIfBusy {
+		ring["later_if_busy"] = true
+	}
+	arg, _ := json.Marshal([]map[string]any{ring})
 	o.mu.Unlock()
 
 	sent := time.Now()
@@ -172,9 +210,10 @@ func (o *oldNode) heartbeat() {
 			o.version, o.owned, o.revoking = 0, nil, map[int]bool{}
 			joins = append(joins, v.Ring)
 		case "ok":
-			o.version, o.owned, o.revoking = v.Version, v.Partitions, map[int]bool{}
-			for _, p := range v.Revoking {
-				o.revoking[p] = true
+			o.take(v)
+		case "view":
+			if o.client.laterIfBusy {
+				o.readView()
 			}
 		}
 	}
