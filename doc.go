@@ -99,12 +99,13 @@
 // routing changes (the member ids and the details of new members only, and
 // the owners of partitions that moved), from which Owner and Successors
 // answer without a query; while the ring keeps changing, a node whose own
-// partitions did not change takes them at most every four heartbeats. Every change of owner
-// raises the partition's epoch; the SQL function holds checks it inside the
-// user's transaction and locks the partition's row until that transaction
-// ends, so a guarded write never lands after a takeover. Lock holds a key
-// within the process; its context ends when the partition is revoked, and
-// the handoff waits for Unlock (up to WithMaxDrain).
+// partitions did not change takes them at most every four heartbeats.
+// Every change of owner raises the partition's epoch; the SQL function
+// holds checks it inside the user's transaction and locks the partition's
+// row until that transaction ends, so a guarded write never lands after a
+// takeover. Lock holds a key within the process; its context ends when
+// the partition is revoked, and the handoff waits for Unlock (up to
+// WithMaxDrain).
 //
 // # Node ids
 //
