@@ -1146,12 +1146,14 @@ $$;
 --
 -- THE STAMP CONTRACT. A step that changes a ring holds the ring's row lock
 -- (rings, FOR UPDATE) to the end of its transaction. It stamps every row
--- whose routing it changes with next_version: partitions.changed for a new
--- owner or next_owner (and granted for a new owner), members.changed for a
--- member's new details. Then it calls bump_version once, if it changed
--- anything. A view for a node that knows version k (ring_view) is then
--- exactly the rows stamped above k, and no node misses a change: the stamp
--- and the version it announces commit together.
+-- it changes with next_version: partitions.changed for a new owner or
+-- next_owner, and granted for a new owner; members.changed for a member's
+-- new details. Then it calls bump_version once, if it changed anything.
+-- A view for a node that knows version k (ring_view) then routes by
+-- exactly the rows granted, and members changed, above k; own_only
+-- (ring_answer) looks for the node's rows changed above k; and no node
+-- misses a change: the stamp and the version it announces commit
+-- together.
 CREATE OR REPLACE FUNCTION leasering.next_version(p_ring text)
 RETURNS bigint
 LANGUAGE plpgsql STABLE
