@@ -130,11 +130,12 @@ func (t *routeTable) setMembers(ms []memberView) {
 	}
 }
 
-// Members returns the ring's members in id order, as of the last heartbeat
-// that saw the ring change (a member whose lease lapsed stays listed until
-// it is evicted). Routing reads (Members, Owner,
-// Successors) are hints for sending work to the right node: they are kept
-// while this node is cut off from the database, when Values is empty.
+// Members returns the ring's members in id order, as of the last view of
+// the ring this node read (a member whose lease lapsed stays listed until
+// it is evicted). Routing reads (Members, Owner, Successors) are hints for
+// sending work to the right node: while the ring keeps changing they may be
+// up to four heartbeats behind (ownOnly), and they are kept while this
+// node is cut off from the database, when Values is empty.
 func (l *Lease) Members() []Member {
 	return append([]Member(nil), l.route.Load().members...)
 }
