@@ -133,9 +133,11 @@ func (t *routeTable) setMembers(ms []memberView) {
 // Members returns the ring's members in id order, as of the last view of
 // the ring this node read (a member whose lease lapsed stays listed until
 // it is evicted). Routing reads (Members, Owner, Successors) are hints for
-// sending work to the right node: while the ring keeps changing they may be
-// up to four heartbeats behind (ownOnly), and they are kept while this
-// node is cut off from the database, when Values is empty.
+// sending work to the right node: while the ring keeps changing, a node
+// whose own partitions did not change reads a view every four heartbeats
+// at most (ownOnly), so they may be up to five heartbeats behind; and they
+// are kept while this node is cut off from the database, when Values is
+// empty.
 func (l *Lease) Members() []Member {
 	return append([]Member(nil), l.route.Load().members...)
 }
