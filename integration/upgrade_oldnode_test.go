@@ -38,7 +38,6 @@ type oldNode struct {
 	unreadable int       // answers its client could not read (a failed heartbeat)
 	lapseNext  bool      // the next heartbeat ends the lease first, in its own transaction
 	lapsed     bool      // it did
-	viewsRead  int       // views read with read_views after a 'view' answer
 	stopped    bool
 }
 
@@ -92,39 +91,6 @@ func (o *oldNode) values() []int {
 	return out
 }
 
-// take applies a view. Caller holds o.mu.
-func (o *oldNode) take(v oldView) {
-	o.version, o.owned, o.revoking = v.Version, v.Partitions, map[int]bool{}
-	for _, p := range v.Revoking {
-		o.revoking[p] = true
-	}
-}
-
-// readView reads the ring's view with read_views, as a client of schema
-// version 12 on does after a 'view' answer, and applies it if it answers
-// the version the node still holds. Caller holds o.mu.
-func (o *oldNode) readView() {
-	arg, _ := json.Marshal([]map[string]any{{"ring": o.ring, "version": o.version}})
-	var answer string
-	if err := o.db.QueryRow(`SELECT "`+o.schema+`".read_views($1, $2, $3::jsonb)::text`, o.id, o.inc, string(arg)).Scan(&answer); err != nil {
-		o.t.Logf("%s: read_views: %v", o.id, err)
-		return
-	}
-	var read []struct {
-		Known int64   `json:"known"`
-		View  oldView `json:"view"`
-	}
-	if err := json.Unmarshal([]byte(answer), &read); err != nil {
-		return // "not_live": the next heartbeat says
-	}
-	for _, r := range read {
-		if r.Known == o.version && r.View.Status == "ok" && len(r.View.Epochs) == len(r.View.Partitions) {
-			o.take(r.View)
-			o.viewsRead++
-		}
-	}
-}
-
 type oldView struct {
 	Ring       string  `json:"ring"`
 	Version    int64   `json:"version"`
@@ -145,12 +111,8 @@ func (o *oldNode) heartbeat() {
 		released = append(released, p)
 	}
 	sort.Ints(released)
-	ring := map[string]any{"ring": o.ring, "size": o.size, "vnodes": leasering.DefaultVNodes,
-		"version": o.version, "released": released}
-	if o.client.laterIfBusy {
-		ring["later_if_busy"] = true
-	}
-	arg, _ := json.Marshal([]map[string]any{ring})
+	arg, _ := json.Marshal([]map[string]any{{"ring": o.ring, "size": o.size, "vnodes": leasering.DefaultVNodes,
+		"version": o.version, "released": released}})
 	o.mu.Unlock()
 
 	sent := time.Now()
@@ -210,10 +172,9 @@ func (o *oldNode) heartbeat() {
 			o.version, o.owned, o.revoking = 0, nil, map[int]bool{}
 			joins = append(joins, v.Ring)
 		case "ok":
-			o.take(v)
-		case "view":
-			if o.client.laterIfBusy {
-				o.readView()
+			o.version, o.owned, o.revoking = v.Version, v.Partitions, map[int]bool{}
+			for _, p := range v.Revoking {
+				o.revoking[p] = true
 			}
 		}
 	}

@@ -35,9 +35,9 @@ var oldSchemas = []struct {
 	{"v9", 9, "testdata/schema_and_functions_v9_c180b10.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v10", 10, "testdata/schema_and_functions_v10_a0b7cc7.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v11", 11, "testdata/schema_and_functions_v11_5dfb324.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
-	{"v12", 12, "testdata/schema_and_functions_v12_be18648.sql", oldClient{forgetOnRejoin: true, joinRings: true, laterIfBusy: true}},
-	{"v13", 13, "testdata/schema_and_functions_v13_2c9dd7f.sql", oldClient{forgetOnRejoin: true, joinRings: true, laterIfBusy: true}},
-	{"v14", 14, "testdata/schema_and_functions_v14_9863102.sql", oldClient{forgetOnRejoin: true, joinRings: true, laterIfBusy: true}},
+	{"v12", 12, "testdata/schema_and_functions_v12_be18648.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v13", 13, "testdata/schema_and_functions_v13_2c9dd7f.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v14", 14, "testdata/schema_and_functions_v14_9863102.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's
@@ -50,10 +50,6 @@ type oldClient struct {
 	// forgetOnRejoin: a 'rejoined' answer makes it forget every ring whose
 	// view did not come with it (it asks again from version 0).
 	forgetOnRejoin bool
-	// laterIfBusy: its ring requests say later_if_busy (schema version 12
-	// on), and it reads a 'view' answer with read_views, which from
-	// version 15 a release is answered.
-	laterIfBusy bool
 }
 
 // installOld applies an old release's sql/functions.sql to e's schema, as

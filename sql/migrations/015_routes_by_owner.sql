@@ -5,11 +5,7 @@
 --
 -- Version 15 sends a view's routing by change of owner (granted), not by
 -- any change of the row (changed): a new pending owner alone moves no
--- route. So the index that finds a view's rows is on granted. And a call
--- that releases partitions answers 'view' (read_views reads it) rather
--- than build the view under the ring's lock, to a client that says
--- later_if_busy (version 12 and later), which reads it with read_views as
--- it reads a big view. Older clients get the view as before. A ring
+-- route. So the index that finds a view's rows is on granted. A ring
 -- request may say own_only (a key older clients never send): then a
 -- heartbeat answers a view only when something the node owns or waits for
 -- changed since the version it holds.

@@ -32,27 +32,6 @@ func (s *sqlNodes) viewOf(id string, known int64) ringView {
 	return v
 }
 
-// readViews calls read_views for node id on ring "r" at the version it
-// holds, and returns the view it gives (Status empty: none).
-func (s *sqlNodes) readViews(id string) ringView {
-	s.t.Helper()
-	arg, _ := json.Marshal([]map[string]any{{"ring": "r", "version": s.version[id]}})
-	var text string
-	if err := s.e.admin.QueryRow(`SELECT "`+s.e.schema+`".read_views($1, $2, $3::jsonb)::text`, id, "inc-"+id, string(arg)).Scan(&text); err != nil {
-		s.t.Fatal(err)
-	}
-	var out []struct {
-		View ringView `json:"view"`
-	}
-	if err := json.Unmarshal([]byte(text), &out); err != nil {
-		s.t.Fatalf("read_views: %s: %v", text, err)
-	}
-	if len(out) != 1 {
-		s.t.Fatalf("read_views: %s, want one view", text)
-	}
-	return out[0].View
-}
-
 // TestRoutingCarriesOwnerChangesOnly: a view's routing lists the
 // partitions whose owner changed since the version the node knows, each
 // once. A join's rebalance, which only names b the pending owner of what
@@ -83,49 +62,6 @@ func TestRoutingCarriesOwnerChangesOnly(t *testing.T) {
 	for i, p := range after.Changed {
 		if after.Owners[i] != b {
 			t.Errorf("partition %d's owner in the view: member %d, want b (%d of %v)", p, after.Owners[i], b, after.MemberIDs)
-		}
-	}
-}
-
-// TestReleaseAnswersViewToReadApart: a heartbeat that releases answers
-// 'view' to a client that says later_if_busy (version 12 on, which reads
-// it with read_views, a statement of its own) rather than build the view
-// while it holds the ring's lock, which every other release and join of
-// the ring waits for; read_views then gives the view after the release.
-// An older client, which would not read it, gets the view in the answer.
-func TestReleaseAnswersViewToReadApart(t *testing.T) {
-	t.Parallel()
-	for _, laterIfBusy := range []bool{true, false} {
-		s := newSQLNodes(t)
-		s.laterIfBusy = laterIfBusy
-		moving := s.toldHandoff()
-		h, err := s.renew(nil, "a", false, false, 0, moving...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(h.changes) != 1 {
-			t.Fatalf("later_if_busy %v: the release answered %+v, want one ring", laterIfBusy, h.changes)
-		}
-		if !laterIfBusy {
-			if h.changes[0].Status != "ok" {
-				t.Errorf("an older client's release answered %q, want the view (ok)", h.changes[0].Status)
-			}
-			continue
-		}
-		if h.changes[0].Status != "view" {
-			t.Fatalf("the release answered %q, want view", h.changes[0].Status)
-		}
-		v := s.readViews("a")
-		if v.Status != "ok" || v.Version == 0 {
-			t.Fatalf("read_views after the release: %+v, want a view", v)
-		}
-		for _, p := range moving {
-			if slices.Contains(v.Partitions, p) {
-				t.Errorf("a's view after its release still gives it partition %d", p)
-			}
-		}
-		if got := s.handingOff("a", "b"); len(got) != 0 {
-			t.Errorf("partitions %v still pending from a to b after the release", got)
 		}
 	}
 }
