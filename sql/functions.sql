@@ -743,8 +743,8 @@ BEGIN
     -- took. Read apart with read_views instead (tried for version 15: a
     -- release of the 2,000-node roll-out waited 40 ms for the lock rather
     -- than 122), a node that was given partitions in the same heartbeat
-    -- heard of them a side call later, and TestChaos failed G3 in 7 runs of
-    -- 12 (by 10-284 ms).
+    -- heard of them a side call later, and TestChaos failed G3 in 4 runs of
+    -- 7 (by 10-284 ms).
     answer := ring_answer(p_node, p_incarnation, p_ring, p_size, p_vnodes, p_known, p_incoming,
                           p_own_only AND cardinality(p_released) = 0);
     IF cardinality(p_released) > 0 AND p_release_at > clock_timestamp() THEN
