@@ -128,3 +128,43 @@ func TestOwnOnlyAnswersOwnChanges(t *testing.T) {
 		t.Errorf("c owns %v, want %v", v.Partitions, toC)
 	}
 }
+
+// TestOwnOnlyAnswersATakeover: partitions an eviction's rebalance gives a
+// node straight (their owner's lease lapsed) are a change of its own, so
+// its own_only heartbeat gets the view that gives them (G3: the new owner
+// reports them on its next heartbeat).
+func TestOwnOnlyAnswersATakeover(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	moving := s.toldHandoff()
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	s.join("c")
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := s.renew(nil, id, false, false, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := s.viewOf("a", 0).Partitions
+	s.ownOnly = true
+	s.expire("b")
+	if _, err := s.renew(nil, "c", false, true, 0); err != nil { // c scans: b is evicted
+		t.Fatal(err)
+	}
+	if s.exists("b") {
+		t.Fatal("b was not evicted")
+	}
+	now := s.viewOf("a", 0).Partitions
+	if len(now) <= len(before) {
+		t.Fatalf("a owns %v after b's eviction, %v before: the test needs it to take some", now, before)
+	}
+	known := s.version["a"]
+	h, err := s.renew(nil, "a", false, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.changes) != 1 || h.changes[0].Status != "ok" || s.version["a"] == known {
+		t.Fatalf("a's own_only heartbeat after taking over b's partitions answered %+v, want the view", h.changes)
+	}
+}
