@@ -92,6 +92,7 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 	}
 	if c.log.Enabled(context.Background(), slog.LevelDebug) {
 		c.log.Debug("leasering: heartbeat", "status", res.status, "state", c.hb.state(now), "round_trip", res.rtt(), "waited", res.waited,
+			"pool_wait", res.poolWait, "released", res.released, "waiting", res.waiting,
 			"lease", res.lease, "scanned", res.scanned, "next_event_in", res.nextExpiry, "next_renew_in", c.hb.next().Sub(now))
 	}
 }

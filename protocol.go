@@ -114,6 +114,9 @@ type renewResult struct {
 	late       time.Duration // > 0: the database answered this long after the call was sent, past a quarter of a lease (see renew)
 	announce   string        // JSON array of the rings this call changed, to NOTIFY
 	waited     time.Duration // the call waited this long in the database: a look for a release, a release for its drain's end (not time on the way)
+	poolWait   time.Duration // the call waited this long for a connection of the *sql.DB's pool before it was sent
+	released   int           // partitions whose release the call carried
+	waiting    bool          // the call said the node waits for partitions handed to it (ringRequest.Incoming)
 	err        error
 }
 
@@ -131,6 +134,10 @@ func (r renewResult) rtt() time.Duration { return r.recv.Sub(r.sent) - r.waited 
 func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts) renewResult {
 	scan := opts.scan && !opts.probe
 	res := renewResult{sent: c.clock.Now(), scanned: scan, probe: opts.probe}
+	for _, r := range rings {
+		res.released += len(r.Released)
+		res.waiting = res.waiting || r.Incoming
+	}
 	q := c.db
 	release := func() {}
 	if pool, ok := c.db.(*sql.DB); ok {
@@ -144,7 +151,9 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 		}
 		release = func() { _ = conn.Close() } // a second Close does nothing (ErrConnDone)
 		defer release()
+		start := res.sent
 		q, res.sent = conn, c.clock.Now()
+		res.poolWait = res.sent.Sub(start)
 	}
 	var sentAt sql.NullTime
 	if at, ok := c.dbClock.at(res.sent); ok {
