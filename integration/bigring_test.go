@@ -92,12 +92,13 @@ func pooledNodes(t *testing.T, e *env, n, perNode int, rings []string, q int, op
 	for i := range nodes {
 		id := fmt.Sprintf("n%03d", i)
 		warnings := &nodeLog{warnings: !e.trace}
-		c, err := leasering.NewClient(pool(), append([]leasering.Option{leasering.WithNodeID(id), leasering.WithSchema(e.schema),
+		db := pool()
+		c, err := leasering.NewClient(db, append([]leasering.Option{leasering.WithNodeID(id), leasering.WithSchema(e.schema),
 			leasering.WithTTL(e.ttl), leasering.WithLogger(warnings.logger())}, opts...)...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		nodes[i] = &node{id: id, client: c, leases: map[string]*leasering.Lease{}, warnings: warnings}
+		nodes[i] = &node{id: id, client: c, pool: db, leases: map[string]*leasering.Lease{}, warnings: warnings}
 		for _, r := range rings {
 			l, err := c.Lease(r, q)
 			if err != nil {

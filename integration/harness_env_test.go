@@ -43,6 +43,7 @@ type node struct {
 	id     string
 	client *leasering.Client
 	db     *sql.DB
+	pool   *sql.DB // pooledNodes: the pool the client uses (db is then nil)
 	proxy  *faultproxy.Proxy
 	leases map[string]*leasering.Lease // filled before the node is registered
 	down   atomic.Bool                 // crashed or closed: not expected to report

@@ -28,6 +28,9 @@ type sqlNodes struct {
 	// ownOnly: renew says own_only, as a client of schema version 15 on
 	// does within a few heartbeats of its last view
 	ownOnly bool
+	// incoming: renew says incoming, as a client does while partitions
+	// are pending to its node
+	incoming bool
 }
 
 func newSQLNodes(t *testing.T) *sqlNodes {
@@ -72,6 +75,9 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	}
 	if s.ownOnly {
 		ring["own_only"] = true
+	}
+	if s.incoming {
+		ring["incoming"] = true
 	}
 	rings, _ := json.Marshal([]map[string]any{ring})
 	s.mu.Unlock()

@@ -1,17 +1,22 @@
 package integration
 
 import (
+	"database/sql"
 	"flag"
 	"testing"
 	"time"
 )
 
-var rolloutNodes = flag.Int("rollout.nodes", 0, "TestRollout: nodes started at once (the runs of BENCHMARKS.md: 10, 100 and 500; 0: skip)")
+var (
+	rolloutNodes = flag.Int("rollout.nodes", 0, "TestRollout: nodes started at once (the runs of BENCHMARKS.md: 10, 100 and 500; 0: skip)")
+	rolloutPool  = flag.Int("rollout.pool", 0, "TestRollout: connections in each node's own pool, as N processes have (0: every node on one pool of 20)")
+)
 
 // TestRollout starts -rollout.nodes clients at once, 20 Start calls in
-// flight, on one pool of 20 connections and a ring of 4,096 (TTL 10s,
-// heartbeat 1s, the default drain of one heartbeat), as a deployment
-// does. The ring must be exactly balanced within 3 heartbeats plus one
+// flight, on one pool of 20 connections (or, with -rollout.pool, a pool of
+// that many for each node, as a deployment of that many processes has) and
+// a ring of 4,096 (TTL 10s, heartbeat 1s, the default drain of one
+// heartbeat). The ring must be exactly balanced within 3 heartbeats plus one
 // drain of the last Start returning, no partition be reported by two nodes
 // at once (the checker), and no lease be lost. The handoff gaps are
 // logged, not judged: a roll-out moves most of the ring at once, and the
@@ -31,7 +36,7 @@ func TestRollout(t *testing.T) {
 	drain := hb
 	e := newEnv(t, ttl, hb)
 	e.trace = true // the first handoff over the bound shows its nodes' last records
-	nodes := pooledNodes(t, e, *rolloutNodes, 0, []string{ring}, q)
+	nodes := pooledNodes(t, e, *rolloutNodes, *rolloutPool, []string{ring}, q)
 	for _, n := range nodes {
 		e.register(n)
 	}
@@ -50,6 +55,7 @@ func TestRollout(t *testing.T) {
 		t.Errorf("balanced %v after the last Start returned, want within %v (3 heartbeats and a drain)", took.Round(time.Millisecond), bound)
 	}
 	noLeaseLost(t, nodes)
+	logPoolWaits(t, nodes)
 
 	rec.mu.Lock()
 	moves := append([]handoff(nil), rec.moves...)
@@ -66,4 +72,25 @@ func TestRollout(t *testing.T) {
 	}
 	t.Logf("%d handoffs in all; %d partitions moved more than once", len(moves), twice)
 	logGaps(t, "roll-out", moves, drain)
+}
+
+// logPoolWaits logs how often, and how long in all, the nodes' heartbeats
+// and side calls waited for a connection of their pools: on one pool for
+// many nodes, time a release or a look spends there adds to a gap, and the
+// round trips leave it out (the Debug log has it per heartbeat: pool_wait).
+func logPoolWaits(t *testing.T, nodes []*node) {
+	t.Helper()
+	seen := map[*sql.DB]bool{}
+	var waits int64
+	var waited time.Duration
+	for _, n := range nodes {
+		if n.pool == nil || seen[n.pool] {
+			continue
+		}
+		seen[n.pool] = true
+		st := n.pool.Stats()
+		waits += st.WaitCount
+		waited += st.WaitDuration
+	}
+	t.Logf("%d pools: %d waits for a connection, %v in all", len(seen), waits, waited.Round(time.Millisecond))
 }

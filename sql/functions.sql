@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 15.
+-- leasering: the protocol, schema version 16.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -77,7 +77,8 @@
 --   free      owner NULL
 --   owned     owner set, next_owner NULL
 --   revoking  owner and next_owner set: the owner has been told to stop
---   released  revoking, and released: the owner confirmed while holding
+--   released  revoking, and released: the owner confirmed, and the
+--             ring's lock was busy, or the owner holds
 --
 --   free     -> owned     rebalance: to a member under quota, epoch + 1
 --   owned    -> owned     rebalance, straight to another member when the
@@ -86,12 +87,16 @@
 --                         a reclaim: the same owner, epoch + 1
 --   owned    -> revoking  rebalance, when a live owner that was told must
 --                         give it up
---   revoking -> owned     the owner confirms (confirm_releases): next_owner's,
---                         epoch + 1; or rebalance calls the move off
---   revoking -> released  the owner confirms while it holds
---   released -> owned     once the hold is over, the scanning heartbeat
+--   revoking -> released  the owner confirms (confirm_releases)
+--   released -> owned     hand_on_released, under the ring's lock:
+--                         next_owner's, epoch + 1; by the confirming call
+--                         itself if the lock is free (so revoking -> owned
+--                         in one commit), else by the pending owner's next
+--                         heartbeat or look (ring_work), or the next
+--                         scanning heartbeat; for an owner that holds,
+--                         once the hold is over, by the scanning heartbeat
 --                         whose turn it is to evict
---                         (hand_on_released): next_owner's, epoch + 1
+--   revoking -> owned     rebalance calls the move off
 --   revoking, released -> owned   rebalance, when the owner is dead, epoch + 1
 --   any      -> free      rebalance, when the ring has no live member
 --   Rebalance may also point revoking and released at another next_owner.
@@ -139,6 +144,8 @@
 --
 -- The exceptions, each safe because the late lock is never waited for or
 -- its wait gives up on its own:
+--   - confirm_releases marks its node's partitions rows released, then
+--     only tries its ring's lock (NOWAIT) to hand them on;
 --   - a call that releases partitions takes release_key's advisory lock,
 --     shared, at any step: a look only tries it exclusively and undoes the
 --     try at once (releasing), so a wait for it lasts microseconds;
@@ -216,12 +223,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 15 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (15)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 16 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (16)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 15 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 15: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 16 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 16: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -586,7 +593,7 @@ AS $$
 DECLARE
     next_expiry timestamptz;  -- the earliest other lease end
     next_event  timestamptz;  -- that, or the end of another node's hold, if earlier
-    hold_over   boolean;      -- partitions released during a hold that is over await handing on
+    hold_over   boolean;      -- released partitions await handing on: the ring's lock was busy, or a hold is over
     grace_end   timestamptz := '-infinity';  -- G9: the end of this server's grace
     dead_rings  text[] := '{}';
     dead_ring   text;
@@ -734,19 +741,34 @@ DECLARE
     answer jsonb;
     waited integer := 0;
 BEGIN
+    -- Released to this node, and not handed on yet (the ring's lock was
+    -- busy when their owner confirmed: confirm_releases): it waits for
+    -- them, so it takes the lock and hands on every released partition.
+    IF EXISTS (SELECT 1 FROM partitions WHERE ring = p_ring AND next_owner = p_node AND released) THEN
+        PERFORM set_lock_wait(p_ttl_ms, 100);
+        PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE;
+        PERFORM set_lock_wait(p_ttl_ms, 20);
+        PERFORM hand_on_released(p_ring);
+    END IF;
     IF cardinality(p_released) > 0 THEN
         PERFORM pg_advisory_xact_lock_shared(release_key(p_ring, p_node));  -- seen by await_release
         waited := wait_until(p_release_at - release_work(cardinality(p_released)));
         PERFORM confirm_releases(p_node, p_ring, p_released, p_ttl_ms);
     END IF;
-    -- The view is built here, under the ring's lock that confirm_releases
-    -- took. Read apart with read_views instead (tried for version 15: a
-    -- release of the 2,000-node roll-out waited 40 ms for the lock rather
-    -- than 122), a node that was given partitions in the same heartbeat
-    -- heard of them a side call later, and TestChaos failed G3 in 4 runs of
-    -- 7 (by 10-284 ms).
-    answer := ring_answer(p_node, p_incarnation, p_ring, p_size, p_vnodes, p_known, p_incoming,
-                          p_own_only AND cardinality(p_released) = 0);
+    -- The view is built here, in the call, after the releases (under the
+    -- ring's lock if confirm_releases got it). Read apart with read_views
+    -- instead (tried for version 15: a release of the 2,000-node roll-out
+    -- waited 40 ms for the lock rather than 122), a node that was given
+    -- partitions in the same heartbeat heard of them a side call later, and
+    -- TestChaos failed G3 in 4 runs of 7 (by 10-284 ms). Releases only
+    -- marked (the lock was busy) move no version, and the view that drops
+    -- them from what the node owns comes all the same.
+    IF cardinality(p_released) > 0 AND (SELECT version FROM rings WHERE name = p_ring) = p_known THEN
+        answer := give_view(p_node, p_ring, p_known);
+    ELSE
+        answer := ring_answer(p_node, p_incarnation, p_ring, p_size, p_vnodes, p_known, p_incoming,
+                              p_own_only AND cardinality(p_released) = 0);
+    END IF;
     IF cardinality(p_released) > 0 AND p_release_at > clock_timestamp() THEN
         waited := waited + wait_until(p_release_at);
         IF answer ? 'incoming' THEN
@@ -866,7 +888,10 @@ BEGIN
     WHILE (clock_timestamp() < ends OR clock_timestamp() < on_way AND releasing(keys))
           AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(p_rings) AS x (ring text, version bigint, await_ms integer)
                             JOIN rings g ON g.name = x.ring
-                           WHERE x.await_ms > 0 AND g.version <> coalesce(x.version, 0)) LOOP
+                           WHERE x.await_ms > 0 AND g.version <> coalesce(x.version, 0))
+          AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(p_rings) AS x (ring text, await_ms integer)
+                            JOIN partitions p ON p.ring = x.ring AND p.next_owner = p_node AND p.released
+                           WHERE x.await_ms > 0) LOOP
         PERFORM pg_sleep(0.002);
     END LOOP;
     RETURN floor(extract(epoch FROM clock_timestamp() - began) * 1000);  -- never more than waited
@@ -1078,6 +1103,7 @@ AS $$
                        FROM partitions p
                        JOIN nodes n ON n.node_id = p.owner
                       WHERE p.ring = p_ring AND p.partition = p_partition AND p.epoch = p_epoch
+                        AND NOT p.released  -- its owner gave it up: see confirm_releases
                         AND n.expires_at > clock_timestamp()
                         FOR SHARE OF p), false)
 $$;
@@ -1301,7 +1327,7 @@ BEGIN
            LATERAL (SELECT array_agg(p.partition ORDER BY p.partition) AS partitions,
                            array_agg(p.epoch ORDER BY p.partition) AS epochs,
                            array_agg(p.partition ORDER BY p.partition) FILTER (WHERE p.next_owner IS NOT NULL) AS revoking
-                      FROM partitions p WHERE p.ring = r.name AND p.owner = p_node) AS mine,
+                      FROM partitions p WHERE p.ring = r.name AND p.owner = p_node AND NOT p.released) AS mine,
            LATERAL (SELECT array_agg(p.partition ORDER BY p.partition) AS changed,
                            array_agg(coalesce(mi.idx, -1) ORDER BY p.partition) AS owners
                       FROM partitions p
@@ -1464,45 +1490,45 @@ END
 $$;
 
 -- confirm_releases: node p_node has stopped using p_released of ring
--- p_ring, which it was told to give up: their pending owners take over,
--- epoch + 1. A pending owner that died is left for its eviction to
+-- p_ring, which it was told to give up. It marks them released, with the
+-- row locks of its own partitions only, and hands every released
+-- partition of the ring on (hand_on_released: their pending owners take
+-- over, epoch + 1) if it gets the ring's lock at once. If another call
+-- holds that lock, the pending owner's next heartbeat or look hands them
+-- on (ring_work), or the next scanning heartbeat does. Before schema
+-- version 16 a release waited for the ring's lock (at most 100 ms) and
+-- was undone when it did not come: with 100 processes each on a pool of
+-- its own starting at once on a server of two cores, releases queued
+-- there behind 15-20 others, most gave up, and some partitions went
+-- unreported for 10-25 s, past the TTL (TestRollout, BENCHMARKS.md).
+-- The mark takes its partitions' rows, not the ring's: the ring's lock is
+-- then only tried (NOWAIT), never waited for (see the lock order's
+-- exceptions). A pending owner that died is left for its eviction to
 -- retarget. While the node holds (hold_end is ahead) the process speaks
 -- only for itself, and an older incarnation of the node id may still be
--- using the partitions: they are only marked released, and whoever scans
--- first after the hold hands them on (hand_on_released). The released
--- partitions have no owner until this is done, so it waits longer for the
--- ring's lock than other ring work.
+-- using the partitions: they stay released until the hold is over.
 CREATE OR REPLACE FUNCTION leasering.confirm_releases(p_node text, p_ring text, p_released integer[], p_ttl_ms integer)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
-DECLARE
-    stamp bigint;
 BEGIN
-    PERFORM set_lock_wait(p_ttl_ms, 100);
-    PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE;
-    PERFORM set_lock_wait(p_ttl_ms, 20);
-    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND hold_end(hold_until) > now()) THEN
-        UPDATE partitions p SET released = true
-          FROM unnest(p_released) AS r (part)
-         WHERE p.ring = p_ring AND p.partition = r.part
-           AND p.owner = p_node AND p.next_owner IS NOT NULL AND NOT p.released;
-        RETURN;
-    END IF;
-    stamp := next_version(p_ring);
-    UPDATE partitions p
-       SET owner = p.next_owner, next_owner = NULL, epoch = p.epoch + 1, released = false, release_due = NULL,
-           changed = stamp, granted = stamp
+    PERFORM set_lock_wait(p_ttl_ms, 100);  -- rows a rebalance or a user's holds() has
+    UPDATE partitions p SET released = true
       FROM unnest(p_released) AS r (part)  -- partition = ANY (p_released) compared each of the owner's rows with
                                            -- every listed one: 40 ms for 1,024 of 4,096 (TestRollout)
      WHERE p.ring = p_ring AND p.partition = r.part
-       AND p.owner = p_node AND p.next_owner IS NOT NULL
-       AND EXISTS (SELECT 1 FROM members m JOIN nodes n ON n.node_id = m.node_id
-                    WHERE m.ring = p_ring AND m.node_id = p.next_owner AND n.expires_at > now());
-    IF FOUND THEN
-        PERFORM bump_version(p_ring);
+       AND p.owner = p_node AND p.next_owner IS NOT NULL AND NOT p.released;
+    PERFORM set_lock_wait(p_ttl_ms, 20);
+    IF NOT FOUND OR EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND hold_end(hold_until) > now()) THEN
+        RETURN;
     END IF;
+    BEGIN
+        PERFORM 1 FROM rings WHERE name = p_ring FOR UPDATE NOWAIT;
+        PERFORM hand_on_released(p_ring);
+    EXCEPTION WHEN lock_not_available THEN
+        NULL;  -- released: the pending owners' next heartbeats hand them on
+    END;
 END
 $$;
 
@@ -1598,9 +1624,9 @@ END
 $$;
 
 -- hand_on_released: partitions of ring p_ring that their owner released
--- while it held go to their pending owners once the hold is over (the
--- older incarnation's lease has ended then), epoch + 1. The caller holds
--- the ring's row lock.
+-- go to their pending owners, epoch + 1 (see confirm_releases); those of
+-- an owner that holds, once the hold is over (the older incarnation's
+-- lease has ended then). The caller holds the ring's row lock.
 CREATE OR REPLACE FUNCTION leasering.hand_on_released(p_ring text)
 RETURNS void
 LANGUAGE plpgsql
@@ -1693,10 +1719,11 @@ BEGIN
 END
 $$;
 
--- held_released: the rings with partitions released during a hold, and
--- whether their owner's hold is over on this server (an owner whose hold
--- was forgotten, '-infinity', counts as over: a late heartbeat's release
--- may commit after settle_hold looked). Every scan asks. Asked as
+-- held_released: the rings with partitions released and not handed on
+-- yet (during a hold, or while the ring's lock was busy: confirm_releases),
+-- and whether their owner's hold is over on this server (an owner with no
+-- hold, or whose hold was forgotten, '-infinity', counts as over: a late
+-- heartbeat's release may commit after settle_hold looked). Every scan asks. Asked as
 -- EXISTS (...), PostgreSQL planned a scan of every partition, which wants
 -- one row fast and, with no statistics yet on a new ring, expects many
 -- released: 70 ms a call on a ring of 65,536, the most frequent point

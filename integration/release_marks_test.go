@@ -1,0 +1,84 @@
+package integration
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestReleaseOnABusyRingIsHandedOnByItsNewOwner: a release does not wait
+// for its ring's lock (schema version 16). While another transaction holds
+// the lock, a's release of what b's join takes commits at once, marked
+// released: a's view no longer lists the partitions, holds() refuses a's
+// epoch for them, and they are still a's in the table. The lock freed,
+// b's next heartbeat (incoming, as a node's that waits for partitions)
+// hands them on, epoch + 1. Before, the release waited 100 ms for the lock
+// and was undone: with 100 processes starting at once, releases queued
+// there and partitions went unreported past the TTL (BENCHMARKS.md).
+func TestReleaseOnABusyRingIsHandedOnByItsNewOwner(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	moving := s.toldHandoff()
+	before := s.rows()
+
+	ctx := context.Background()
+	tx, err := s.e.admin.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`SELECT 1 FROM "` + s.e.schema + `".rings WHERE name = 'r' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	h, err := s.renew(nil, "a", false, false, 0, moving...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(began)
+	if len(h.changes) != 1 || h.changes[0].Status != "ok" {
+		t.Fatalf("a's release while the ring's lock is held: answered %+v, want a view", h.changes)
+	}
+	if took > 90*time.Millisecond {
+		t.Errorf("a's release took %v with the ring's lock held elsewhere: it waited for the lock", took)
+	}
+	if v := s.viewOf("a", 0); slices.ContainsFunc(v.Partitions, func(p int) bool { return slices.Contains(moving, p) }) {
+		t.Errorf("a's view lists %v after it released %v", v.Partitions, moving)
+	}
+	if n := s.releasedCount(); n != len(moving) {
+		t.Errorf("%d partitions marked released, want the %d a released", n, len(moving))
+	}
+	for _, p := range moving {
+		var holds bool
+		if err := s.e.admin.QueryRow(`SELECT "`+s.e.schema+`".holds('r', $1, $2)`, p, before[p].epoch).Scan(&holds); err != nil {
+			t.Fatal(err)
+		}
+		if holds {
+			t.Errorf("holds() true for partition %d at a's epoch %d after a released it", p, before[p].epoch)
+		}
+		if row := s.rows()[p]; row.owner != "a" || row.next != "b" {
+			t.Errorf("partition %d with the ring's lock held: owner %q, next %q; want a, b", p, row.owner, row.next)
+		}
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	s.incoming = true
+	if _, err := s.renew(nil, "b", false, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	rows := s.rows()
+	for _, p := range moving {
+		if row := rows[p]; row.owner != "b" || row.next != "" || row.epoch != before[p].epoch+1 {
+			t.Errorf("partition %d after b's heartbeat: owner %q, next %q, epoch %d; want b's, epoch %d", p, row.owner, row.next, row.epoch, before[p].epoch+1)
+		}
+	}
+	if n := s.releasedCount(); n != 0 {
+		t.Errorf("%d partitions still marked released after b's heartbeat", n)
+	}
+	if v := s.viewOf("b", 0); !slices.Equal(v.Partitions, moving) {
+		t.Errorf("b owns %v, want %v", v.Partitions, moving)
+	}
+}
