@@ -157,7 +157,8 @@
 // was given on its next heartbeat; the survivors renew just after a lease
 // ends, so after a crash the new owners usually hear at once, and pqnotify
 // wakes them for every other change. With a Debug logger the client logs
-// every heartbeat (state, round trip, lease left, scan, next event).
+// every heartbeat (state, round trip, time waited for a pooled
+// connection, releases carried, lease left, scan, next event).
 //
 // # Reading the code
 //
