@@ -52,7 +52,9 @@
 // acquire: the database marks it, A stops reporting it as soon as its
 // heartbeat hears so, A confirms the release as a drain period ends (sent
 // about a round trip ahead, it commits no earlier than the end), and only
-// then does B own it, with its epoch (fencing token) one higher. B's
+// then does B own it, with its epoch (fencing token) one higher (if
+// another call holds the ring's lock as A's release commits, B's next
+// heartbeat hands it on; meanwhile nobody reports it). B's
 // views say when the release is due, and B renews just after
 // it, a heartbeat the database may hold a few milliseconds until the
 // release commits, so in a join or a heal the partition goes unreported for the drain

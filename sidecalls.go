@@ -142,7 +142,7 @@ func (c *Client) joinRequests() []ringRequest {
 // recorded). It stops once it has spent a fortieth of a TTL (10 to
 // 100 ms); the rings it did not get to stay to join. It holds each lock
 // it took until it commits, and the heartbeats of the ring's other members
-// wait for that lock (to confirm releases, to read their views) only
+// wait for that lock (to hand on what was released to them) only
 // briefly: short calls let them in between.
 func (c *Client) joinRings(ctx context.Context, rings []ringRequest) sideResult {
 	var waiting, toRecord []ringRequest

