@@ -157,3 +157,43 @@ func TestReleaseOutlivesItsView(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinsHandOnWhatWasReleased: what was released while the ring's lock
+// was busy does not wait for its pending owner: the next batch of joins,
+// which holds the lock anyway, leaves none of it with its old owner. (Here
+// the join's rebalance moves them on itself; join_waiting's own hand-on,
+// before it rebalances, is for what that rebalance leaves pending.) In a
+// roll-out the batches held the lock back to back.
+func TestJoinsHandOnWhatWasReleased(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	moving := s.toldHandoff()
+	before := s.rows()
+	tx, err := s.e.admin.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`SELECT 1 FROM "` + s.e.schema + `".rings WHERE name = 'r' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.releasedCount(); n != len(moving) {
+		t.Fatalf("%d partitions marked released with the ring's lock held, want %d", n, len(moving))
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	s.join("c") // b never renews meanwhile
+	rows := s.rows()
+	for _, p := range moving {
+		if r := rows[p]; r.owner == "a" || r.epoch == before[p].epoch {
+			t.Errorf("partition %d after c's join: owner %q, epoch %d; want handed on from a, epoch above %d", p, r.owner, r.epoch, before[p].epoch)
+		}
+	}
+	if n := s.releasedCount(); n != 0 {
+		t.Errorf("%d partitions still marked released after c's join", n)
+	}
+}
