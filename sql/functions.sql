@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 16.
+-- leasering: the protocol, schema version 17.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -226,12 +226,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 16 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (16)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 17 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (17)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 16 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 16: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 17 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 17: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -1816,7 +1816,10 @@ $$;
 --    their floor first, so that as little as possible moves.
 -- 4. Candidates are the free partitions and every partition of a member over
 --    quota. Each looks clockwise for the first vnode of a member under quota.
---    Free ones go first, then the nearest; a member over quota gives up only
+--    Free ones go first, then those still on their way to a member over
+--    quota (sent elsewhere, they move once, not to that member and then on:
+--    a roll-out's joins keep coming while its handoffs drain), then the
+--    nearest; a member over quota gives up only
 --    its excess, a member under quota takes only what it lacks, and a
 --    candidate whose first choice is full walks on to the next.
 -- 5. Apply: a partition whose owner is gone goes straight to its holder with
@@ -1845,6 +1848,7 @@ DECLARE
     ids        text[];     -- live members, in node_id order; a member is its index here
     weights    integer[];
     holder     integer[];  -- per partition p at [p + 1]: holding member, 0 for none
+    pending    boolean[];  -- per partition p at [p + 1]: its holder is its next owner, not yet given it
     have       integer[];
     quota      integer[];
     v_pos      bigint[];   -- vnodes of members under quota, clockwise
@@ -1898,8 +1902,9 @@ BEGIN
      WHERE m.ring = p_ring AND n.node_id <> ALL (dead);
 
     SELECT array_agg(coalesce(nx.ord, ow.ord, 0)::integer ORDER BY p.partition),
+           array_agg(nx.ord IS NOT NULL ORDER BY p.partition),
            coalesce(array_agg(p.partition) FILTER (WHERE ow.ord IS NULL OR p.next_owner IS NOT NULL), '{}')
-      INTO holder, look
+      INTO holder, pending, look
       FROM partitions p
       LEFT JOIN unnest(ids) WITH ORDINALITY AS ow (id, ord) ON ow.id = p.owner
       LEFT JOIN unnest(ids) WITH ORDINALITY AS nx (id, ord) ON nx.id = p.next_owner
@@ -1938,11 +1943,12 @@ BEGIN
         IF total_need > 0 THEN
             FOR c IN
                 SELECT cand.part, cand.h, (width_bucket(cand.pos - 1, v_pos) % v_len) + 1 AS vi
-                  FROM (SELECT (x.ord - 1)::integer AS part, x.h,
+                  FROM (SELECT (x.ord - 1)::integer AS part, x.h, x.pend,
                                (x.ord - 1) * 4294967296 / q AS pos
-                          FROM unnest(holder) WITH ORDINALITY AS x (h, ord)
+                          FROM unnest(holder, pending) WITH ORDINALITY AS x (h, pend, ord)
                          WHERE x.h = 0 OR have[x.h] > quota[x.h]) AS cand
                  ORDER BY cand.h = 0 DESC,
+                          cand.pend DESC,  -- moved once: still on its way to a member over quota, it goes elsewhere instead
                           (v_pos[(width_bucket(cand.pos - 1, v_pos) % v_len) + 1] - cand.pos + 4294967296) % 4294967296,
                           cand.part
             LOOP
