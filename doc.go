@@ -45,8 +45,9 @@
 //
 // When membership changes, rebalance assigns partitions with sticky,
 // bounded-load consistent hashing: quotas are exact, only the excess of
-// members over quota moves, and a moving partition goes to the first member
-// under quota clockwise from it on the vnode ring.
+// members over quota moves (first what is still on its way to such a
+// member, so that it moves once), and a moving partition goes to the first
+// member under quota clockwise from it on the vnode ring.
 //
 // A partition moving from a live node A to B is handed over release before
 // acquire: the database marks it, A stops reporting it as soon as its
