@@ -80,9 +80,15 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 	c.hb.lastRTT, c.hb.lastLease = res.rtt(), res.lease
 	c.st.renewed(res)
 	views, h := c.applyChanges(res, now)
+	later, busy := 0, false
+	for _, ch := range res.changes {
+		if ch.Status == ringLater {
+			later++
+			busy = busy || ch.Busy
+		}
+	}
 	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold,
-		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h,
-		busy: slices.ContainsFunc(res.changes, func(ch ringChange) bool { return ch.Status == ringLater && ch.Busy })})
+		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h, busy: busy})
 	c.st.applied(c.hb.deadline, views)
 	c.announce(res.announce)
 	if c.hb.lost && c.hb.deadline.After(now) {
@@ -92,7 +98,7 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 	}
 	if c.log.Enabled(context.Background(), slog.LevelDebug) {
 		c.log.Debug("leasering: heartbeat", "status", res.status, "state", c.hb.state(now), "round_trip", res.rtt(), "waited", res.waited,
-			"pool_wait", res.poolWait, "released", res.released, "waiting", res.waiting,
+			"pool_wait", res.poolWait, "released", res.released, "waiting", res.waiting, "views", views, "later", later, "busy", busy,
 			"lease", res.lease, "scanned", res.scanned, "next_event_in", res.nextExpiry, "next_renew_in", c.hb.next().Sub(now))
 	}
 }

@@ -161,7 +161,8 @@
 // ends, so after a crash the new owners usually hear at once, and pqnotify
 // wakes them for every other change. With a Debug logger the client logs
 // every heartbeat (state, round trip, time waited for a pooled
-// connection, releases carried, lease left, scan, next event).
+// connection, releases carried, views applied, rings left for later and
+// whether a busy lock left them, lease left, scan, next event).
 //
 // # Reading the code
 //
