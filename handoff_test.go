@@ -309,49 +309,68 @@ func TestRingRequestsOfALook(t *testing.T) {
 	}
 }
 
-// TestRingRequestsSayOwnOnlyAfterAView: a ring whose last view came
-// within routingEvery heartbeats asks only for changes of the node's own
-// (its routing can wait while the ring keeps changing); one whose view is
-// older, or that has none yet, or whose node waits for partitions, asks
-// for the whole change.
+// TestRingRequestsSayOwnOnlyAfterAView: a ring whose routing came within
+// routingEvery heartbeats asks for own views (schema version 17: no
+// routing) from the version of its last view, and only for changes of the
+// node's own unless the node waits for partitions; one whose routing is
+// older, or that has none yet, asks from the routing's version for the
+// whole view. An own view moves the version the ring asks from, not the
+// routing's, nor when the routing came.
 func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
 	db, _ := newMock(t)
 	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second))
 	l, _ := c.Lease("a", 8)
 	now := c.clk.Now()
-	ownOnlyAt := func(viewAgo time.Duration) bool {
+	request := func(routedAgo time.Duration) ringRequest {
 		t.Helper()
-		if viewAgo >= 0 {
-			l.view.viewAt = now.Add(-viewAgo)
+		if routedAgo >= 0 {
+			l.view.routedAt = now.Add(-routedAgo)
 		}
 		rings := c.ringRequests(now, false)
 		if len(rings) != 1 {
 			t.Fatalf("rings %+v, want a", rings)
 		}
-		return rings[0].OwnOnly
+		return rings[0]
 	}
-	if ownOnlyAt(-1) {
-		t.Error("a ring with no view yet says own_only")
+	if r := request(-1); r.OwnOnly || r.OwnView {
+		t.Errorf("a ring with no view yet asks %+v, want the whole view", r)
 	}
 	l.applyView(ringChange{Ring: "a", Version: 7, Status: statusOK}, now.Add(-time.Second))
-	if l.view.viewAt != now.Add(-time.Second) {
-		t.Errorf("a view applied at %v noted at %v", now.Add(-time.Second), l.view.viewAt)
+	if l.view.routedAt != now.Add(-time.Second) || l.view.routed != 7 {
+		t.Errorf("a whole view of version 7 applied at %v: routing noted as version %d at %v", now.Add(-time.Second), l.view.routed, l.view.routedAt)
 	}
 	for _, c := range []struct {
 		ago  time.Duration
 		want bool
 	}{{0, true}, {routingEvery*time.Second - time.Millisecond, true}, {routingEvery * time.Second, false}, {time.Hour, false}} {
-		if got := ownOnlyAt(c.ago); got != c.want {
-			t.Errorf("a view %v old: own_only %v, want %v", c.ago, got, c.want)
+		if r := request(c.ago); r.OwnOnly != c.want || r.OwnView != c.want || r.Version != 7 {
+			t.Errorf("routing %v old: own_only %v, own_view %v, version %d; want %v, %v, 7", c.ago, r.OwnOnly, r.OwnView, r.Version, c.want, c.want)
 		}
 	}
+
+	routedAt := now.Add(-2 * time.Second)
+	l.view.routedAt = routedAt
+	l.applyView(ringChange{Ring: "a", Version: 9, Status: statusOK, OwnView: true, Partitions: []int{3}, Epochs: []int64{1}}, now)
+	if l.view.version != 9 || l.view.routed != 7 || l.view.routedAt != routedAt {
+		t.Errorf("after an own view of version 9: version %d, routing version %d at %v; want 9, 7 at %v", l.view.version, l.view.routed, l.view.routedAt, routedAt)
+	}
+	if got := l.view.current.values; len(got) != 1 || got[0] != 3 {
+		t.Errorf("an own view giving partition 3: the view allows %v", got)
+	}
+	if r := request(-1); !r.OwnView || r.Version != 9 {
+		t.Errorf("fresh routing after an own view: own_view %v from version %d, want true from 9", r.OwnView, r.Version)
+	}
+	if r := request(routingEvery * time.Second); r.OwnView || r.OwnOnly || r.Version != 7 {
+		t.Errorf("routing due after an own view: own_view %v, own_only %v from version %d; want the whole view from 7", r.OwnView, r.OwnOnly, r.Version)
+	}
+
 	l.view.waiting = true // a look waits for the version it holds to move
-	if ownOnlyAt(0) {
-		t.Error("a node that waits for partitions says own_only")
+	if r := request(0); r.OwnOnly || !r.OwnView || r.Version != 9 {
+		t.Errorf("a node that waits for partitions asks own_only %v, own_view %v from %d; want false, true, 9", r.OwnOnly, r.OwnView, r.Version)
 	}
 	l.view.waiting = false
 	l.rejoin.Store(true) // a view that did not fit: the whole view again
-	if ownOnlyAt(0) {
-		t.Error("a request for the whole view (version 0) says own_only")
+	if r := request(0); r.OwnOnly || r.OwnView || r.Version != 0 {
+		t.Errorf("a request for the whole view asks %+v, want version 0 and no own flags", r)
 	}
 }

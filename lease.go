@@ -80,7 +80,8 @@ type ringState struct {
 	incoming  []time.Time       // when the partitions pending to this node are due, sorted; see nextLook
 	waiting   bool              // partitions are pending to this node (some may have no due time)
 	releasing []int             // the releases the last heartbeat carried, sorted (see nextRelease)
-	viewAt    time.Time         // when the last view came (see ownOnly)
+	routed    int64             // version of the last whole view, which brought the routing (an own view does not)
+	routedAt  time.Time         // when it came (see ownOnly)
 	// awaitRejoin: a request for the whole view (rejoin) went; the view
 	// that answers it ends a resign's pause.
 	awaitRejoin bool
@@ -270,7 +271,6 @@ func (l *Lease) applyView(v ringChange, now time.Time) { l.applyViewAt(v, now, n
 // measured at the local time measured (see setIncoming).
 func (l *Lease) applyViewAt(v ringChange, now, measured time.Time) {
 	l.view.version = v.Version
-	l.view.viewAt = now
 	l.view.setIncoming(v, measured)
 	revoking := make(map[int]bool, len(v.Revoking))
 	var locked map[int]bool // read once, if needed
@@ -307,11 +307,14 @@ func (l *Lease) applyViewAt(v ringChange, now, measured time.Time) {
 		epochs = append(epochs, v.Epochs[i])
 	}
 	l.view.current = newSnapshot(l.size, values, epochs)
-	route := l.route.Load().update(l.size, v)
-	if route == emptyRoute && v.MemberIDs != nil {
-		l.rejoin.Store(true) // a member this node never heard of: ask for the whole view
+	if !v.OwnView {
+		l.view.routed, l.view.routedAt = v.Version, now
+		route := l.route.Load().update(l.size, v)
+		if route == emptyRoute && v.MemberIDs != nil {
+			l.rejoin.Store(true) // a member this node never heard of: ask for the whole view
+		}
+		l.route.Store(route)
 	}
-	l.route.Store(route)
 	if l.view.awaitRejoin && v.Version > 0 {
 		l.view.awaitRejoin = false
 		l.mu.Lock()
@@ -338,7 +341,7 @@ func (l *Lease) reportedUntil(p int, now time.Time) time.Time {
 // now. The lease reports nothing, and the next heartbeat asks for the
 // whole view.
 func (l *Lease) forget() {
-	l.view.version = 0
+	l.view.version, l.view.routed, l.view.routedAt = 0, 0, time.Time{}
 	l.view.incoming, l.view.waiting = nil, false
 	l.view.current = emptySnapshot
 	clear(l.view.revokedAt)

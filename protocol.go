@@ -36,6 +36,11 @@ type ringRequest struct {
 	// OwnOnly: answer a view only if something this node owns or waits
 	// for changed since Version; its routing can wait (see ownOnly).
 	OwnOnly bool `json:"own_only,omitempty"`
+	// OwnView: a view, if one comes, leaves the routing out (schema
+	// version 17): what the node owns and waits for, with Version as the
+	// view's; the routing stays at the version of the last whole view,
+	// which the node sends as Version when it wants it (see ownOnly).
+	OwnView bool `json:"own_view,omitempty"`
 	// For join_rings: the node's heartbeat and drain, from which the
 	// database tells pending owners when what this node gives up is due.
 	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"`
@@ -63,6 +68,8 @@ type ringChange struct {
 	Members   []memberView `json:"members"`
 	Changed   []int        `json:"changed"`
 	Owners    []int        `json:"owners"`
+	// OwnView: the view leaves the routing out (ringRequest.OwnView).
+	OwnView bool `json:"own_view"`
 	// Incoming: when the partitions pending to this node are due, in
 	// milliseconds from the answer, sorted (negative: overdue), and how
 	// many more wait with no due time known.

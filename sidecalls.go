@@ -287,7 +287,7 @@ func (c *Client) viewRequests() []ringRequest {
 	var rings []ringRequest
 	for _, l := range leases {
 		if l.view.read && l.view.join == joined {
-			rings = append(rings, ringRequest{Ring: l.name, Version: l.view.version})
+			rings = append(rings, ringRequest{Ring: l.name, Version: l.view.routed})
 		}
 	}
 	return rings
@@ -333,7 +333,7 @@ func (c *Client) viewed(res sideResult, now time.Time) (again bool) {
 	c.mu.Lock()
 	for _, v := range res.views {
 		l, ok := c.leases[v.View.Ring]
-		if !ok || l.view.version != v.Known || l.view.join != joined {
+		if !ok || l.view.routed != v.Known || l.view.join != joined {
 			continue
 		}
 		l.view.read = false

@@ -168,3 +168,39 @@ func TestOwnOnlyAnswersATakeover(t *testing.T) {
 		t.Fatalf("a's own_only heartbeat after taking over b's partitions answered %+v, want the view", h.changes)
 	}
 }
+
+// TestOwnViewLeavesRoutingOut: a heartbeat that says own_view (schema
+// version 17) gets, when the ring moved, a view of what its node owns and
+// waits for without the routing: no members, no owners that changed, and
+// own_view in it. The same heartbeat without it gets the whole view. b,
+// which a's release just gave partitions, hears of them either way; the
+// routing, on a look's answer, cost each newcomer of a roll-out the new
+// owners of the whole ring (BENCHMARKS.md).
+func TestOwnViewLeavesRoutingOut(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	moving := s.toldHandoff() // joins a and b: a is told to hand these to b
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	known := s.version["b"]
+	for _, own := range []bool{true, false} {
+		s.ownView = own
+		s.version["b"] = known
+		h, err := s.renew(nil, "b", false, false, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h.changes) != 1 || h.changes[0].Status != "ok" {
+			t.Fatalf("own_view %v: b's heartbeat answered %+v, want a view", own, h.changes)
+		}
+		v := h.changes[0]
+		if !slices.Equal(v.Partitions, moving) {
+			t.Errorf("own_view %v: b's view gives it %v, want the %v a released", own, v.Partitions, moving)
+		}
+		hasRouting := v.MemberIDs != nil || v.Changed != nil
+		if v.OwnView != own || hasRouting == own {
+			t.Errorf("own_view %v: the view says own_view %v, with members %v and changed %v", own, v.OwnView, v.MemberIDs, v.Changed)
+		}
+	}
+}

@@ -31,6 +31,9 @@ type sqlNodes struct {
 	// incoming: renew says incoming, as a client does while partitions
 	// are pending to its node
 	incoming bool
+	// ownView: renew says own_view, as a client of schema version 17 on
+	// does while its routing is fresh
+	ownView bool
 }
 
 func newSQLNodes(t *testing.T) *sqlNodes {
@@ -54,6 +57,11 @@ type heartbeat struct {
 		Version int64  `json:"version"`
 		Status  string `json:"status"`
 		Busy    bool   `json:"busy"`
+		// what TestOwnViewLeavesRoutingOut reads
+		OwnView    bool     `json:"own_view"`
+		Partitions []int    `json:"partitions"`
+		MemberIDs  []string `json:"member_ids"`
+		Changed    []int    `json:"changed"`
 	}
 }
 
@@ -78,6 +86,9 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	}
 	if s.incoming {
 		ring["incoming"] = true
+	}
+	if s.ownView {
+		ring["own_view"] = true
 	}
 	rings, _ := json.Marshal([]map[string]any{ring})
 	s.mu.Unlock()

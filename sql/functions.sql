@@ -244,7 +244,8 @@ END $$;
 -- renew_and_read: the heartbeat, one round trip for all of a node's rings.
 --
 -- p_rings is a JSON array of {ring, size, vnodes, version, released,
--- release_after_ms, incoming, await_ms, await_release_ms, later_if_busy}:
+-- release_after_ms, incoming, await_ms, await_release_ms, later_if_busy,
+-- own_only, own_view}:
 -- version is the ring version the node last saw (0: none yet), released lists partitions it
 -- was told to give up and has stopped using or will have by
 -- release_after_ms (0 to 1,000) after the call, incoming says it waits for partitions handed to
@@ -253,7 +254,12 @@ END $$;
 -- release it waits for is on its way (see the handoff timeline above, and
 -- await_release), and later_if_busy that the client backs off from
 -- 'later' answers that say busy (ring_work; a client before version 12
--- gets NULL instead, as it did).
+-- gets NULL instead, as it did). own_only (version 15): answer a view only
+-- if something the node owns or waits for changed (ring_answer). own_view
+-- (version 17): a view, if one is answered, leaves the routing out (the
+-- members and the owners that changed; see ring_view) and says own_view:
+-- the client's routing stays at the version of its last whole view, which
+-- it sends as version when it next wants the routing.
 --
 -- For each ring whose version moved it answers the node's view; for a ring
 -- the node is not a member of (or with other vnodes, or to reclaim), status
@@ -379,11 +385,11 @@ BEGIN
         SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
                coalesce(x.release_after_ms, 0) AS release_after_ms,
                coalesce(x.incoming, false) AS incoming, x.await_ms, coalesce(x.later_if_busy, false) AS later_if_busy,
-               coalesce(x.own_only, false) AS own_only,
+               coalesce(x.own_only, false) AS own_only, coalesce(x.own_view, false) AS own_view,
                g.size AS cur_size
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
                                                  release_after_ms integer, incoming boolean, await_ms integer,
-                                                 later_if_busy boolean, own_only boolean)
+                                                 later_if_busy boolean, own_only boolean, own_view boolean)
           LEFT JOIN rings g ON g.name = x.ring
          WHERE g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
             OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
@@ -401,7 +407,7 @@ BEGIN
         ELSE
             worked := worked + 1;
             answer := ring_work(p_node, p_incarnation, p_ttl_ms, r.ring, r.size, r.vnodes, r.known, r.released,
-                                release_at(r.release_after_ms), r.incoming, r.own_only);
+                                release_at(r.release_after_ms), r.incoming, r.own_only, r.own_view);
             IF (answer ->> 'busy')::boolean AND NOT r.later_if_busy THEN
                 answer := NULL;  -- a client before version 12: it would ask again at once, without backing off
             END IF;
@@ -735,7 +741,8 @@ $$;
 -- dues are read again after the last wait.
 CREATE OR REPLACE FUNCTION leasering.ring_work(p_node text, p_incarnation text, p_ttl_ms integer, p_ring text,
                                                p_size integer, p_vnodes integer, p_known bigint, p_released integer[],
-                                               p_release_at timestamptz, p_incoming boolean, p_own_only boolean)
+                                               p_release_at timestamptz, p_incoming boolean, p_own_only boolean,
+                                               p_own_view boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
@@ -778,10 +785,10 @@ BEGIN
     -- rebalanced (TestRollout -rollout.pool=2).
     BEGIN
         IF cardinality(p_released) > 0 AND (SELECT version FROM rings WHERE name = p_ring) = p_known THEN
-            answer := give_view(p_node, p_ring, p_known);
+            answer := give_view(p_node, p_ring, p_known, p_own_view);
         ELSE
             answer := ring_answer(p_node, p_incarnation, p_ring, p_size, p_vnodes, p_known, p_incoming,
-                                  p_own_only AND cardinality(p_released) = 0);
+                                  p_own_only AND cardinality(p_released) = 0, p_own_view);
         END IF;
     EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
         answer := CASE WHEN (SELECT version FROM rings WHERE name = p_ring) IS DISTINCT FROM p_known
@@ -807,7 +814,8 @@ $$;
 
 -- ring_answer: ring_work's answer once the releases are confirmed.
 CREATE OR REPLACE FUNCTION leasering.ring_answer(p_node text, p_incarnation text, p_ring text, p_size integer,
-                                                 p_vnodes integer, p_known bigint, p_incoming boolean, p_own_only boolean)
+                                                 p_vnodes integer, p_known bigint, p_incoming boolean, p_own_only boolean,
+                                                 p_own_view boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
@@ -839,17 +847,18 @@ BEGIN
         RETURN NULL;
     END IF;
     -- Big: in a ring of more than 4,096 partitions, seen for the first
-    -- time, or more than 4,096 partitions changed, or more than 4,096
-    -- owned (what a node owns always comes whole).
+    -- time, or more than 4,096 partitions changed (routing, which an own
+    -- view leaves out), or more than 4,096 owned (what a node owns always
+    -- comes whole).
     IF p_size > 4096
        AND (p_known = 0
-            OR (SELECT count(*) FROM (SELECT 1 FROM partitions
+            OR NOT p_own_view AND (SELECT count(*) FROM (SELECT 1 FROM partitions
                                        WHERE ring = p_ring AND granted > p_known LIMIT 4097) AS c) > 4096
             OR (SELECT count(*) FROM (SELECT 1 FROM partitions
                                        WHERE ring = p_ring AND owner = p_node LIMIT 4097) AS c) > 4096) THEN
         RETURN jsonb_build_object('ring', p_ring, 'status', 'view');
     END IF;
-    RETURN give_view(p_node, p_ring, p_known);
+    RETURN give_view(p_node, p_ring, p_known, p_own_view);
 END
 $$;
 
@@ -1050,7 +1059,7 @@ BEGIN
          ORDER BY x.ring
     LOOP
         BEGIN
-            view := give_view(p_node, r.ring, r.known);  -- NULL: not a member; the next heartbeat says to join
+            view := give_view(p_node, r.ring, r.known, false);  -- NULL: not a member; the next heartbeat says to join
             IF view IS NOT NULL THEN
                 outs := array_append(outs, jsonb_build_object('known', r.known, 'view', view));
             END IF;
@@ -1240,7 +1249,7 @@ $$;
 -- node that this view gives it (see rebalance). The partitions it tells the
 -- node to give up for the first time get their release_due. NULL when the
 -- node is not a member.
-CREATE OR REPLACE FUNCTION leasering.give_view(p_node text, p_ring text, p_known bigint)
+CREATE OR REPLACE FUNCTION leasering.give_view(p_node text, p_ring text, p_known bigint, p_own_view boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
@@ -1253,7 +1262,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    view := ring_view(p_ring, p_node, p_known);
+    view := ring_view(p_ring, p_node, p_known, p_own_view);
     UPDATE members SET seen = (view ->> 'version')::bigint WHERE ring = p_ring AND node_id = p_node
     RETURNING drain_ms INTO drain;
     IF jsonb_array_length(view -> 'revoking') > 0 AND drain IS NOT NULL THEN
@@ -1320,8 +1329,13 @@ $$;
 -- and the release. Sending every member's
 -- details on every change would cost each heartbeat O(members) and a
 -- roll-out O(members²). And incoming: when the partitions pending to the
--- node are due (incoming_dues).
-CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text, p_known bigint)
+-- node are due (incoming_dues). An own view (p_own_view, schema version 17)
+-- leaves the routing out: a look's answer is on the handoff's path, and
+-- each newcomer of a roll-out read every partition's new owner in it (a
+-- ring of 4,096: 4 ms in the database and as long to decode, for each of
+-- the newcomers that waited for the same release), while what it waits
+-- for is its own partitions; the routing comes with its next whole view.
+CREATE OR REPLACE FUNCTION leasering.ring_view(p_ring text, p_node text, p_known bigint, p_own_view boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = leasering, pg_temp
@@ -1334,16 +1348,17 @@ BEGIN
                'partitions', coalesce(to_jsonb(mine.partitions), '[]'),
                'epochs', coalesce(to_jsonb(mine.epochs), '[]'),
                'revoking', coalesce(to_jsonb(mine.revoking), '[]'),
-               'member_ids', CASE WHEN r.members_changed > p_known THEN
+               'member_ids', CASE WHEN r.members_changed > p_known AND NOT p_own_view THEN
                    coalesce((SELECT jsonb_agg(m.node_id ORDER BY m.node_id) FROM members m WHERE m.ring = r.name), '[]') END,
-               'members', CASE WHEN r.members_changed > p_known THEN
+               'members', CASE WHEN r.members_changed > p_known AND NOT p_own_view THEN
                    coalesce((SELECT jsonb_agg(jsonb_build_object('id', m.node_id, 'metadata', n.metadata,
                                                                  'vnodes', m.vnodes, 'positions', m.positions)
                                               ORDER BY m.node_id)
                                FROM members m JOIN nodes n ON n.node_id = m.node_id
                               WHERE m.ring = r.name AND (p_known = 0 OR m.changed > p_known)), '[]') END,
                'changed', to_jsonb(routing.changed),
-               'owners', to_jsonb(routing.owners)) || incoming_dues(r.name, p_node)
+               'owners', to_jsonb(routing.owners),
+               'own_view', p_own_view) || incoming_dues(r.name, p_node)
       FROM rings r,
            LATERAL (SELECT array_agg(p.partition ORDER BY p.partition) AS partitions,
                            array_agg(p.epoch ORDER BY p.partition) AS epochs,
@@ -1354,7 +1369,7 @@ BEGIN
                       FROM partitions p
                       LEFT JOIN (SELECT node_id, row_number() OVER (ORDER BY node_id) - 1 AS idx
                                    FROM members WHERE ring = r.name) AS mi ON mi.node_id = p.owner
-                     WHERE p.ring = r.name AND p.granted > p_known) AS routing
+                     WHERE p.ring = r.name AND p.granted > p_known AND NOT p_own_view) AS routing
      WHERE r.name = p_ring);
 END
 $$;
