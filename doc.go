@@ -101,8 +101,9 @@
 // their rows by it. The heartbeat after a ring changes also brings the
 // routing changes (the member ids and the details of new members only, and
 // the owners of partitions that moved), from which Owner and Successors
-// answer without a query; while the ring keeps changing, a node whose own
-// partitions did not change takes them at most every four heartbeats.
+// answer without a query; while the ring keeps changing, a node takes them
+// at most every four heartbeats, and the views in between carry only what
+// it owns and waits for.
 // Every change of owner raises the partition's epoch; the SQL function
 // holds checks it inside the user's transaction and locks the partition's
 // row until that transaction ends, so a guarded write never lands after a

@@ -134,8 +134,9 @@ func (t *routeTable) setMembers(ms []memberView) {
 // the ring this node read (a member whose lease lapsed stays listed until
 // it is evicted). Routing reads (Members, Owner, Successors) are hints for
 // sending work to the right node: while the ring keeps changing, a node
-// whose own partitions did not change reads a view every four heartbeats
-// at most (ownOnly), so they may be up to five heartbeats behind; and they
+// reads the routing every four heartbeats at most (ownOnly: the views in
+// between carry what it owns, not the routing), so they may be up to five
+// heartbeats behind; and they
 // are kept while this node is cut off from the database, when Values is
 // empty.
 func (l *Lease) Members() []Member {
