@@ -130,7 +130,7 @@ func (t *routeTable) setMembers(ms []memberView) {
 	}
 }
 
-// Members returns the ring's members in id order, as of the last view of
+// Members returns the ring's members in id order, as of the last whole view of
 // the ring this node read (a member whose lease lapsed stays listed until
 // it is evicted). Routing reads (Members, Owner, Successors) are hints for
 // sending work to the right node: while the ring keeps changing, a node
