@@ -78,19 +78,26 @@ func TestHeartbeatRecordSaysPoolWait(t *testing.T) {
 		t.Errorf("pool wait %v, released %d, waiting %v; want 40ms, 2, true", res.poolWait, res.released, res.waiting)
 	}
 	c.apply(res, clk.Now())
-	log.mu.Lock()
-	defer log.mu.Unlock()
-	for _, l := range log.lines {
-		if strings.HasPrefix(l, "leasering: heartbeat ") {
-			for _, want := range []string{"pool_wait=40ms", "released=2", "waiting=true"} {
-				if !strings.Contains(l, want) {
-					t.Errorf("heartbeat record %q does not say %s", l, want)
+	log.expectHeartbeatSays(t, "pool_wait=40ms", "released=2", "waiting=true")
+}
+
+// expectHeartbeatSays fails the test unless the first heartbeat record
+// says each of wants.
+func (l *recordLog) expectHeartbeatSays(t *testing.T, wants ...string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		if strings.HasPrefix(line, "leasering: heartbeat ") {
+			for _, want := range wants {
+				if !strings.Contains(line, want) {
+					t.Errorf("heartbeat record %q does not say %s", line, want)
 				}
 			}
 			return
 		}
 	}
-	t.Errorf("no heartbeat record in %q", log.lines)
+	t.Errorf("no heartbeat record in %q", l.lines)
 }
 
 // TestHeartbeatRecordSaysViewsAndLater: a heartbeat's Debug record says how
@@ -123,17 +130,5 @@ func TestHeartbeatRecordSaysViewsAndLater(t *testing.T) {
 		t.Fatal(res.err)
 	}
 	c.apply(res, clk.Now())
-	log.mu.Lock()
-	defer log.mu.Unlock()
-	for _, l := range log.lines {
-		if strings.HasPrefix(l, "leasering: heartbeat ") {
-			for _, want := range []string{"views=1", "later=1", "busy=true"} {
-				if !strings.Contains(l, want) {
-					t.Errorf("heartbeat record %q does not say %s", l, want)
-				}
-			}
-			return
-		}
-	}
-	t.Errorf("no heartbeat record in %q", log.lines)
+	log.expectHeartbeatSays(t, "views=1", "later=1", "busy=true")
 }

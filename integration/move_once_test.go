@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"strings"
 	"testing"
 )
 
@@ -23,12 +22,7 @@ func TestRebalanceMovesOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	exec := func(stmt string, args ...any) {
-		t.Helper()
-		if _, err := tx.ExecContext(ctx, strings.ReplaceAll(stmt, "leasering.", q+"."), args...); err != nil {
-			t.Fatalf("%v\n%s", err, stmt)
-		}
-	}
+	exec := execInSchema(t, ctx, tx, q, "setting the ring up")
 	exec(`INSERT INTO leasering.rings (name, size, version, members_changed, told_through, told_at)
 		SELECT 'm', 64, 50, 50, 0, noticed_at FROM leasering.server_identity`)
 	exec(`INSERT INTO leasering.nodes (node_id, incarnation, expires_at, hold_until, ttl_ms)

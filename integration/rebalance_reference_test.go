@@ -110,12 +110,7 @@ func (c rebalanceCase) run(t *testing.T, ctx context.Context, conn *sql.Conn, q,
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	exec := func(stmt string, args ...any) {
-		t.Helper()
-		if _, err := tx.ExecContext(ctx, strings.ReplaceAll(stmt, "leasering.", q+"."), args...); err != nil {
-			t.Fatalf("case %+v: %v\n%s", c, err, stmt)
-		}
-	}
+	exec := execInSchema(t, ctx, tx, q, fmt.Sprintf("case %+v", c))
 	exec(refSQL)
 	exec(`SELECT setseed($1)`, c.seed)
 	exec(`INSERT INTO leasering.rings (name, size, version, members_changed, told_through, told_at)
@@ -158,6 +153,18 @@ func (c rebalanceCase) run(t *testing.T, ctx context.Context, conn *sql.Conn, q,
 	exec(`ROLLBACK TO SAVEPOINT before`)
 	got = result("rebalance")
 	return got, want
+}
+
+// execInSchema returns a function that runs a statement in tx, with
+// "leasering." written as schema q, and fails the test (naming what) if it
+// fails.
+func execInSchema(t *testing.T, ctx context.Context, tx *sql.Tx, q, what string) func(stmt string, args ...any) {
+	return func(stmt string, args ...any) {
+		t.Helper()
+		if _, err := tx.ExecContext(ctx, strings.ReplaceAll(stmt, "leasering.", q+"."), args...); err != nil {
+			t.Fatalf("%s: %v\n%s", what, err, stmt)
+		}
+	}
 }
 
 // firstDifference shows the first line where got and want differ.
