@@ -40,6 +40,7 @@ var oldSchemas = []struct {
 	{"v14", 14, "testdata/schema_and_functions_v14_9863102.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v15", 15, "testdata/schema_and_functions_v15_ac1bf04.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v16", 16, "testdata/schema_and_functions_v16_b369403.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v17", 17, "testdata/schema_and_functions_v17_2e68044.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's
