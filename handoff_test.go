@@ -330,6 +330,11 @@ func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
 		if len(rings) != 1 {
 			t.Fatalf("rings %+v, want a", rings)
 		}
+		// Whatever asks for the routing asks for its owners by id
+		// (schema version 18); an own view has no routing.
+		if r := rings[0]; r.OwnerIDs == r.OwnView {
+			t.Errorf("request %+v: owner_ids %v with own_view %v, want one of them", r, r.OwnerIDs, r.OwnView)
+		}
 		return rings[0]
 	}
 	if r := request(-1); r.OwnOnly || r.OwnView {

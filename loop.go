@@ -176,7 +176,7 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		room -= len(released)
 		r := ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
 			Version: version, Released: released, Incoming: l.view.waiting, LaterIfBusy: true,
-			OwnOnly: fresh && !l.view.waiting, OwnView: fresh}
+			OwnOnly: fresh && !l.view.waiting, OwnView: fresh, OwnerIDs: !fresh}
 		if len(released) > 0 && by.After(now) {
 			// Rounded up: the database waits at least what is left.
 			r.ReleaseAfterMS = int64((by.Sub(now) + time.Millisecond - 1) / time.Millisecond)

@@ -227,6 +227,7 @@ func normalize(rs []ringRequest) []ringRequest {
 		r.LaterIfBusy = false // every request says it: TestRingRequestsSayLaterIfBusy
 		r.OwnOnly = false     // TestRingRequestsSayOwnOnlyAfterAView
 		r.OwnView = false     // the same
+		r.OwnerIDs = false    // the same
 		out[i] = r
 	}
 	return out

@@ -41,6 +41,10 @@ type ringRequest struct {
 	// view's; the routing stays at the version of the last whole view,
 	// which the node sends as Version when it wants it (see ownOnly).
 	OwnView bool `json:"own_view,omitempty"`
+	// OwnerIDs: the routing, if one comes, names the owners that changed
+	// by node id (ringChange.OwnerIDs; schema version 18), which the
+	// database sends for less than their indexes into the members.
+	OwnerIDs bool `json:"owner_ids,omitempty"`
 	// For join_rings: the node's heartbeat and drain, from which the
 	// database tells pending owners when what this node gives up is due.
 	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"`
@@ -63,11 +67,14 @@ type ringChange struct {
 	// Routing changes since the version the node sent: when the members
 	// changed (nil: unchanged), all their ids in order and the details of
 	// those that joined or changed since; and the partitions whose owner
-	// changed with the owner's index into the members (-1: none).
+	// changed with the owner's index into the members (-1: none), or, if
+	// the request said OwnerIDs, with its node id ("": none; an id that
+	// is not a member's counts as none).
 	MemberIDs []string     `json:"member_ids"`
 	Members   []memberView `json:"members"`
 	Changed   []int        `json:"changed"`
 	Owners    []int        `json:"owners"`
+	OwnerIDs  []string     `json:"owner_ids"`
 	// OwnView: the view leaves the routing out (ringRequest.OwnView).
 	OwnView bool `json:"own_view"`
 	// Incoming: when the partitions pending to this node are due, in
@@ -229,7 +236,7 @@ func decodeChanges(status string, changes sql.NullString, res *renewResult) erro
 		}
 		for _, ch := range res.changes {
 			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != ringSizeMismatch && ch.Status != ringToJoin && ch.Status != ringLater && ch.Status != ringView && ch.Status != ringIncoming) ||
-				len(ch.Epochs) != len(ch.Partitions) || len(ch.Changed) != len(ch.Owners) {
+				len(ch.Epochs) != len(ch.Partitions) || !ch.routingFits() {
 				return fmt.Errorf("leasering: malformed heartbeat answer for ring %q", ch.Ring)
 			}
 		}

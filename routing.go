@@ -17,10 +17,11 @@ type Member struct {
 // snapshot, and read with one atomic load.
 type routeTable struct {
 	members []Member
-	views   []memberView // members' details as the database sent them, for deltas
-	owners  []int32      // per partition: index into members, -1 for none
-	points  []uint32     // every vnode on the circle, sorted
-	pointOf []int32      // pointOf[i]: index into members of points[i]
+	views   []memberView     // members' details as the database sent them, for deltas
+	owners  []int32          // per partition: index into members, -1 for none
+	points  []uint32         // every vnode on the circle, sorted
+	pointOf []int32          // pointOf[i]: index into members of points[i]
+	index   map[string]int32 // member id -> index into members, for owners sent by id
 }
 
 var emptyRoute = &routeTable{}
@@ -31,7 +32,7 @@ var emptyRoute = &routeTable{}
 // correct database never sends) empties the routing rather than make it
 // wrong; the next full view restores it.
 func (t *routeTable) update(size int, v ringChange) *routeTable {
-	n := &routeTable{members: t.members, views: t.views, owners: t.owners, points: t.points, pointOf: t.pointOf}
+	n := &routeTable{members: t.members, views: t.views, owners: t.owners, points: t.points, pointOf: t.pointOf, index: t.index}
 	if len(n.owners) != size {
 		n.owners = make([]int32, size)
 		for p := range n.owners {
@@ -50,13 +51,9 @@ func (t *routeTable) update(size int, v ringChange) *routeTable {
 		// member rather than once per partition: a view of a ring of
 		// 16,384 with 1,000 members spent most of a client's time in
 		// these lookups (TestScale's profile).
-		index := make(map[string]int32, len(n.members))
-		for i, m := range n.members {
-			index[m.ID] = int32(i)
-		}
 		moved := make([]int32, len(t.members))
 		for i, m := range t.members {
-			if j, ok := index[m.ID]; ok {
+			if j, ok := n.index[m.ID]; ok {
 				moved[i] = j
 			} else {
 				moved[i] = -1
@@ -73,13 +70,33 @@ func (t *routeTable) update(size int, v ringChange) *routeTable {
 		}
 	}
 	for i, p := range v.Changed {
+		if p < 0 || p >= size {
+			return emptyRoute
+		}
+		if v.OwnerIDs != nil {
+			o, ok := n.index[v.OwnerIDs[i]]
+			if !ok {
+				o = -1 // none, or not a member (evicted, its partitions not yet given on)
+			}
+			n.owners[p] = o
+			continue
+		}
 		o := v.Owners[i]
-		if p < 0 || p >= size || o < -1 || o >= len(n.members) {
+		if o < -1 || o >= len(n.members) {
 			return emptyRoute
 		}
 		n.owners[p] = int32(o)
 	}
 	return n
+}
+
+// routingFits says whether a view's routing is well formed: an owner for
+// each partition that changed, as indexes or as ids, not both.
+func (v ringChange) routingFits() bool {
+	if v.OwnerIDs != nil {
+		return v.Owners == nil && len(v.OwnerIDs) == len(v.Changed)
+	}
+	return len(v.Owners) == len(v.Changed)
 }
 
 // merge builds the member list ids from the details that came (members
@@ -113,8 +130,10 @@ func (t *routeTable) setMembers(ms []memberView) {
 	}
 	var pts []point
 	t.members = make([]Member, len(ms))
+	t.index = make(map[string]int32, len(ms))
 	for i, m := range ms {
 		t.members[i] = Member{ID: m.ID, Metadata: m.Metadata, VNodes: m.VNodes}
+		t.index[m.ID] = int32(i)
 		for _, pos := range m.Positions {
 			pts = append(pts, point{pos, int32(i)})
 		}

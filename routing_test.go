@@ -75,3 +75,63 @@ func TestMemberDeltas(t *testing.T) {
 		t.Error("did not ask for the whole view after a member it never heard of")
 	}
 }
+
+// TestOwnersByID: a view whose request said owner_ids (schema version 18)
+// names the owners that changed by node id; they land as the same routes
+// as indexes would. An id that is no member's, or none (""), leaves the
+// partition without an owner, as the index -1 does; a view with both forms
+// or with fewer owners than changes does not fit.
+func TestOwnersByID(t *testing.T) {
+	l := &Lease{size: 4}
+	l.route.Store(emptyRoute)
+	a := memberView{ID: "a", Metadata: "10.0.0.1", VNodes: 8, Positions: []uint32{100}}
+	b := memberView{ID: "b", Metadata: "10.0.0.2", VNodes: 8, Positions: []uint32{200}}
+	c := memberView{ID: "c", Metadata: "10.0.0.3", VNodes: 4, Positions: []uint32{300}}
+
+	l.applyView(ringChange{Version: 1, MemberIDs: []string{"a", "b"}, Members: []memberView{a, b},
+		Changed: []int{0, 1, 2, 3}, OwnerIDs: []string{"a", "a", "b", "b"}}, time.Time{})
+	want := map[int]string{0: "a", 1: "a", 2: "b", 3: "b"}
+	for p, id := range want {
+		if m, ok := l.OwnerOf(p); !ok || m.ID != id {
+			t.Errorf("OwnerOf(%d) = %+v, %v; want %s", p, m, ok, id)
+		}
+	}
+
+	// c joins and takes 3; 1's owner is gone from the ring (evicted, not
+	// yet given on), 2 has none.
+	l.applyView(ringChange{Version: 2, MemberIDs: []string{"a", "b", "c"}, Members: []memberView{c},
+		Changed: []int{1, 2, 3}, OwnerIDs: []string{"x", "", "c"}}, time.Time{})
+	if m, ok := l.OwnerOf(3); !ok || m.ID != "c" || m.VNodes != 4 {
+		t.Errorf("OwnerOf(3) = %+v, %v; want c", m, ok)
+	}
+	if m, ok := l.OwnerOf(0); !ok || m.ID != "a" {
+		t.Errorf("OwnerOf(0) = %+v, %v; want a, unchanged", m, ok)
+	}
+	for _, p := range []int{1, 2} {
+		if m, ok := l.OwnerOf(p); ok {
+			t.Errorf("OwnerOf(%d) = %+v; want none", p, m)
+		}
+	}
+	if l.rejoin.Load() {
+		t.Fatal("asked for the whole view though every member was known")
+	}
+
+	for _, v := range []ringChange{
+		{Changed: []int{0}, OwnerIDs: []string{"a"}},
+		{Changed: []int{0}, Owners: []int{0}},
+		{},
+	} {
+		if !v.routingFits() {
+			t.Errorf("%+v does not fit; want it to", v)
+		}
+	}
+	for _, v := range []ringChange{
+		{Changed: []int{0, 1}, OwnerIDs: []string{"a"}},
+		{Changed: []int{0}, Owners: []int{0}, OwnerIDs: []string{"a"}},
+		{Changed: []int{0}},
+	} {
+		if v.routingFits() {
+			t.Errorf("%+v fits; want it not to", v)
+		}
+	}
+}

@@ -287,7 +287,7 @@ func (c *Client) viewRequests() []ringRequest {
 	var rings []ringRequest
 	for _, l := range leases {
 		if l.view.read && l.view.join == joined {
-			rings = append(rings, ringRequest{Ring: l.name, Version: l.view.routed})
+			rings = append(rings, ringRequest{Ring: l.name, Version: l.view.routed, OwnerIDs: true})
 		}
 	}
 	return rings
@@ -314,7 +314,7 @@ func (c *Client) readViews(ctx context.Context, rings []ringRequest) sideResult 
 		return sideResult{err: fmt.Errorf("leasering: decoding views: %w", err)}
 	}
 	for _, v := range res.views {
-		if v.View.Ring == "" || len(v.View.Epochs) != len(v.View.Partitions) || len(v.View.Changed) != len(v.View.Owners) {
+		if v.View.Ring == "" || len(v.View.Epochs) != len(v.View.Partitions) || !v.View.routingFits() {
 			return sideResult{err: fmt.Errorf("leasering: malformed view of ring %q", v.View.Ring)}
 		}
 	}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"testing"
 )
@@ -202,5 +203,73 @@ func TestOwnViewLeavesRoutingOut(t *testing.T) {
 		if v.OwnView != own || hasRouting == own {
 			t.Errorf("own_view %v: the view says own_view %v, with members %v and changed %v", own, v.OwnView, v.MemberIDs, v.Changed)
 		}
+	}
+}
+
+// TestOwnersByIDMatchTheIndexes: a heartbeat that says owner_ids (schema
+// version 18) gets the same routing with each changed partition's owner by
+// node id, and no indexes; without it, as older clients ask, by index
+// into the members, and no ids. read_views answers alike. Ranking every
+// member for the indexes was most of a whole view's time with 2,000
+// members (BENCHMARKS.md, Scale).
+func TestOwnersByIDMatchTheIndexes(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	s.join("a")
+	known := s.version["a"]
+	moving := s.toldHandoff() // joins b: a is told to hand these to b
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	var byIndex, byID []string
+	for _, ids := range []bool{false, true} {
+		s.ownerIDs = ids
+		s.version["a"] = known
+		h, err := s.renew(nil, "a", false, false, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h.changes) != 1 || h.changes[0].Status != "ok" {
+			t.Fatalf("owner_ids %v: a's heartbeat answered %+v, want a view", ids, h.changes)
+		}
+		v := h.changes[0]
+		if !slices.Equal(v.Changed, moving) || v.MemberIDs == nil {
+			t.Fatalf("owner_ids %v: the view's routing changed %v with members %v, want the moved %v and the members", ids, v.Changed, v.MemberIDs, moving)
+		}
+		if ids {
+			if v.Owners != nil || len(v.OwnerIDs) != len(v.Changed) {
+				t.Fatalf("owner_ids: owners %v, owner ids %v for %d changes; want ids only", v.Owners, v.OwnerIDs, len(v.Changed))
+			}
+			byID = v.OwnerIDs
+			continue
+		}
+		if v.OwnerIDs != nil || len(v.Owners) != len(v.Changed) {
+			t.Fatalf("no owner_ids: owners %v, owner ids %v for %d changes; want indexes only", v.Owners, v.OwnerIDs, len(v.Changed))
+		}
+		for _, o := range v.Owners {
+			byIndex = append(byIndex, v.MemberIDs[o])
+		}
+	}
+	if !slices.Equal(byID, byIndex) || byID[0] != "b" {
+		t.Errorf("owners by id %v, by index %v; want the same, b", byID, byIndex)
+	}
+
+	var text string
+	arg := fmt.Sprintf(`[{"ring": "r", "version": %d, "owner_ids": true}]`, known)
+	if err := s.e.admin.QueryRow(`SELECT "`+s.e.schema+`".read_views('a', 'inc-a', $1::jsonb)::text`, arg).Scan(&text); err != nil {
+		t.Fatal(err)
+	}
+	var views []struct {
+		View struct {
+			Changed  []int    `json:"changed"`
+			Owners   []int    `json:"owners"`
+			OwnerIDs []string `json:"owner_ids"`
+		} `json:"view"`
+	}
+	if err := json.Unmarshal([]byte(text), &views); err != nil {
+		t.Fatal(err)
+	}
+	if len(views) != 1 || views[0].View.Owners != nil || !slices.Equal(views[0].View.OwnerIDs, byID) {
+		t.Errorf("read_views with owner_ids answered %s, want the owners %v by id", text, byID)
 	}
 }

@@ -34,6 +34,9 @@ type sqlNodes struct {
 	// ownView: renew says own_view, as a client of schema version 17 on
 	// does while its routing is fresh
 	ownView bool
+	// ownerIDs: renew says owner_ids, as a client of schema version 18 on
+	// does when it asks for the routing
+	ownerIDs bool
 }
 
 func newSQLNodes(t *testing.T) *sqlNodes {
@@ -62,6 +65,9 @@ type heartbeat struct {
 		Partitions []int    `json:"partitions"`
 		MemberIDs  []string `json:"member_ids"`
 		Changed    []int    `json:"changed"`
+		// and TestOwnersByIDMatchTheIndexes
+		Owners   []int    `json:"owners"`
+		OwnerIDs []string `json:"owner_ids"`
 	}
 }
 
@@ -89,6 +95,9 @@ func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.D
 	}
 	if s.ownView {
 		ring["own_view"] = true
+	}
+	if s.ownerIDs {
+		ring["owner_ids"] = true
 	}
 	rings, _ := json.Marshal([]map[string]any{ring})
 	s.mu.Unlock()

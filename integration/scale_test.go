@@ -95,7 +95,15 @@ func TestScale(t *testing.T) {
 		wg.Wait()
 	})
 	for i := range nodes {
-		c, err := leasering.NewClient(pools[i/500], leasering.WithNodeID(fmt.Sprintf("s%04d", i)), leasering.WithSchema(e.schema),
+		// Node i on pool i mod pools: a wave's joins, which hold a
+		// connection for a second or more while the ring is big, spread
+		// over every pool, as a deployment's new processes each bring
+		// their own. Given pool i/500, the 20 joins in flight of a wave
+		// took every connection of one pool, and its other 480 nodes
+		// waited past their heartbeat's timeout (2,000 nodes: 1,314 of
+		// 1,500 heartbeats waiting for a connection when the leases began
+		// to lapse).
+		c, err := leasering.NewClient(pools[i%len(pools)], leasering.WithNodeID(fmt.Sprintf("s%04d", i)), leasering.WithSchema(e.schema),
 			leasering.WithTTL(ttl), leasering.WithHeartbeat(hb), leasering.WithLogger(quietLogger()))
 		if err != nil {
 			t.Fatal(err)
