@@ -2,6 +2,7 @@ package leasering
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -347,7 +348,7 @@ func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
 	for _, c := range []struct {
 		ago  time.Duration
 		want bool
-	}{{0, true}, {routingEvery*time.Second - time.Millisecond, true}, {routingEvery * time.Second, false}, {time.Hour, false}} {
+	}{{0, true}, {4*time.Second - time.Millisecond, true}, {4 * time.Second, false}, {time.Hour, false}} {
 		if r := request(c.ago); r.OwnOnly != c.want || r.OwnView != c.want || r.Version != 7 {
 			t.Errorf("routing %v old: own_only %v, own_view %v, version %d; want %v, %v, 7", c.ago, r.OwnOnly, r.OwnView, r.Version, c.want, c.want)
 		}
@@ -365,7 +366,7 @@ func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
 	if r := request(-1); !r.OwnView || r.Version != 9 {
 		t.Errorf("fresh routing after an own view: own_view %v from version %d, want true from 9", r.OwnView, r.Version)
 	}
-	if r := request(routingEvery * time.Second); r.OwnView || r.OwnOnly || r.Version != 7 {
+	if r := request(4 * time.Second); r.OwnView || r.OwnOnly || r.Version != 7 {
 		t.Errorf("routing due after an own view: own_view %v, own_only %v from version %d; want the whole view from 7", r.OwnView, r.OwnOnly, r.Version)
 	}
 
@@ -377,5 +378,41 @@ func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
 	l.rejoin.Store(true) // a view that did not fit: the whole view again
 	if r := request(0); r.OwnOnly || r.OwnView || r.Version != 0 {
 		t.Errorf("a request for the whole view asks %+v, want version 0 and no own flags", r)
+	}
+}
+
+// TestRoutingEveryGrowsWithMembers: a node takes the routing every four
+// heartbeats at most, and on a ring of more than 1,000 members every
+// members/250, so that the ring's members take at most 250 whole views a
+// heartbeat between them; the views in between carry what it owns.
+func TestRoutingEveryGrowsWithMembers(t *testing.T) {
+	for _, c := range []struct{ members, every int }{{0, 4}, {1, 4}, {1000, 4}, {1001, 5}, {1250, 5}, {2000, 8}, {2001, 9}} {
+		if got := routingEvery(c.members); got != c.every {
+			t.Errorf("routingEvery(%d) = %d, want %d", c.members, got, c.every)
+		}
+	}
+
+	db, _ := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second))
+	l, _ := c.Lease("a", 8)
+	now := c.clk.Now()
+	views := make([]memberView, 2000)
+	ids := make([]string, len(views))
+	for i := range views {
+		ids[i] = fmt.Sprintf("m%04d", i)
+		views[i] = memberView{ID: ids[i], VNodes: 1, Positions: []uint32{uint32(i)}}
+	}
+	l.applyView(ringChange{Ring: "a", Version: 7, Status: statusOK, MemberIDs: ids, Members: views}, now)
+	if got := len(l.Members()); got != 2000 {
+		t.Fatalf("%d members after the view, want 2000", got)
+	}
+	for _, c2 := range []struct {
+		ago  time.Duration
+		want bool
+	}{{4 * time.Second, true}, {8*time.Second - time.Millisecond, true}, {8 * time.Second, false}} {
+		l.view.routedAt = now.Add(-c2.ago)
+		if r := c.ringRequests(now, false)[0]; r.OwnView != c2.want {
+			t.Errorf("2,000 members, routing %v old: own_view %v, want %v", c2.ago, r.OwnView, c2.want)
+		}
 	}
 }

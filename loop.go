@@ -156,7 +156,8 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		// Routing that came within routingEvery heartbeats can wait: ask
 		// for own views, from the version of the last view of any kind.
 		// Else ask from the routing's version, for a whole view.
-		fresh := l.view.routed != 0 && ownOnly(l.view.routedAt, now, c.cfg.heartbeat)
+		members := len(l.route.Load().members)
+		fresh := l.view.routed != 0 && ownOnly(l.view.routedAt, now, c.cfg.heartbeat, members)
 		version := l.view.routed
 		if fresh {
 			version = l.view.version
@@ -204,17 +205,27 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 	return rings
 }
 
-// routingEvery is how often, at most, a node takes a view for its
-// routing alone, in heartbeats. In a roll-out the ring's version moves
-// with every join and release, and each move sent every member a view on
-// its next heartbeat: the members times the heartbeats, which at 2,000
-// nodes took both cores of the server (BENCHMARKS.md, Scale). A change of
-// what the node owns or waits for still comes with the next heartbeat.
-const routingEvery = 4
+// routingEvery is how often, at most, a node of a ring of the given
+// members takes a view for its routing alone, in heartbeats: every 4, and
+// on a ring of more than 1,000 members every members/250, so that the
+// whole ring takes at most 250 such views a heartbeat. In a roll-out the
+// ring's version moves with every join and release, and each move sent
+// every member a view on its next heartbeat: the members times the
+// heartbeats, which at 2,000 nodes took both cores of the server
+// (BENCHMARKS.md, Scale); and a whole view's member list grows with the
+// members. A change of what the node owns or waits for still comes with
+// the next heartbeat.
+func routingEvery(members int) int {
+	return max(4, (members+routingViewsPerHeartbeat-1)/routingViewsPerHeartbeat)
+}
+
+// routingViewsPerHeartbeat bounds the views a ring's members take for
+// their routing alone, a heartbeat (routingEvery).
+const routingViewsPerHeartbeat = 250
 
 // ownOnly says whether a heartbeat at now asks only for what the node owns
 // and waits for (ringRequest.OwnView, and OwnOnly unless it waits): its
-// routing came at routedAt, within routingEvery heartbeats. After a quiet
+// routing came at routedAt, within routingEvery(members) heartbeats. After a quiet
 // spell the first change of the ring comes whole with the next heartbeat.
 // A node that waits for partitions asks own views but not OwnOnly
 // (ringRequests): its look waits in the database until the ring's version
@@ -223,8 +234,8 @@ const routingEvery = 4
 // is on the handoff's path: in a roll-out of 10 nodes, each newcomer's
 // look read the new owners of a ring of 4,096 in it, and the gaps were
 // 1.048-1.075 s against 1.019-1.032 s without (drain 1 s; BENCHMARKS.md).
-func ownOnly(routedAt, now time.Time, heartbeat time.Duration) bool {
-	return !routedAt.IsZero() && now.Sub(routedAt) < routingEvery*heartbeat
+func ownOnly(routedAt, now time.Time, heartbeat time.Duration, members int) bool {
+	return !routedAt.IsZero() && now.Sub(routedAt) < time.Duration(routingEvery(members))*heartbeat
 }
 
 // randomJitter is the schedule's jitter: uniform in [0, n].

@@ -153,9 +153,10 @@ func (t *routeTable) setMembers(ms []memberView) {
 // the ring this node read (a member whose lease lapsed stays listed until
 // it is evicted). Routing reads (Members, Owner, Successors) are hints for
 // sending work to the right node: while the ring keeps changing, a node
-// reads the routing every four heartbeats at most (ownOnly: the views in
-// between carry what it owns, not the routing), so they may be up to five
-// heartbeats behind; and they
+// reads the routing every four heartbeats at most, every members/250 on a
+// ring of more than 1,000 members (ownOnly: the views in between carry
+// what it owns, not the routing), so they may be up to five heartbeats
+// behind, or members/250 + 1; and they
 // are kept while this node is cut off from the database, when Values is
 // empty.
 func (l *Lease) Members() []Member {
