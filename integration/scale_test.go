@@ -121,6 +121,8 @@ func TestScale(t *testing.T) {
 	// waits: how near a lease came to lapsing.
 	begin := time.Now()
 	leastLeft := ttl
+	stopPoolLog := logPools(t, pools, 10*time.Second)
+	defer stopPoolLog()
 	for lo := 0; lo < len(nodes); lo += 50 {
 		wave := nodes[lo:min(lo+50, len(nodes))]
 		startAll(t, wave)
@@ -342,4 +344,34 @@ func withParam(dsn, key, value string) string {
 		sep = "&"
 	}
 	return dsn + sep + key + "=" + value
+}
+
+// logPools logs every period, until stopped, each pool's connections in
+// use and idle and its waits for one since the last line: whether nodes
+// wait for a connection while the pool's are busy, or idle.
+func logPools(t *testing.T, pools []*sql.DB, period time.Duration) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		last := make([]sql.DBStats, len(pools))
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			var b strings.Builder
+			for i, pool := range pools {
+				st := pool.Stats()
+				fmt.Fprintf(&b, " pool %d: %d in use, %d idle, %d waits (%v);", i, st.InUse, st.Idle,
+					st.WaitCount-last[i].WaitCount, (st.WaitDuration - last[i].WaitDuration).Round(time.Millisecond))
+				last[i] = st
+			}
+			t.Logf("pools:%s", b.String())
+		}
+	}()
+	return func() { close(done); <-finished }
 }
