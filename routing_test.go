@@ -14,6 +14,13 @@ func ids(ms []Member) []string {
 	return out
 }
 
+// threeMembers are a, b and c as views send them.
+func threeMembers() (a, b, c memberView) {
+	return memberView{ID: "a", Metadata: "10.0.0.1", VNodes: 8, Positions: []uint32{100}},
+		memberView{ID: "b", Metadata: "10.0.0.2", VNodes: 8, Positions: []uint32{200}},
+		memberView{ID: "c", Metadata: "10.0.0.3", VNodes: 4, Positions: []uint32{300}}
+}
+
 // TestMemberDeltas: a view lists every member's id but details only those
 // that joined or changed; the node keeps the others' details, drops the
 // members no longer listed, and asks for the whole view when a listed
@@ -21,9 +28,7 @@ func ids(ms []Member) []string {
 func TestMemberDeltas(t *testing.T) {
 	l := &Lease{size: 4}
 	l.route.Store(emptyRoute)
-	a := memberView{ID: "a", Metadata: "10.0.0.1", VNodes: 8, Positions: []uint32{100}}
-	b := memberView{ID: "b", Metadata: "10.0.0.2", VNodes: 8, Positions: []uint32{200}}
-	c := memberView{ID: "c", Metadata: "10.0.0.3", VNodes: 4, Positions: []uint32{300}}
+	a, b, c := threeMembers()
 
 	l.applyView(ringChange{Version: 1, MemberIDs: []string{"a", "b"}, Members: []memberView{a, b},
 		Changed: []int{0, 1, 2, 3}, Owners: []int{0, 0, 1, 1}}, time.Time{})
@@ -84,9 +89,7 @@ func TestMemberDeltas(t *testing.T) {
 func TestOwnersByID(t *testing.T) {
 	l := &Lease{size: 4}
 	l.route.Store(emptyRoute)
-	a := memberView{ID: "a", Metadata: "10.0.0.1", VNodes: 8, Positions: []uint32{100}}
-	b := memberView{ID: "b", Metadata: "10.0.0.2", VNodes: 8, Positions: []uint32{200}}
-	c := memberView{ID: "c", Metadata: "10.0.0.3", VNodes: 4, Positions: []uint32{300}}
+	a, b, c := threeMembers()
 
 	l.applyView(ringChange{Version: 1, MemberIDs: []string{"a", "b"}, Members: []memberView{a, b},
 		Changed: []int{0, 1, 2, 3}, OwnerIDs: []string{"a", "a", "b", "b"}}, time.Time{})

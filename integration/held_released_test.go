@@ -17,13 +17,7 @@ func TestHeldReleasedAsksEachHoldOnce(t *testing.T) {
 	t.Parallel()
 	s := newSQLNodes(t)
 	ctx := context.Background()
-	q := `"` + s.e.schema + `"`
-	tx, err := s.e.admin.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
-	exec := execInSchema(t, ctx, tx, q, "setting the ring up")
+	tx, q, exec := s.setUpTx(ctx)
 	exec(`SET LOCAL track_functions = 'pl'`)
 	exec(`INSERT INTO leasering.rings (name, size, version) VALUES ('h', 64, 10)`)
 	exec(`INSERT INTO leasering.nodes (node_id, incarnation, expires_at, hold_until, ttl_ms) VALUES

@@ -16,13 +16,7 @@ func TestRebalanceMovesOnce(t *testing.T) {
 	t.Parallel()
 	s := newSQLNodes(t)
 	ctx := context.Background()
-	q := `"` + s.e.schema + `"`
-	tx, err := s.e.admin.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
-	exec := execInSchema(t, ctx, tx, q, "setting the ring up")
+	tx, q, exec := s.setUpTx(ctx)
 	exec(`INSERT INTO leasering.rings (name, size, version, members_changed, told_through, told_at)
 		SELECT 'm', 64, 50, 50, 0, noticed_at FROM leasering.server_identity`)
 	exec(`INSERT INTO leasering.nodes (node_id, incarnation, expires_at, hold_until, ttl_ms)

@@ -167,6 +167,20 @@ func execInSchema(t *testing.T, ctx context.Context, tx *sql.Tx, q, what string)
 	}
 }
 
+// setUpTx begins a transaction on the admin pool, rolled back when the
+// test ends, for rows set up by hand; it returns the schema's quoted name
+// and execInSchema's exec on the transaction.
+func (s *sqlNodes) setUpTx(ctx context.Context) (tx *sql.Tx, q string, exec func(stmt string, args ...any)) {
+	s.t.Helper()
+	tx, err := s.e.admin.BeginTx(ctx, nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = tx.Rollback() })
+	q = `"` + s.e.schema + `"`
+	return tx, q, execInSchema(s.t, ctx, tx, q, "setting the ring up")
+}
+
 // firstDifference shows the first line where got and want differ.
 func firstDifference(got, want string) string {
 	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
