@@ -63,6 +63,18 @@ func (c *Client) fence(other string) {
 	c.mu.Unlock()
 }
 
+// mostMembers is the most members of any of the node's rings, as their
+// routing last gave them (the schedule's wakeSpread).
+func (c *Client) mostMembers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	most := 0
+	for _, l := range c.leases {
+		most = max(most, len(l.route.Load().members))
+	}
+	return most
+}
+
 // renewed takes an answered renewal ("ok" or "rejoined").
 func (c *Client) renewed(res renewResult, now time.Time) {
 	if res.status == statusRejoined {
@@ -88,7 +100,7 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 		}
 	}
 	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold,
-		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h, busy: busy})
+		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h, busy: busy, members: c.mostMembers()})
 	c.st.applied(c.hb.deadline, views)
 	c.announce(res.announce)
 	if c.hb.lost && c.hb.deadline.After(now) {

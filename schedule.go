@@ -70,7 +70,7 @@ type schedule struct {
 	at           time.Time     // when the loop took it
 	sent         time.Time     // renewed: when that heartbeat was sent
 	recv         time.Time     // renewed: when its answer came
-	spread       time.Duration // the jitter drawn for it
+	spread       time.Duration // the jitter drawn for it (wakeSpread)
 	handoffTimes               // renewed: what the views ask (drain.go's rules)
 
 	launched time.Time // the last heartbeat's launch
@@ -86,6 +86,7 @@ type renewal struct {
 	nextExpiry time.Duration // another node's lease ends this long after the answer (-1: none)
 	handoff    handoffTimes
 	busy       bool // a ring's view did not come: a lock was busy ("later", busy)
+	members    int  // the most members of any of the node's rings (wakeSpread)
 }
 
 // handoffTimes is what the leases' views ask of the schedule.
@@ -127,7 +128,25 @@ func (s *schedule) renewed(now time.Time, r renewal) {
 	}
 	s.last, s.at, s.sent, s.recv = outcomeRenewed, now, r.sent, r.recv
 	s.handoffTimes = r.handoff
-	s.spread = s.jitter(s.heartbeat / 10)
+	s.spread = s.jitter(wakeSpread(s.heartbeat, r.members))
+}
+
+// wakeSpread is the most by which a node's wake for another lease's end is
+// jittered: a tenth of a heartbeat up to 100 members, growing with the
+// members to a whole heartbeat at 1,000. Every node that scanned while a
+// lease was the earliest to end learns the same end, and a node whose
+// heartbeats stall stays the earliest while they do: at 2,000 nodes
+// (heartbeat 2 s, TTL 20 s) some 110 nodes scan each second, so a stall of
+// a few seconds gathers hundreds of wakes into a tenth of a heartbeat,
+// several times the steady heartbeats' rate. Spread over a heartbeat they
+// come no faster than those; the first of n wakes still comes about a
+// heartbeat/n after the end, and a node's own heartbeat scans anyway once
+// the end it was told of has passed.
+func wakeSpread(heartbeat time.Duration, members int) time.Duration {
+	if members <= 100 {
+		return heartbeat / 10
+	}
+	return min(heartbeat, heartbeat/10*time.Duration(members)/100)
 }
 
 // handedOff records what views read off the heartbeat ask (read_views).

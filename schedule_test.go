@@ -1,6 +1,7 @@
 package leasering
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -29,6 +30,7 @@ func TestSchedule(t *testing.T) {
 		return func(r *renewal) { r.scanned, r.nextExpiry = true, next }
 	}
 	busy := func(r *renewal) { r.busy = true }
+	members := func(n int) func(*renewal) { return func(r *renewal) { r.members = n } }
 	failed := func(d time.Duration) ev { return func(s *schedule) { s.failed(at(d)) } }
 	timedOut := func(d time.Duration) ev { return func(s *schedule) { s.timedOut(at(d)) } }
 	probed := func(d time.Duration) ev { return func(s *schedule) { s.probed(at(d)) } }
@@ -46,6 +48,10 @@ func TestSchedule(t *testing.T) {
 			[]ev{launched(0), renewed(0, ms(20))}, hb},
 		{"another lease ends first: just after it, jittered by up to a tenth of a heartbeat",
 			[]ev{launched(0), renewed(0, ms(20), scanned(ms(300)))}, ms(20 + 300 + 1 + 100)},
+		{"on a ring of 500 members: jittered by up to half a heartbeat",
+			[]ev{launched(0), renewed(0, ms(20), scanned(ms(300)), members(500))}, ms(20 + 300 + 1 + 500)},
+		{"on a ring of 2,000 members: the heartbeat comes first",
+			[]ev{launched(0), renewed(0, ms(20), scanned(ms(300)), members(2000))}, hb},
 		{"another lease ends at once: not before a twentieth of a heartbeat after the answer",
 			[]ev{launched(0), renewed(0, ms(20), scanned(ms(5)))}, ms(20 + 50 + 100)},
 		{"another lease had ended already: a tenth of a heartbeat after the answer",
@@ -128,6 +134,18 @@ func TestSchedule(t *testing.T) {
 	}
 }
 
+func TestWakeSpreadGrowsWithMembers(t *testing.T) {
+	const hb = 2 * time.Second
+	for _, tc := range []struct {
+		members int
+		want    time.Duration
+	}{{0, hb / 10}, {1, hb / 10}, {100, hb / 10}, {101, 202 * time.Millisecond}, {500, hb / 2}, {1000, hb}, {2000, hb}} {
+		if got := wakeSpread(hb, tc.members); got != tc.want {
+			t.Errorf("wakeSpread(%v, %d) = %v, want %v", hb, tc.members, got, tc.want)
+		}
+	}
+}
+
 // TestScheduleCallsAndWakes: what each heartbeat asks for, whether the
 // node may report, its state, and when the loop wakes.
 func TestScheduleCallsAndWakes(t *testing.T) {
@@ -183,5 +201,41 @@ func TestScheduleCallsAndWakes(t *testing.T) {
 	s.probed(at(ms(4010)))
 	if o := s.launch(at(ms(4010))); o.probe {
 		t.Error("a probe answered in time is followed by a probe, not a renewal")
+	}
+}
+
+// TestRenewalSpreadsWakesByTheBiggestRing: an answered renewal draws the
+// wake's jitter from the most members of any of the node's rings.
+func TestRenewalSpreadsWakesByTheBiggestRing(t *testing.T) {
+	db, _ := newMock(t)
+	c, err := NewClient(db, WithNodeID("a"), WithLogger(discard()), WithHeartbeat(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	small, err := c.Lease("small", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := c.Lease("big", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMembers := func(n int) *routeTable {
+		views := make([]memberView, n)
+		for i := range views {
+			views[i] = memberView{ID: fmt.Sprintf("n%04d", i), VNodes: 1, Positions: []uint32{uint32(i)}}
+		}
+		r := &routeTable{}
+		r.setMembers(views)
+		return r
+	}
+	small.route.Store(withMembers(3))
+	big.route.Store(withMembers(600))
+	c.hb.jitter = func(n time.Duration) time.Duration { return n } // the most it may be
+	now := time.Now()
+	c.renewed(renewResult{sent: now, recv: now, lease: 10 * time.Second, nextExpiry: -1, status: statusOK}, now)
+	if want := wakeSpread(time.Second, 600); c.hb.spread != want || want != 600*time.Millisecond {
+		t.Errorf("spread %v, want %v (600 members)", c.hb.spread, want)
 	}
 }
