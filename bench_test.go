@@ -177,3 +177,33 @@ func BenchmarkOwnsParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkSetMembers: a route table's new member list, 2,000 members of 8
+// vnodes each (TestScale's 2,000 nodes), which every node lays out for each
+// view whose member list changed: from nothing, and after one member joined.
+func BenchmarkSetMembers(b *testing.B) {
+	views := make([]memberView, 2001)
+	for i := range views {
+		pos := make([]uint32, 8)
+		for j := range pos {
+			pos[j] = uint32(i*2654435761 + j*40503)
+		}
+		views[i] = memberView{ID: fmt.Sprintf("s%04d", i), VNodes: 8, Positions: pos}
+	}
+	b.Run("whole", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var t routeTable
+			t.setMembers(views[:2000], nil)
+		}
+	})
+	b.Run("one joined", func(b *testing.B) {
+		var prev routeTable
+		prev.setMembers(views[:2000], nil)
+		b.ReportAllocs()
+		for b.Loop() {
+			var t routeTable
+			t.setMembers(views, &prev)
+		}
+	})
+}

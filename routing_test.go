@@ -1,7 +1,11 @@
 package leasering
 
 import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 )
@@ -136,5 +140,51 @@ func TestOwnersByID(t *testing.T) {
 		if v.routingFits() {
 			t.Errorf("%+v fits; want it not to", v)
 		}
+	}
+}
+
+// TestSetMembersKeepsPointsInOrder: a member list laid out from the last
+// one (only new or moved members' points sorted, and merged in) is the
+// same as one laid out from nothing, over random joins, leaves and moves,
+// with positions shared between members.
+func TestSetMembersKeepsPointsInOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	view := func(id int) memberView {
+		pos := make([]uint32, 1+rng.IntN(4))
+		for i := range pos {
+			pos[i] = uint32(rng.IntN(64)) // few positions: ties between members
+		}
+		return memberView{ID: fmt.Sprintf("m%03d", id), VNodes: len(pos), Positions: pos}
+	}
+	live := map[int]memberView{}
+	prev := &routeTable{}
+	for round := range 300 {
+		for range 1 + rng.IntN(4) {
+			id := rng.IntN(60)
+			switch _, ok := live[id]; {
+			case ok && rng.IntN(3) == 0:
+				delete(live, id)
+			default:
+				live[id] = view(id) // joins, or moves its points
+			}
+		}
+		ids := slices.Sorted(maps.Keys(live))
+		ms := make([]memberView, len(ids))
+		for i, id := range ids {
+			ms[i] = live[id]
+		}
+		got, want := &routeTable{}, &routeTable{}
+		got.setMembers(ms, prev)
+		want.setMembers(ms, nil)
+		if !slices.Equal(got.points, want.points) || !slices.Equal(got.pointOf, want.pointOf) {
+			t.Fatalf("round %d: from the last layout %v %v, from nothing %v %v", round, got.points, got.pointOf, want.points, want.pointOf)
+		}
+		for k := 1; k < len(want.points); k++ {
+			a, b := want.points[k-1], want.points[k]
+			if a > b || a == b && want.pointOf[k-1] > want.pointOf[k] {
+				t.Fatalf("round %d: points out of order at %d: %v %v", round, k, want.points, want.pointOf)
+			}
+		}
+		prev = got
 	}
 }

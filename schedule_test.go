@@ -227,7 +227,7 @@ func TestRenewalSpreadsWakesByTheBiggestRing(t *testing.T) {
 			views[i] = memberView{ID: fmt.Sprintf("n%04d", i), VNodes: 1, Positions: []uint32{uint32(i)}}
 		}
 		r := &routeTable{}
-		r.setMembers(views)
+		r.setMembers(views, nil)
 		return r
 	}
 	small.route.Store(withMembers(3))
