@@ -104,7 +104,10 @@
 // answer without a query; while the ring keeps changing, a node takes them
 // at most every four heartbeats (every members/250 on a ring of more than
 // 1,000 members), and the views in between carry only what it owns and
-// waits for.
+// waits for. A lease whose routing is never read (Members, Owner, OwnerOf,
+// Successors) asks only for what it owns: its routing stays as its first
+// view gave it until the first read, which wakes the client so that the
+// next heartbeat brings the changes.
 // Every change of owner raises the partition's epoch; the SQL function
 // holds checks it inside the user's transaction and locks the partition's
 // row until that transaction ends, so a guarded write never lands after a

@@ -310,7 +310,9 @@ func TestRingRequestsOfALook(t *testing.T) {
 	}
 }
 
-// TestRingRequestsSayOwnOnlyAfterAView: a ring whose routing came within
+// TestRingRequestsSayOwnOnlyAfterAView: a ring whose routing nobody has
+// read (routingWanted) asks for own views; once read, the first read
+// having woken the client, a ring whose routing came within
 // routingEvery heartbeats asks for own views (schema version 17: no
 // routing) from the version of its last view, and only for changes of the
 // node's own unless the node waits for partitions; one whose routing is
@@ -344,6 +346,29 @@ func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
 	l.applyView(ringChange{Ring: "a", Version: 7, Status: statusOK}, now.Add(-time.Second))
 	if l.view.routedAt != now.Add(-time.Second) || l.view.routed != 7 {
 		t.Errorf("a whole view of version 7 applied at %v: routing noted as version %d at %v", now.Add(-time.Second), l.view.routed, l.view.routedAt)
+	}
+	// Nobody read the routing yet: own views only, however old it is.
+	for _, ago := range []time.Duration{0, 4 * time.Second, time.Hour} {
+		if r := request(ago); !r.OwnOnly || !r.OwnView || r.Version != 7 {
+			t.Errorf("routing %v old and never read: own_only %v, own_view %v, version %d; want true, true, 7", ago, r.OwnOnly, r.OwnView, r.Version)
+		}
+	}
+	// The first read wakes the client; later reads do not.
+	select {
+	case <-c.wake:
+	default:
+	}
+	l.Owner("k")
+	select {
+	case <-c.wake:
+	default:
+		t.Error("the first read of the routing did not wake the client")
+	}
+	l.Members()
+	select {
+	case <-c.wake:
+		t.Error("a second read of the routing woke the client")
+	default:
 	}
 	for _, c := range []struct {
 		ago  time.Duration

@@ -61,6 +61,11 @@ type Lease struct {
 
 	rejoin atomic.Bool // the next heartbeat asks for the whole view
 
+	// routingRead: Members, Owner, OwnerOf or Successors has been called.
+	// Until then the heartbeats ask for what the node owns only, and the
+	// routing stays as the first view gave it (routingWanted).
+	routingRead atomic.Bool
+
 	locks keyLocks // its own mutex, taken after mu
 
 	changesOnce sync.Once

@@ -153,11 +153,12 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 			// start of 5 clients with 1,000 rings each.
 			continue
 		}
-		// Routing that came within routingEvery heartbeats can wait: ask
-		// for own views, from the version of the last view of any kind.
-		// Else ask from the routing's version, for a whole view.
+		// Routing that came within routingEvery heartbeats, or that
+		// nobody read yet (routingWanted), can wait: ask for own views,
+		// from the version of the last view of any kind. Else ask from the
+		// routing's version, for a whole view.
 		members := len(l.route.Load().members)
-		fresh := l.view.routed != 0 && ownOnly(l.view.routedAt, now, c.cfg.heartbeat, members)
+		fresh := l.view.routed != 0 && (!l.routingRead.Load() || ownOnly(l.view.routedAt, now, c.cfg.heartbeat, members))
 		version := l.view.routed
 		if fresh {
 			version = l.view.version

@@ -71,3 +71,46 @@ func ownerReports(nodes []*node, id, key string) bool {
 	}
 	return true
 }
+
+// TestUnreadRoutingCatchesUpOnFirstRead: a node whose routing nobody reads
+// takes views of what it owns only, so its routing stays as its first view
+// gave it while others join; the first read wakes it, and its next
+// heartbeat brings the routing's changes.
+func TestUnreadRoutingCatchesUpOnFirstRead(t *testing.T) {
+	t.Parallel()
+	const q = 64
+	e := newEnv(t, time.Second, 100*time.Millisecond)
+	a := e.startNode("a", "orders", q)
+	e.waitConverged("orders", q, nil, 10*time.Second)
+	e.startNode("b", "orders", q)
+	e.startNode("c", "orders", q)
+	e.waitConverged("orders", q, nil, 10*time.Second)
+	// Two more heartbeats of a's, each of which would have brought the
+	// routing had it been read.
+	renewals := a.client.Stats().Renewals
+	if !waitFor(5*time.Second, func() bool { return a.client.Stats().Renewals >= renewals+2 }) {
+		t.Fatal("a did not renew")
+	}
+	l := a.leases["orders"]
+	read := time.Now()
+	if got := len(l.Members()); got != 1 {
+		t.Errorf("a's first read of the routing lists %d members, want 1: its first view's, b and c unread", got)
+	}
+	nodes := e.live()
+	caughtUp := waitFor(5*time.Second, func() bool {
+		if len(l.Members()) != 3 {
+			return false
+		}
+		for k := 0; k < 100; k++ {
+			key := fmt.Sprintf("key-%d", k)
+			if o, ok := l.Owner(key); !ok || !ownerReports(nodes, o.ID, key) {
+				return false
+			}
+		}
+		return true
+	})
+	if !caughtUp {
+		t.Fatal("a's routing never caught up after its first read")
+	}
+	t.Logf("a's routing caught up %v after its first read (heartbeat 100ms)", time.Since(read).Round(time.Millisecond))
+}
