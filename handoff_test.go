@@ -347,12 +347,25 @@ func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
 	if l.view.routedAt != now.Add(-time.Second) || l.view.routed != 7 {
 		t.Errorf("a whole view of version 7 applied at %v: routing noted as version %d at %v", now.Add(-time.Second), l.view.routed, l.view.routedAt)
 	}
-	// Nobody read the routing yet: own views only, however old it is.
+	// Nobody read the routing yet: own views only, however old it is;
+	// own_only while the last view of any kind is less than ownViewEvery
+	// heartbeats old, so that the version follows the ring's.
 	for _, ago := range []time.Duration{0, 4 * time.Second, time.Hour} {
 		if r := request(ago); !r.OwnOnly || !r.OwnView || r.Version != 7 {
 			t.Errorf("routing %v old and never read: own_only %v, own_view %v, version %d; want true, true, 7", ago, r.OwnOnly, r.OwnView, r.Version)
 		}
 	}
+	viewedAt := l.view.viewedAt
+	for _, c := range []struct {
+		ago     time.Duration
+		ownOnly bool
+	}{{ownViewEvery*time.Second - time.Millisecond, true}, {ownViewEvery * time.Second, false}, {time.Hour, false}} {
+		l.view.viewedAt = now.Add(-c.ago)
+		if r := request(time.Hour); r.OwnOnly != c.ownOnly || !r.OwnView || r.Version != 7 {
+			t.Errorf("routing never read, the last view %v old: own_only %v, own_view %v, version %d; want %v, true, 7", c.ago, r.OwnOnly, r.OwnView, r.Version, c.ownOnly)
+		}
+	}
+	l.view.viewedAt = viewedAt
 	// The first read wakes the client; later reads do not.
 	select {
 	case <-c.wake:
@@ -382,6 +395,9 @@ func TestRingRequestsSayOwnOnlyAfterAView(t *testing.T) {
 	routedAt := now.Add(-2 * time.Second)
 	l.view.routedAt = routedAt
 	l.applyView(ringChange{Ring: "a", Version: 9, Status: statusOK, OwnView: true, Partitions: []int{3}, Epochs: []int64{1}}, now)
+	if l.view.viewedAt != now {
+		t.Errorf("an own view applied at %v: the last view noted at %v", now, l.view.viewedAt)
+	}
 	if l.view.version != 9 || l.view.routed != 7 || l.view.routedAt != routedAt {
 		t.Errorf("after an own view of version 9: version %d, routing version %d at %v; want 9, 7 at %v", l.view.version, l.view.routed, l.view.routedAt, routedAt)
 	}

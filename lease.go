@@ -87,6 +87,7 @@ type ringState struct {
 	releasing []int             // the releases the last heartbeat carried, sorted (see nextRelease)
 	routed    int64             // version of the last whole view, which brought the routing (an own view does not)
 	routedAt  time.Time         // when it came (see ownOnly)
+	viewedAt  time.Time         // when the last view of any kind came (see ringRequests)
 	// awaitRejoin: a request for the whole view (rejoin) went; the view
 	// that answers it ends a resign's pause.
 	awaitRejoin bool
@@ -312,6 +313,7 @@ func (l *Lease) applyViewAt(v ringChange, now, measured time.Time) {
 		epochs = append(epochs, v.Epochs[i])
 	}
 	l.view.current = newSnapshot(l.size, values, epochs)
+	l.view.viewedAt = now
 	if !v.OwnView {
 		l.view.routed, l.view.routedAt = v.Version, now
 		route := l.route.Load().update(l.size, v)
@@ -346,7 +348,7 @@ func (l *Lease) reportedUntil(p int, now time.Time) time.Time {
 // now. The lease reports nothing, and the next heartbeat asks for the
 // whole view.
 func (l *Lease) forget() {
-	l.view.version, l.view.routed, l.view.routedAt = 0, 0, time.Time{}
+	l.view.version, l.view.routed, l.view.routedAt, l.view.viewedAt = 0, 0, time.Time{}, time.Time{}
 	l.view.incoming, l.view.waiting = nil, false
 	l.view.current = emptySnapshot
 	clear(l.view.revokedAt)

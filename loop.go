@@ -158,11 +158,20 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		// from the version of the last view of any kind. Else ask from the
 		// routing's version, for a whole view.
 		members := len(l.route.Load().members)
-		fresh := l.view.routed != 0 && (!l.routingRead.Load() || ownOnly(l.view.routedAt, now, c.cfg.heartbeat, members))
+		routingRead := l.routingRead.Load()
+		fresh := l.view.routed != 0 && (!routingRead || ownOnly(l.view.routedAt, now, c.cfg.heartbeat, members))
 		version := l.view.routed
 		if fresh {
 			version = l.view.version
 		}
+		// own_only answers nothing when nothing of the node's changed, and
+		// the node keeps its version: each later heartbeat then runs the
+		// ring's work in the database again, and its member row never
+		// says it saw the ring's last version. A node that takes no
+		// routing asks an own view, which moves its version, once its
+		// last view of any kind is ownViewEvery heartbeats old (one that
+		// takes the routing moves it with the routing).
+		current := routingRead || now.Sub(l.view.viewedAt) < ownViewEvery*c.cfg.heartbeat
 		if l.rejoin.Swap(false) { // ask for the whole view again
 			version, fresh, l.view.awaitRejoin = 0, false, true
 		}
@@ -178,7 +187,7 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		room -= len(released)
 		r := ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
 			Version: version, Released: released, Incoming: l.view.waiting, LaterIfBusy: true,
-			OwnOnly: fresh && !l.view.waiting, OwnView: fresh, OwnerIDs: !fresh}
+			OwnOnly: fresh && current && !l.view.waiting, OwnView: fresh, OwnerIDs: !fresh}
 		if len(released) > 0 && by.After(now) {
 			// Rounded up: the database waits at least what is left.
 			r.ReleaseAfterMS = int64((by.Sub(now) + time.Millisecond - 1) / time.Millisecond)
@@ -219,6 +228,11 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 func routingEvery(members int) int {
 	return max(4, (members+routingViewsPerHeartbeat-1)/routingViewsPerHeartbeat)
 }
+
+// ownViewEvery is how often, in heartbeats, a node that takes no routing
+// asks for an own view while nothing of its own changes, so that its
+// version follows the ring's: ringRequests.
+const ownViewEvery = 8
 
 // routingViewsPerHeartbeat bounds the views a ring's members take for
 // their routing alone, a heartbeat (routingEvery).
