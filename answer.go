@@ -64,7 +64,9 @@ func (c *Client) fence(other string) {
 }
 
 // mostMembers is the most members of any of the node's rings, as their
-// routing last gave them (the schedule's wakeSpread).
+// routing last gave them (the schedule's wakeSpread): for a lease whose
+// routing nobody reads, as its first view did, which may be fewer than
+// there are now.
 func (c *Client) mostMembers() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
