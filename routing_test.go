@@ -187,4 +187,15 @@ func TestSetMembersKeepsPointsInOrder(t *testing.T) {
 		}
 		prev = got
 	}
+
+	// A last list in another order (a server that sorts ids otherwise):
+	// every point is sorted again.
+	a, b := memberView{ID: "a", VNodes: 2, Positions: []uint32{5, 50}}, memberView{ID: "b", VNodes: 2, Positions: []uint32{5, 20}}
+	last, got, want := &routeTable{}, &routeTable{}, &routeTable{}
+	last.setMembers([]memberView{b, a}, nil)
+	got.setMembers([]memberView{a, b}, last)
+	want.setMembers([]memberView{a, b}, nil)
+	if !slices.Equal(got.points, want.points) || !slices.Equal(got.pointOf, want.pointOf) {
+		t.Errorf("after a list in another order: %v %v, want %v %v", got.points, got.pointOf, want.points, want.pointOf)
+	}
 }
