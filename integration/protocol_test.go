@@ -71,10 +71,16 @@ type heartbeat struct {
 	}
 }
 
+// queryRower is where a call of renew runs: a pool, or a transaction
+// whose other statements see what the call did.
+type queryRower interface {
+	QueryRow(query string, args ...any) *sql.Row
+}
+
 // renew calls renew_and_read for node id on ring "r" (size 8), sent
 // sentAgo before now on the database's clock, releasing released. db is
 // where the call runs (nil: the admin pool).
-func (s *sqlNodes) renew(db *sql.DB, id string, claim, scan bool, sentAgo time.Duration, released ...int) (heartbeat, error) {
+func (s *sqlNodes) renew(db queryRower, id string, claim, scan bool, sentAgo time.Duration, released ...int) (heartbeat, error) {
 	if db == nil {
 		db = s.e.admin
 	}
