@@ -75,6 +75,16 @@ func releaseLead(rtt, heartbeat time.Duration, revoked int) time.Duration {
 	return min(rtt+leadSlack+time.Duration(revoked)*perRelease, heartbeat/4, maxLead)
 }
 
+// releaseAfterMS is a release's release_after_ms for a call sent at now
+// whose drains end by: what is left, rounded up (the database waits at
+// least that), 0 once it has passed.
+func releaseAfterMS(by, now time.Time) int64 {
+	if !by.After(now) {
+		return 0
+	}
+	return int64((by.Sub(now) + time.Millisecond - 1) / time.Millisecond)
+}
+
 // releaseLead is lease l's lead now: the schedule (handoff) and the
 // heartbeat's argument (ringRequests) must read the same one.
 func (c *Client) releaseLead(l *Lease) time.Duration {

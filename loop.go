@@ -189,8 +189,7 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 			Version: version, Released: released, Incoming: l.view.waiting, LaterIfBusy: true,
 			OwnOnly: fresh && current && !l.view.waiting, OwnView: fresh, OwnerIDs: !fresh}
 		if len(released) > 0 && by.After(now) {
-			// Rounded up: the database waits at least what is left.
-			r.ReleaseAfterMS = int64((by.Sub(now) + time.Millisecond - 1) / time.Millisecond)
+			r.releaseBy, r.ReleaseAfterMS = by, releaseAfterMS(by, now) // and again as it goes (renew)
 		}
 		if look && r.Incoming && version == l.view.version {
 			// Never past what else the schedule has to do: the wait holds

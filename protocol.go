@@ -19,6 +19,12 @@ type ringRequest struct {
 	// this long after the call is sent: the database commits the release
 	// no earlier than that long after the statement began (drain.go).
 	ReleaseAfterMS int64 `json:"release_after_ms,omitempty"`
+	// releaseBy is the drain's end that ReleaseAfterMS counts to: renew
+	// counts it again just before the call goes, so that the time the
+	// call spent meanwhile (a pool's queue, encoding thousands of
+	// releases, a starved goroutine) does not push the commit past the
+	// end by as much.
+	releaseBy time.Time
 	// Incoming: the node waits for partitions handed to it; when nothing
 	// else changed, the answer says only when they are due.
 	Incoming bool `json:"incoming,omitempty"`
@@ -176,6 +182,12 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 	ttl := c.cfg.ttl.Milliseconds()
 	if opts.probe {
 		ttl, rings = 0, []ringRequest{}
+	}
+	sending := c.clock.Now()
+	for i := range rings {
+		if !rings[i].releaseBy.IsZero() {
+			rings[i].ReleaseAfterMS = releaseAfterMS(rings[i].releaseBy, sending)
+		}
 	}
 	arg, err := json.Marshal(rings)
 	if err != nil {

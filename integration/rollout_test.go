@@ -8,28 +8,30 @@ import (
 )
 
 var (
-	rolloutNodes = flag.Int("rollout.nodes", 0, "TestRollout: nodes started at once (the runs of BENCHMARKS.md: 10, 100 and 500; 0: skip)")
+	rolloutNodes = flag.Int("rollout.nodes", 10, "TestRollout: nodes started at once (the runs of BENCHMARKS.md: 10, 100 and 500; 0: skip)")
 	rolloutPool  = flag.Int("rollout.pool", 0, "TestRollout: connections in each node's own pool, as N processes have (0: every node on one pool of 20)")
 )
 
-// TestRollout starts -rollout.nodes clients at once, 20 Start calls in
-// flight, on one pool of 20 connections (or, with -rollout.pool, a pool of
-// that many for each node, as a deployment of that many processes has) and
-// a ring of 4,096 (TTL 10s, heartbeat 1s, the default drain of one
-// heartbeat). The ring must be exactly balanced within 3 heartbeats plus one
-// drain of the last Start returning, no partition be reported by two nodes
-// at once (the checker), and no lease be lost. The handoff gaps are
-// logged, not judged: a roll-out moves most of the ring at once, and the
-// confirmations of thousands of partitions by one node take the database
-// tens of milliseconds more than the drain plus 50 ms that a join's meet
-// (BENCHMARKS.md).
+// TestRollout starts -rollout.nodes clients at once (10 unless told), 20
+// Start calls in flight, on one pool of 20 connections (or, with
+// -rollout.pool, a pool of that many for each node, as a deployment of
+// that many processes has) and a ring of 4,096 (TTL 10s, heartbeat 1s, the
+// default drain of one heartbeat). The ring must be exactly balanced
+// within 3 heartbeats plus one drain of the last Start returning, no
+// partition be reported by two nodes at once (the checker), none move
+// more than once, and no lease be lost. It runs alone, as
+// TestHandoffGapOnJoin does: it measures time.
 //
-// It runs only when -rollout.nodes is given: in CI, under -race beside a
-// busy core, 10 nodes balanced 5.97 s after the last Start (the bound is
-// 4 s), and the roll-out's bounds are not all met yet (BENCHMARKS.md).
+// The handoff gaps are logged, not judged: the drain plus 50 ms that a
+// join keeps is not met by a roll-out yet. At 10 nodes, under -race
+// beside a busy core (as in CI), 2 runs of 36 went past even the drain
+// plus 50 ms plus the longest round trip seen (TestHandoffGapOnJoin's
+// bound), by 29 and 136 ms; at 100 and 500 nodes the gaps are longer, and
+// partitions move twice at 500 (BENCHMARKS.md, *Handoff gaps and
+// roll-outs*).
 func TestRollout(t *testing.T) {
 	if *rolloutNodes <= 0 {
-		t.Skip("a measurement: run with -rollout.nodes=10 (or 100, 500)")
+		t.Skip("-rollout.nodes=0")
 	}
 	const ring, q = "rollout", 4096
 	const ttl, hb = 10 * time.Second, time.Second
@@ -49,8 +51,8 @@ func TestRollout(t *testing.T) {
 	rec.finish()
 	c.finish()
 	bound := 3*hb + drain
-	t.Logf("%d nodes: the Starts took %v; the ring of %d was balanced %v after the last returned (bound %v)",
-		len(nodes), started.Sub(begin).Round(time.Millisecond), q, took.Round(time.Millisecond), bound)
+	t.Logf("%d nodes: the Starts took %v; the ring of %d was balanced %v after the last returned (bound %v); heartbeat round trips up to %v",
+		len(nodes), started.Sub(begin).Round(time.Millisecond), q, took.Round(time.Millisecond), bound, rec.maxRTT.Round(time.Millisecond))
 	if took > bound {
 		t.Errorf("balanced %v after the last Start returned, want within %v (3 heartbeats and a drain)", took.Round(time.Millisecond), bound)
 	}
@@ -71,7 +73,17 @@ func TestRollout(t *testing.T) {
 		}
 	}
 	t.Logf("%d handoffs in all; %d partitions moved more than once", len(moves), twice)
+	if twice > 0 {
+		t.Errorf("%d partitions moved more than once, want each moved once at most", twice)
+	}
 	logGaps(t, "roll-out", moves, drain)
+	joinBound, over := drain+handoffSlack+rec.maxRTT, 0
+	for _, m := range moves {
+		if m.gap > joinBound {
+			over++
+		}
+	}
+	t.Logf("roll-out: %d handoffs over the drain plus 50 ms plus the longest round trip (%v)", over, joinBound.Round(time.Millisecond))
 }
 
 // logPoolWaits logs how often, and how long in all, the nodes' heartbeats
