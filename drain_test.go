@@ -267,8 +267,8 @@ func offsets(ts []time.Time, from time.Time) []time.Duration {
 // pool's queue, encoding thousands of releases, a goroutine waiting for a
 // CPU) would push the commit past the end by as much. In a roll-out of 10
 // nodes under -race beside a busy core, a release of 3,686 partitions went
-// 100 ms after its heartbeat was built, and the new owners heard 100 ms
-// later than that (TestRollout).
+// about 100 ms after its heartbeat was built, and committed that much
+// after the drain's end (TestRollout).
 func TestReleaseAfterCountsFromTheSend(t *testing.T) {
 	db, mock, err := sqlmock.New()
 	if err != nil {
