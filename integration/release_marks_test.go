@@ -128,6 +128,31 @@ func TestReleaseWithTheRingsLockWritesEachRowOnce(t *testing.T) {
 	}
 }
 
+// TestReleaseToALapsedOwnerIsOnlyMarked: with the ring's lock free, a
+// release hands on only what goes to a live member. Partitions pending to
+// a node whose lease has lapsed stay with their owner, marked released
+// (nobody reports them, holds() refuses the old epoch), for that node's
+// eviction to retarget; handed on, they would sit with a dead node.
+func TestReleaseToALapsedOwnerIsOnlyMarked(t *testing.T) {
+	t.Parallel()
+	s := newSQLNodes(t)
+	moving := s.toldHandoff()
+	before := s.rows()
+	s.expire("b")
+	if _, err := s.renew(nil, "a", false, false, 0, moving...); err != nil {
+		t.Fatal(err)
+	}
+	rows := s.rows()
+	for _, p := range moving {
+		if row := rows[p]; row.owner != "a" || row.next != "b" || row.epoch != before[p].epoch {
+			t.Errorf("partition %d released to lapsed b: owner %q, next %q, epoch %d; want a's, pending to b, epoch %d", p, row.owner, row.next, row.epoch, before[p].epoch)
+		}
+	}
+	if n := s.releasedCount(); n != len(moving) {
+		t.Errorf("%d partitions marked released, want the %d a released", n, len(moving))
+	}
+}
+
 // TestReleaseSkipsRowsAnotherHolds: a release marks only the rows no other
 // transaction holds (a rebalance that retargets them, a user's holds());
 // the rest stay revoking in the node's view, and its next release takes
