@@ -101,7 +101,7 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 			busy = busy || ch.Busy
 		}
 	}
-	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold,
+	c.hb.renewed(now, renewal{sent: res.sent, recv: res.recv, lease: res.lease, hold: res.hold, wal: res.wal,
 		scanned: res.scanned, nextExpiry: res.nextExpiry, handoff: h, busy: busy, members: c.mostMembers()})
 	c.st.applied(c.hb.deadline, views)
 	c.announce(res.announce)

@@ -37,7 +37,11 @@
 // node and rebalances their rings: for one of 100 members of a ring of
 // 65,536, 0.1-0.2 s), and
 // answers only for rings whose version moved since the node last looked. In steady state it is one round
-// trip that writes one row (a HOT update), whatever the number of rings.
+// trip that writes one row (a HOT update), whatever the number of rings,
+// and its commit does not wait for the disk: the node counts its lease
+// only from renewals known to be on disk, so one lost in a crash of the
+// server takes nothing the node counted on. Every other change commits
+// durably, whatever the session's synchronous_commit.
 // Its answer includes when the earliest other lease ends; the node renews
 // just after it, and only then scans the leases for lapsed ones, so the scan
 // that grows with the number of nodes runs about once per lease, not per
@@ -182,6 +186,8 @@
 //     heartbeat when the schedule says so, takes the answer, publishes.
 //   - schedule.go: when the next heartbeat goes and what it asks for; a
 //     pure function of what the loop recorded. clock.go: the clock it reads.
+//     ondisk.go: which renewals may commit without waiting for the disk,
+//     and the lease counted only from those known to be on disk.
 //   - protocol.go: one heartbeat on the wire: renew_and_read's arguments
 //     and answer (the SQL is sql/functions.sql, embedded by migrate.go).
 //   - answer.go: what an answer does: a failure, a probe, the fencing, the

@@ -291,7 +291,7 @@ func TestReleaseAfterCountsFromTheSend(t *testing.T) {
 		{-time.Millisecond, 0},
 	} {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: tc.want}}, false, false, sqlmock.AnyArg()).
+			WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: tc.want}}, false, false, sqlmock.AnyArg(), sqlmock.AnyArg()).
 			WillReturnRows(renewRow(2000, 0, nil, "ok", nil, nil))
 		// Built 80 ms before the end, and sent now.
 		rings := []ringRequest{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: 80, releaseBy: clk.Now().Add(tc.left)}}

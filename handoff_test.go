@@ -25,7 +25,7 @@ func TestHandoffReleaseAfterDrain(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: 6}}, false, true, sqlmock.AnyArg()).
+		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: 6}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -51,7 +51,7 @@ func TestNeverReportedReleasedAtOnce(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true, sqlmock.AnyArg()).
+		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	start := c.clk.Now()
@@ -103,7 +103,7 @@ func TestRevokedDuringHoldReleasedAtOnce(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 4500, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{1, 2}, Epochs: []int64{9, 9}, Revoking: []int{2}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2, Released: []int{2}}}, false, true, sqlmock.AnyArg()).
+		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2, Released: []int{2}}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 4000, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -132,14 +132,14 @@ func TestReleaseResentWhenHoldEnds(t *testing.T) {
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{1, 2}, Epochs: []int64{9, 9}, Revoking: []int{2}}), nil))
 	release := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 1, Released: []int{2}}}
 	mock.ExpectQuery(`renew_and_read`). // at once, during the hold: marks it
-						WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg()).
+						WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 						WillReturnRows(renewRow(10000, 400, nil, "ok", nil, nil))
 	// The wake the new lease left brings one more forward (a twentieth of
 	// a heartbeat after the last), still during the hold.
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 300, nil, "ok", nil, nil))
 	mock.ExpectQuery(`renew_and_read`). // when the hold is over: hands it on
-						WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg()).
+						WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 						WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{1}, Epochs: []int64{9}}), nil))
 	start := c.clk.Now()
@@ -173,7 +173,7 @@ func TestDrainZeroReleasedAtOnce(t *testing.T) {
 		}
 	}}
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg()).
+		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -203,20 +203,20 @@ func TestNewOwnerLooksWhenDue(t *testing.T) {
 		changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}, Incoming: []int64{300}}), nil))
 	waiting := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 4, Incoming: true}}
 	// The wake Start leaves (a twentieth of a heartbeat): still due in 250ms.
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{250}}), nil))
 	// The look, at 302ms, may wait in the database for the release until
 	// two round trips (0 here) and 20ms after the due: 18ms, and while the
 	// release is on its way a quarter of a heartbeat. It comes back at
 	// once: 10ms overdue.
 	look := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 4, Incoming: true, AwaitMS: 18, AwaitReleaseMS: 250}}
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", look, false, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", look, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{-10}}), nil))
 	// The next look, a poll later, is past the due plus 20ms: no wait.
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 2}}), nil))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5}}, false, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", nil, nil))
 	start := c.clk.Now()
 	if err := c.Start(context.Background()); err != nil {

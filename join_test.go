@@ -18,14 +18,14 @@ func TestStartJoinsRingsInTheirOwnStatement(t *testing.T) {
 	c := newTestClient(t, db, WithTTL(2*time.Second))
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
 	// The join says the node's heartbeat and drain (by default a tenth of
 	// the TTL and one heartbeat), for the handoff timeline.
 	drain := int64(200)
 	mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{{Ring: "orders", Size: 4, VNodes: 8, HeartbeatMS: 200, DrainMS: &drain}}, sqlmock.AnyArg()).
 		WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "ok", "size": 4}]`))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1, 2, 3}, Epochs: []int64{1, 1, 1, 1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -144,7 +144,7 @@ func TestHeartbeatOmitsRingsToJoin(t *testing.T) {
 	}
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8}, {Ring: "orders", Size: 4, VNodes: 8}}, true, true, sqlmock.AnyArg()).
+		WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8}, {Ring: "orders", Size: 4, VNodes: 8}}, true, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok", changesJSON(t,
 			ringChange{Ring: "a-ring", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}},
 			ringChange{Ring: "orders", Status: "join"}), nil))
@@ -157,7 +157,7 @@ func TestHeartbeatOmitsRingsToJoin(t *testing.T) {
 	}
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8, Version: 3}}, false, sqlmock.AnyArg(), sqlmock.AnyArg()).
+			WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8, Version: 3}}, false, sqlmock.AnyArg(), sqlmock.AnyArg(), sqlmock.AnyArg()).
 			WillReturnRows(renewRow(2000, 0, nil, "ok", "", nil))
 	})
 	c.Wake()

@@ -127,7 +127,7 @@ func newClient(db DB, cfg config, clk clock) *Client {
 		dbClock:     dbClock{window: cfg.ttl},
 		epoch:       clk.Now(),
 	}
-	c.hb.schedule = schedule{heartbeat: cfg.heartbeat, margin: c.fenceMargin(), jitter: randomJitter}
+	c.hb.schedule = schedule{heartbeat: cfg.heartbeat, margin: c.fenceMargin(), asyncFloor: asyncFloor(cfg.ttl), jitter: randomJitter}
 	c.attempts, c.stopAttempts = context.WithCancel(context.Background())
 	c.log = cfg.logger.With("node", cfg.nodeID)
 	return c

@@ -52,7 +52,7 @@ func TestSelfFencing(t *testing.T) {
 	c.runUntil(time.Second, "all failing renewals", func() bool { return met(db, mock) })
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false, true, sqlmock.AnyArg()).
+			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 			WillReturnRows(renewRow(400, 0, nil, "ok", nil, nil))
 	})
 	c.runUntil(time.Second, "Values to come back", func() bool { return len(l.Values()) == 2 })
@@ -98,7 +98,7 @@ func TestRevokedAfterLeaseLossWaitsForLock(t *testing.T) {
 			changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}, Revoking: []int{1}}), nil))
 		for i := 0; i < 3; i++ { // the lock is held: no release
 			mock.ExpectQuery(`renew_and_read`).
-				WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3}}, false, true, sqlmock.AnyArg()).
+				WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 				WillReturnRows(renewRow(400, 0, nil, "ok", nil, nil))
 		}
 	})
@@ -108,7 +108,7 @@ func TestRevokedAfterLeaseLossWaitsForLock(t *testing.T) {
 	}
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3, Released: []int{1}}}, false, true, sqlmock.AnyArg()).
+			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3, Released: []int{1}}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 			WillReturnRows(renewRow(400, 0, nil, "ok",
 				changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	})
@@ -171,13 +171,13 @@ func TestScanOnlyAfterKnownExpiry(t *testing.T) {
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(100*time.Millisecond))
 	_, _ = c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, 300, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	rec := &scanArg{clk: c.clk}
 	const beats = 8
 	for i := 0; i < beats; i++ {
-		mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), false, rec, sqlmock.AnyArg()).
+		mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), false, rec, sqlmock.AnyArg(), sqlmock.AnyArg()).
 			WillReturnRows(renewRow(2000, 0, nil, "ok", nil, nil))
 	}
 	start := c.clk.Now()
@@ -215,9 +215,9 @@ func TestProbeAfterTimeout(t *testing.T) {
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(4000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(0), "", `[]`, false, false, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(0), "", `[]`, false, false, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(1500, 0, nil, "ok", nil, nil))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(4000), "", sqlmock.AnyArg(), false, true, sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(4000), "", sqlmock.AnyArg(), false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(4000, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -246,7 +246,7 @@ func TestRejoinWithoutViewForgets(t *testing.T) {
 		changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "rejoined", nil, nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 0}}, false, true, sqlmock.AnyArg()).
+		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 0}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{1}, Epochs: []int64{2}}), nil))
 	if err := c.Start(context.Background()); err != nil {

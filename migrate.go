@@ -27,7 +27,7 @@ var (
 // add the migration that reaches it. A change that keeps what every
 // function does (a faster body) needs none: a database already at this
 // version keeps the bodies it has.
-const SchemaVersion = 18
+const SchemaVersion = 19
 
 // oldestUpgradable is the oldest schema version the migrations upgrade.
 const oldestUpgradable = 4
@@ -202,9 +202,10 @@ func newQueries(schema string) queries {
 	return queries{
 		schemaExists: `SELECT pg_catalog.to_regclass($1::pg_catalog.text) IS NOT NULL`,
 		version:      `SELECT version FROM ` + s + `.schema_version`,
-		renew: `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time FROM ` + s +
+		renew: `SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time,` +
+			` wal_insert, wal_flush, durable FROM ` + s +
 			`.renew_and_read($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.int4, $4::pg_catalog.text, $5::pg_catalog.jsonb,` +
-			` $6::pg_catalog.bool, $7::pg_catalog.bool, $8::pg_catalog.timestamptz)`,
+			` $6::pg_catalog.bool, $7::pg_catalog.bool, $8::pg_catalog.timestamptz, $9::pg_catalog.bool)`,
 		leave:     `SELECT ` + s + `.leave($1::pg_catalog.text, $2::pg_catalog.text)`,
 		leaveRing: `SELECT ` + s + `.leave($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)`,
 		joinRings: `SELECT ` + s + `.join_rings($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.jsonb, $4::pg_catalog.int4)::pg_catalog.text`,

@@ -31,13 +31,17 @@ func refused() error {
 	return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 }
 
-var renewColumns = []string{"lease_ms", "hold_ms", "next_expiry_ms", "node_status", "changes", "changed_rings", "db_time"}
+var renewColumns = []string{"lease_ms", "hold_ms", "next_expiry_ms", "node_status", "changes", "changed_rings", "db_time", "wal_insert", "wal_flush", "durable"}
 
 // renewRow is one answer of renew_and_read; db_time is NULL (no clock
-// estimate) unless the test gives it.
+// estimate) unless the test gives it, and the lease on disk (durable)
+// unless the test gives the WAL's place.
 func renewRow(vals ...driver.Value) *sqlmock.Rows {
-	if len(vals) < len(renewColumns) {
+	if len(vals) < 7 {
 		vals = append(vals, nil)
+	}
+	if len(vals) < len(renewColumns) {
+		vals = append(vals, int64(0), int64(0), true)
 	}
 	return sqlmock.NewRows(renewColumns).AddRow(vals...)
 }

@@ -137,6 +137,8 @@ type renewResult struct {
 	poolWait   time.Duration // the call waited this long for a connection of the *sql.DB's pool before it was sent
 	released   int           // partitions whose release the call carried
 	waiting    bool          // the call said the node waits for partitions handed to it (ringRequest.Incoming)
+	wal        walPlace      // where the database's WAL stood (a renewal's answer)
+	asked      renewOpts     // what the call asked for
 	err        error
 }
 
@@ -153,7 +155,7 @@ func (r renewResult) rtt() time.Duration { return r.recv.Sub(r.sent) - r.waited 
 // than a quarter of a lease extends nothing.
 func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts) renewResult {
 	scan := opts.scan && !opts.probe
-	res := renewResult{sent: c.clock.Now(), scanned: scan, probe: opts.probe}
+	res := renewResult{sent: c.clock.Now(), scanned: scan, probe: opts.probe, asked: opts}
 	for _, r := range rings {
 		res.released += len(r.Released)
 		res.waiting = res.waiting || r.Incoming
@@ -198,10 +200,12 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 	var nextExpiryMS sql.NullInt64
 	var changes, announce sql.NullString
 	var dbTime sql.NullTime
+	var walInsert, walFlush sql.NullInt64
+	var durable sql.NullBool
 	err = c.inTx(ctx, q, func(q DB) error {
 		return q.QueryRowContext(ctx, c.q.renew,
-			c.cfg.nodeID, c.incarnation, ttl, c.cfg.metadata, string(arg), opts.claim, scan, sentAt,
-		).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce, &dbTime)
+			c.cfg.nodeID, c.incarnation, ttl, c.cfg.metadata, string(arg), opts.claim, scan, sentAt, opts.async && !opts.probe,
+		).Scan(&leaseMS, &holdMS, &nextExpiryMS, &res.status, &changes, &announce, &dbTime, &walInsert, &walFlush, &durable)
 	})
 	res.recv = c.clock.Now()
 	// Back to the pool before the answer is decoded: a view of a big ring
@@ -222,6 +226,9 @@ func (c *Client) renew(ctx context.Context, rings []ringRequest, opts renewOpts)
 		return res
 	}
 	res.announce = announce.String
+	res.wal.known = walInsert.Valid && walFlush.Valid
+	res.wal.insert, res.wal.flush = walInsert.Int64, walFlush.Int64
+	res.wal.async = !durable.Bool
 	res.lease = time.Duration(leaseMS) * time.Millisecond
 	res.hold = time.Duration(holdMS) * time.Millisecond
 	res.nextExpiry = -1

@@ -51,9 +51,16 @@ type schedule struct {
 	margin    time.Duration                       // the deadline is this much before the granted lease ends
 	jitter    func(n time.Duration) time.Duration // uniform in [0, n]
 
-	// The lease the last renewal granted.
+	// The lease the last renewal granted, as far as it is on disk
+	// (ondisk.go).
 	deadline  time.Time // report nothing from this time on
 	holdUntil time.Time // nor before this (a node id taken over from a live process)
+
+	// Renewals committed without waiting for the disk (ondisk.go).
+	asyncFloor time.Duration // ask for that only while the lease on disk has this long left (0: never)
+	onDisk     time.Time     // the deadline of the latest renewal known to be on disk (zero: none)
+	unplaced   time.Time     // the deadline of the last renewal if not on disk, until the next answer places it (zero: none)
+	placed     []walDeadline // renewals not known on disk, oldest first
 
 	// The earliest end of another node's lease, as an early and a late
 	// estimate (zero: unknown). No scan before the early one (nothing
@@ -82,6 +89,7 @@ type renewal struct {
 	sent, recv time.Time
 	lease      time.Duration // granted, counted from sent
 	hold       time.Duration // report nothing for this long after recv
+	wal        walPlace      // where the WAL stood: whether the lease is on disk
 	scanned    bool          // nextExpiry is known
 	nextExpiry time.Duration // another node's lease ends this long after the answer (-1: none)
 	handoff    handoffTimes
@@ -102,12 +110,13 @@ type renewOpts struct {
 	scan  bool // evict lapsed nodes and report the earliest other lease end
 	probe bool // only ask how long the lease has left, extending nothing
 	look  bool // sent before the heartbeat was due, to hear of partitions handed to this node (counted in Stats)
+	async bool // a steady renewal may commit without waiting for the disk (ondisk.go)
 }
 
 // renewed records an answered renewal taken at now.
 func (s *schedule) renewed(now time.Time, r renewal) {
 	s.failures = 0
-	s.deadline = r.sent.Add(r.lease - s.margin)
+	s.deadline = s.countOnDisk(r.sent.Add(r.lease-s.margin), r.wal)
 	s.holdUntil = r.recv.Add(r.hold)
 	if r.scanned {
 		// No other node: scan every time (it is cheap then).
@@ -194,7 +203,7 @@ func (s *schedule) wake(now time.Time) {
 func (s *schedule) launch(now time.Time) renewOpts {
 	s.launched, s.woken = now, time.Time{}
 	look := s.last == outcomeRenewed && !s.look.IsZero() && !now.Before(s.look) && now.Before(s.sent.Add(s.heartbeat))
-	return renewOpts{scan: s.scanAfter.IsZero() || !now.Before(s.scanAfter), probe: s.probe, look: look}
+	return renewOpts{scan: s.scanAfter.IsZero() || !now.Before(s.scanAfter), probe: s.probe, look: look, async: s.mayGoAsync(now)}
 }
 
 // backoff is the delay after the failures so far, before jitter: the

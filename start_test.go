@@ -19,9 +19,9 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time FROM "leasering".renew_and_read\(\$1::pg_catalog.text, \$2::pg_catalog.text, \$3::pg_catalog.int4, \$4::pg_catalog.text, \$5::pg_catalog.jsonb, \$6::pg_catalog.bool, \$7::pg_catalog.bool, \$8::pg_catalog.timestamptz\)`).
+	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time, wal_insert, wal_flush, durable FROM "leasering".renew_and_read\(\$1::pg_catalog.text, \$2::pg_catalog.text, \$3::pg_catalog.int4, \$4::pg_catalog.text, \$5::pg_catalog.jsonb, \$6::pg_catalog.bool, \$7::pg_catalog.bool, \$8::pg_catalog.timestamptz, \$9::pg_catalog.bool\)`).
 		WithArgs("a", sqlmock.AnyArg(), int64(10000), "10.0.0.1:80",
-			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true, sqlmock.AnyArg()).
+			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true, sqlmock.AnyArg(), false).
 		WillReturnRows(renewRow(9990, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok",
 				Partitions: []int{1, 5, 6}, Epochs: []int64{1, 2, 3}, Revoking: []int{6}}), nil))
@@ -119,7 +119,7 @@ func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 	}
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg()).
+			WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
 			WillReturnRows(renewRow(2000, 0, nil, "ok",
 				`[{"ring":"orders","status":"size_mismatch","size":64}]`, nil))
 	})

@@ -11,6 +11,7 @@ import (
 type Stats struct {
 	NodeID           string
 	Renewals         int64          // successful heartbeats
+	AsyncRenewals    int64          // of those, steady renewals committed without waiting for the disk: the lease counts from each once it is on disk
 	RenewFailures    int64          // failed or timed-out heartbeats
 	LastRenewLatency time.Duration  // round trip of the last successful heartbeat (without a look's wait for a release)
 	LastRenewAge     time.Duration  // time since the last successful heartbeat was sent (-1: none)
@@ -27,6 +28,7 @@ type Stats struct {
 type stats struct {
 	mu          sync.Mutex
 	renewals    int64
+	async       int64
 	failures    int64
 	latency     time.Duration
 	lastSent    time.Time
@@ -43,6 +45,9 @@ func (s *stats) renewed(res renewResult) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.renewals++
+	if res.asked.async && res.wal.async {
+		s.async++
+	}
 	s.latency = res.rtt()
 	s.lastSent = res.sent
 }
@@ -88,6 +93,7 @@ func (c *Client) Stats() Stats {
 	out := Stats{
 		NodeID:           c.cfg.nodeID,
 		Renewals:         c.st.renewals,
+		AsyncRenewals:    c.st.async,
 		RenewFailures:    c.st.failures,
 		LastRenewLatency: c.st.latency,
 		LastRenewAge:     -1,

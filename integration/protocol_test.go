@@ -37,6 +37,9 @@ type sqlNodes struct {
 	// ownerIDs: renew says owner_ids, as a client of schema version 18 on
 	// does when it asks for the routing
 	ownerIDs bool
+	// async: renew says p_async, as a client of schema version 19 on does
+	// while its lease on disk has room
+	async bool
 }
 
 func newSQLNodes(t *testing.T) *sqlNodes {
@@ -55,7 +58,10 @@ func newSQLNodes(t *testing.T) *sqlNodes {
 type heartbeat struct {
 	leaseMS int64
 	status  string
-	changes []struct {
+	// where the WAL stood, and whether the lease is on disk (version 19)
+	walInsert, walFlush int64
+	durable             bool
+	changes             []struct {
 		Ring    string `json:"ring"`
 		Version int64  `json:"version"`
 		Status  string `json:"status"`
@@ -106,12 +112,15 @@ func (s *sqlNodes) renew(db queryRower, id string, claim, scan bool, sentAgo tim
 		ring["owner_ids"] = true
 	}
 	rings, _ := json.Marshal([]map[string]any{ring})
-	s.mu.Unlock()
 	var h heartbeat
 	var changes sql.NullString
-	err := db.QueryRow(`SELECT lease_ms, node_status, changes::text FROM "`+s.e.schema+`".renew_and_read($1, $2, $3, '', $4::jsonb, $5, $6,
-			clock_timestamp() - $7 * interval '1 millisecond')`,
-		id, inc, sqlTTLms, string(rings), claim, scan, sentAgo.Milliseconds()).Scan(&h.leaseMS, &h.status, &changes)
+	async := s.async
+	s.mu.Unlock()
+	var walInsert, walFlush sql.NullInt64
+	err := db.QueryRow(`SELECT lease_ms, node_status, changes::text, wal_insert, wal_flush, durable FROM "`+s.e.schema+`".renew_and_read($1, $2, $3, '', $4::jsonb, $5, $6,
+			clock_timestamp() - $7 * interval '1 millisecond', $8)`,
+		id, inc, sqlTTLms, string(rings), claim, scan, sentAgo.Milliseconds(), async).Scan(&h.leaseMS, &h.status, &changes, &walInsert, &walFlush, &h.durable)
+	h.walInsert, h.walFlush = walInsert.Int64, walFlush.Int64
 	if err != nil {
 		return h, err
 	}

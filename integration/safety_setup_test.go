@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -87,6 +88,56 @@ func TestLeastPrivilege(t *testing.T) {
 	var held bool
 	if err := appTx.QueryRow(`SELECT leasering.holds($1, $2, $3)`, ring, part, must(epochOf(l, part))).Scan(&held); err != nil || !held {
 		t.Errorf("holds as the application role: %v (%v), want true", held, err)
+	}
+}
+
+// TestLeastPrivilegeAcrossUpgrade: an application role given the README's
+// grants on a schema of the last release (version 18) runs nodes on it
+// once the owner has upgraded it with MigrationSQL(18), which replaces the
+// heartbeat's function (its answer has more columns): the role keeps
+// EXECUTE on the new one, without granting again.
+func TestLeastPrivilegeAcrossUpgrade(t *testing.T) {
+	t.Parallel()
+	admin := openPool(t, needDB(t))
+	owner := scratchRole(t, admin, "lrt_owner_", "")
+	dbName := scratchDatabase(t, admin, "OWNER "+owner)
+	app := scratchRole(t, admin, "lrt_app_", "")
+	ownerDB := openPool(t, dsnWith(t, testDSN, owner, dbName))
+	old, err := os.ReadFile("testdata/schema_and_functions_v18_8b27473.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ownerDB.Exec(string(old)); err != nil {
+		t.Fatalf("owner applying version 18: %v", err)
+	}
+	execAll(t, ownerDB, readmeGrants(app)...)
+	t.Cleanup(func() {
+		_, _ = openPool(t, dsnWith(t, testDSN, "", dbName)).Exec(`DROP OWNED BY ` + app)
+	})
+	upgrade, err := leasering.MigrationSQL(18)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := ownerDB.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(upgrade); err != nil {
+		t.Fatalf("owner applying MigrationSQL(18): %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	e := newEnv(t, 2*time.Second, 100*time.Millisecond)
+	e.dsn, e.schema = dsnWith(t, testDSN, app, dbName), leasering.DefaultSchema
+	noMigration := []leasering.Option{leasering.WithoutMigration()}
+	const ring, size = "app", 32
+	a := e.startNodeWith("a", noMigration, ring, size)
+	e.startNodeWith("b", noMigration, ring, size)
+	e.waitConverged(ring, size, nil, 10*time.Second)
+	if !waitFor(5*time.Second, func() bool { return a.client.Stats().AsyncRenewals > 0 }) {
+		t.Errorf("no renewal of the application role's node went without the disk: %+v", a.client.Stats())
 	}
 }
 

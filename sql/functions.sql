@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 18.
+-- leasering: the protocol, schema version 19.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -226,12 +226,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 18 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (18)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 19 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (19)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 18 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 18: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 19 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 19: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -275,7 +275,26 @@ END $$;
 --
 -- Steady state: one HOT update of the node's row (its lease end, and the
 -- TTL, which a grace of G9 outlasts: see failover_grace) and one ring
--- version read per ring; changes is NULL. With p_scan the call also scans the nodes for
+-- version read per ring; changes is NULL.
+--
+-- p_async (version 19): the client may take this renewal's commit without
+-- its WAL on disk. Only a renewal that wrote nothing but the node's lease
+-- end (status 'ok', no claim, no hold, no eviction, no ring answered or
+-- worked on) then commits with synchronous_commit off: a crash may lose it, and only the
+-- node's own lease end goes back, to what its last commit on disk said.
+-- Every other call commits durably, with synchronous_commit at least
+-- 'local' whatever the session says, since others act on what it writes
+-- (commit_durably). The answer says whether the lease it gives is on disk
+-- as it arrives (durable: a renewal that committed durably; not an async
+-- one, nor a late one, which may write nothing and so wait for no flush),
+-- and where the WAL stood: wal_insert, its insert position after the
+-- renewal's write, below which lies every commit that ended before this
+-- call began; and wal_flush, the position below which it is on disk as the
+-- call answers. The client counts its lease from the last renewal known
+-- to be on disk (ondisk.go), so a renewal lost in a crash never lets it
+-- report past the lease end the database kept. A flush serves every commit before it: at 1,000 renewals
+-- a second on two cores, the queue behind each flush made the renew
+-- round trip's p99 150-200 ms (BENCHMARKS.md). With p_scan the call also scans the nodes for
 -- the earliest other lease end or hold end (next_expiry_ms; NULL without
 -- p_scan or without another node): the client asks for it only once the
 -- last one it was told of has passed, that is about once per lease rather
@@ -328,9 +347,9 @@ END $$;
 -- microseconds.
 CREATE OR REPLACE FUNCTION leasering.renew_and_read(
     p_node text, p_incarnation text, p_ttl_ms integer, p_metadata text, p_rings jsonb, p_claim boolean,
-    p_scan boolean, p_sent_at timestamptz)
+    p_scan boolean, p_sent_at timestamptz, p_async boolean DEFAULT false)
 RETURNS TABLE (lease_ms bigint, hold_ms bigint, next_expiry_ms bigint, node_status text, changes jsonb,
-               changed_rings jsonb, db_time timestamptz)
+               changed_rings jsonb, db_time timestamptz, wal_insert bigint, wal_flush bigint, durable boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = leasering, pg_temp
 AS $$
@@ -347,6 +366,8 @@ DECLARE
     answer      jsonb;
     outs        jsonb[] := '{}';  -- array_append grows it in place; jsonb || would copy it each time
     waited      integer;  -- a look's wait for a release, in milliseconds (await_release)
+    wal_from    bigint;   -- the WAL's insert position after the renewal's write (p_async)
+    async       boolean;  -- this commit does not wait for its WAL to reach disk
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
@@ -354,8 +375,15 @@ BEGIN
     END IF;
     PERFORM set_lock_wait(p_ttl_ms, 20);
     IF p_ttl_ms = 0 OR clock_timestamp() - p_sent_at > ttl / 4 THEN
-        RETURN QUERY SELECT * FROM late_heartbeat(p_node, p_incarnation, p_ttl_ms, p_rings,
-                                                  clock_timestamp() + least(p_ttl_ms / 10, 100) * interval '1 millisecond');
+        -- Extending nothing, it may write nothing, and a commit that wrote
+        -- nothing waits for no flush: the lease it reads is on disk only
+        -- once a later answer says so (durable false).
+        PERFORM commit_durably();
+        RETURN QUERY SELECT l.*,  -- NULL on a standby, where a probe still reads the lease
+                            CASE WHEN NOT pg_is_in_recovery() THEN (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END,
+                            CASE WHEN NOT pg_is_in_recovery() THEN (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint END, false
+                       FROM late_heartbeat(p_node, p_incarnation, p_ttl_ms, p_rings,
+                                           clock_timestamp() + least(p_ttl_ms / 10, 100) * interval '1 millisecond') AS l;
         RETURN;
     END IF;
     IF p_rings @? '$[*].await_ms' THEN  -- a look: only while it holds nothing
@@ -367,12 +395,17 @@ BEGIN
     UPDATE nodes SET expires_at = greatest(expires_at, lease_from + ttl), ttl_ms = p_ttl_ms
      WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now()
     RETURNING * INTO me;
+    -- Read here, not first: on a standby the write above fails first, as
+    -- it always did (25006), where this read would fail with another code.
+    wal_from := pg_current_wal_insert_lsn() - '0/0'::pg_lsn;
     IF FOUND THEN
         st := 'ok';
     ELSE
         me := take_lease(p_node, p_incarnation, p_metadata, p_claim, lease_from + ttl, p_ttl_ms);
         IF me.incarnation <> p_incarnation THEN
-            RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text, jsonb_build_object('incarnation', me.incarnation), NULL::jsonb, clock_timestamp();
+            PERFORM commit_durably();
+            RETURN QUERY SELECT 0::bigint, 0::bigint, NULL::bigint, 'fenced'::text, jsonb_build_object('incarnation', me.incarnation), NULL::jsonb, clock_timestamp(),
+                                NULL::bigint, NULL::bigint, false;
             RETURN;
         END IF;
     END IF;
@@ -425,14 +458,36 @@ BEGIN
             outs := array_append(outs, answer);
         END IF;
     END LOOP;
+    async := p_async AND st = 'ok' AND NOT p_claim AND me.hold_until = '-infinity' AND worked = 0 AND cardinality(outs) = 0
+             AND coalesce(current_setting('ring_lease.changed_rings', true), '') = ''
+             AND coalesce(current_setting('ring_lease.evicting', true), '') = '';
+    IF async THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    ELSE
+        PERFORM commit_durably();
+    END IF;
     RETURN QUERY SELECT
         floor(extract(epoch FROM me.expires_at - clock_timestamp()) * 1000)::bigint,
         CASE WHEN hold > clock_timestamp() THEN ceil(extract(epoch FROM hold - clock_timestamp()) * 1000) ELSE 0 END::bigint,
         CASE WHEN next_event IS NOT NULL  -- greatest would make NULL 0
              THEN greatest(ceil(extract(epoch FROM next_event - clock_timestamp()) * 1000), 0)::bigint END,
         st, CASE WHEN cardinality(outs) > 0 THEN to_jsonb(outs) END,
-        nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb, clock_timestamp();
+        nullif(current_setting('ring_lease.changed_rings', true), '')::jsonb, clock_timestamp(),
+        wal_from, (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint, NOT async;
 END
+$$;
+
+-- commit_durably: the transaction's commit waits for its WAL on disk,
+-- whatever the session's synchronous_commit (a role or database set to
+-- 'off' would let a crash lose a change of owner that nodes acted on); a
+-- stricter setting ('remote_apply', say) stays as it is. Inlined, as
+-- set_lock_wait is.
+CREATE OR REPLACE FUNCTION leasering.commit_durably()
+RETURNS text
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT CASE WHEN pg_catalog.current_setting('synchronous_commit') OPERATOR(pg_catalog.=) 'off'
+                THEN pg_catalog.set_config('synchronous_commit', 'local', true) END
 $$;
 
 -- late_heartbeat: the phase of a probe or a late heartbeat, which extends
@@ -644,6 +699,7 @@ BEGIN
         END IF;
     END IF;
     IF evicting THEN
+        PERFORM set_config('ring_lease.evicting', 'on', true);  -- this commit waits for the disk (renew_and_read)
         -- A client that runs its calls in explicit transactions (see
         -- renew_and_read) and stalls before its COMMIT would keep the
         -- eviction's turn, and so every eviction in the schema, for as long
@@ -978,6 +1034,7 @@ BEGIN
     -- Every wait bounded from the first: the caller holds a pooled
     -- connection meanwhile, which the heartbeats of its pool may need.
     PERFORM set_lock_wait(NULL, 1000);
+    PERFORM commit_durably();
     -- KEY SHARE: the lease stays (no eviction deletes the row meanwhile),
     -- and the node's heartbeats, which update a non-key column, never wait.
     -- An evictor holding the row (it found the lease lapsed) makes the
@@ -1050,6 +1107,7 @@ BEGIN
               USING ERRCODE = 'LR005';
     END IF;
     PERFORM set_lock_wait(NULL, 1000);  -- from the first wait: see join_rings
+    PERFORM commit_durably();
     BEGIN
         PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation AND expires_at > now() FOR KEY SHARE;
     EXCEPTION WHEN lock_not_available THEN
@@ -1095,6 +1153,7 @@ BEGIN
         RAISE EXCEPTION 'leasering runs in READ COMMITTED transactions, not %', current_setting('transaction_isolation')
               USING ERRCODE = 'LR005';
     END IF;
+    PERFORM commit_durably();
     PERFORM 1 FROM nodes WHERE node_id = p_node AND incarnation = p_incarnation FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;  -- already gone, or the id belongs to a newer incarnation
