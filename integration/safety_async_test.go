@@ -2,7 +2,6 @@ package integration
 
 import (
 	"database/sql"
-	"os"
 	"testing"
 	"time"
 )
@@ -177,29 +176,12 @@ func TestAsyncRenewalsLostInACrash(t *testing.T) {
 		t.Fatalf("the client's lease end never fell behind the database's: %d async renewals of %d; lease left %v, the database's %v (%v)",
 			st.AsyncRenewals, st.Renewals, st.LeaseLeft, end.Sub(now), err)
 	}
-	var pid int
-	if err := e.admin.QueryRow(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'`).Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Kill(); err != nil {
-		t.Fatal(err)
-	}
 	var after time.Time
-	if !waitFor(30*time.Second, func() bool {
-		var now int
-		err := e.admin.QueryRow(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'`).Scan(&now)
-		if err != nil || now == pid {
-			return false
-		}
+	crashServer(t, e.admin, func() bool {
+		var err error
 		after, _, err = dbEnd()
 		return err == nil
-	}) {
-		t.Fatal("the server did not recover from the crash of its checkpointer")
-	}
+	})
 	t.Logf("lease end: the client's %s, the database's before the crash %s, after %s",
 		clientEnd.Format("15:04:05.000"), before.Format("15:04:05.000"), after.Format("15:04:05.000"))
 	if !after.Before(before) {

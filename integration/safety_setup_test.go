@@ -28,24 +28,8 @@ func TestLeastPrivilege(t *testing.T) {
 	app := scratchRole(t, admin, "lrt_app_", "")
 
 	ownerDB := openPool(t, dsnWith(t, testDSN, owner, dbName))
-	tx, err := ownerDB.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh, err := leasering.MigrationSQL(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(fresh); err != nil {
-		t.Fatalf("owner applying MigrationSQL(0): %v", err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	execAll(t, ownerDB, readmeGrants(app)...)
-	t.Cleanup(func() {
-		_, _ = openPool(t, dsnWith(t, testDSN, "", dbName)).Exec(`DROP OWNED BY ` + app)
-	})
+	applyMigration(t, ownerDB, 0)
+	grantApp(t, ownerDB, app, dbName)
 
 	appDSN := dsnWith(t, testDSN, app, dbName)
 	appDB := openPool(t, appDSN)
@@ -110,24 +94,8 @@ func TestLeastPrivilegeAcrossUpgrade(t *testing.T) {
 	if _, err := ownerDB.Exec(string(old)); err != nil {
 		t.Fatalf("owner applying version 18: %v", err)
 	}
-	execAll(t, ownerDB, readmeGrants(app)...)
-	t.Cleanup(func() {
-		_, _ = openPool(t, dsnWith(t, testDSN, "", dbName)).Exec(`DROP OWNED BY ` + app)
-	})
-	upgrade, err := leasering.MigrationSQL(18)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := ownerDB.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(upgrade); err != nil {
-		t.Fatalf("owner applying MigrationSQL(18): %v", err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	grantApp(t, ownerDB, app, dbName)
+	applyMigration(t, ownerDB, 18)
 
 	e := newEnv(t, 2*time.Second, 100*time.Millisecond)
 	e.dsn, e.schema = dsnWith(t, testDSN, app, dbName), leasering.DefaultSchema
@@ -139,6 +107,36 @@ func TestLeastPrivilegeAcrossUpgrade(t *testing.T) {
 	if !waitFor(5*time.Second, func() bool { return a.client.Stats().AsyncRenewals > 0 }) {
 		t.Errorf("no renewal of the application role's node went without the disk: %+v", a.client.Stats())
 	}
+}
+
+// applyMigration applies MigrationSQL(from) in one transaction of db.
+func applyMigration(t *testing.T, db *sql.DB, from int) {
+	t.Helper()
+	script, err := leasering.MigrationSQL(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.Exec(script); err != nil {
+		t.Fatalf("applying MigrationSQL(%d): %v", from, err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// grantApp gives role app the README's grants on database dbName's schema
+// (ownerDB is its owner's pool), taken back when t ends.
+func grantApp(t *testing.T, ownerDB *sql.DB, app, dbName string) {
+	t.Helper()
+	execAll(t, ownerDB, readmeGrants(app)...)
+	t.Cleanup(func() {
+		_, _ = openPool(t, dsnWith(t, testDSN, "", dbName)).Exec(`DROP OWNED BY ` + app)
+	})
 }
 
 // readmeGrants are the README's GRANT statements for an application role.
