@@ -4,12 +4,12 @@ import "time"
 
 // Renewals that do not wait for the disk.
 //
-// A steady renewal writes only this node's lease end, and most of what it
+// A steady renewal writes only this node's lease end, and much of what it
 // costs the database, when many nodes renew, is waiting for its WAL to
 // reach disk: each commit queues behind the flushes of the ones before it.
-// At 2,000 nodes on two cores the renew round trip's p99 was 150-200 ms,
-// and 16 ms with no commit waiting (BENCHMARKS.md). So the client lets such
-// a renewal commit without the wait (renew_and_read's p_async), and counts
+// Without the wait, 16 clients renewing at once on the test machine made
+// twice the renewals a second (BENCHMARKS.md, *Scale*). So the client lets
+// such a renewal commit without the wait (renew_and_read's p_async), and counts
 // its lease only from renewals known to be on disk: a crash of the server
 // may lose the others, and the database then keeps the lease end of the
 // last one on disk (TestAsyncRenewalsLostInACrash).

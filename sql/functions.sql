@@ -280,21 +280,23 @@ END $$;
 -- p_async (version 19): the client may take this renewal's commit without
 -- its WAL on disk. Only a renewal that wrote nothing but the node's lease
 -- end (status 'ok', no claim, no hold, no eviction, no ring answered or
--- worked on) then commits with synchronous_commit off: a crash may lose it, and only the
--- node's own lease end goes back, to what its last commit on disk said.
--- Every other call commits durably, with synchronous_commit at least
--- 'local' whatever the session says, since others act on what it writes
--- (commit_durably). The answer says whether the lease it gives is on disk
--- as it arrives (durable: a renewal that committed durably; not an async
--- one, nor a late one, which may write nothing and so wait for no flush),
--- and where the WAL stood: wal_insert, its insert position after the
--- renewal's write, below which lies every commit that ended before this
--- call began; and wal_flush, the position below which it is on disk as the
--- call answers. The client counts its lease from the last renewal known
--- to be on disk (ondisk.go), so a renewal lost in a crash never lets it
--- report past the lease end the database kept. A flush serves every commit before it: at 1,000 renewals
--- a second on two cores, the queue behind each flush made the renew
--- round trip's p99 150-200 ms (BENCHMARKS.md). With p_scan the call also scans the nodes for
+-- worked on) then commits with synchronous_commit off: a crash may lose
+-- it, and only the node's own lease end goes back, to what its last
+-- commit on disk said. Every other call commits durably, with
+-- synchronous_commit at least 'local' whatever the session says, since
+-- others act on what it writes (commit_durably). The answer says whether
+-- the lease it gives is on disk as it arrives (durable: a renewal that
+-- committed durably; not an async one, nor a late one, which may write
+-- nothing and so wait for no flush), and where the WAL stood: wal_insert,
+-- its insert position after the renewal's write, below which lies every
+-- commit that ended before this call began; and wal_flush, the position
+-- below which it is on disk as the call answers. The client counts its
+-- lease from the last renewal known to be on disk (ondisk.go), so a
+-- renewal lost in a crash never lets it report past the lease end the
+-- database kept. Without the wait for the flush, 16 clients renewing at
+-- once made twice the renewals a second (BENCHMARKS.md).
+--
+-- With p_scan the call also scans the nodes for
 -- the earliest other lease end or hold end (next_expiry_ms; NULL without
 -- p_scan or without another node): the client asks for it only once the
 -- last one it was told of has passed, that is about once per lease rather
