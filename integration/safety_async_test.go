@@ -4,6 +4,8 @@ import (
 	"database/sql"
 	"testing"
 	"time"
+
+	"github.com/leasering/leasering/internal/faultproxy"
 )
 
 // Renewals that commit without waiting for the disk (ondisk.go, schema
@@ -157,49 +159,61 @@ func TestAsyncRenewalsLostInACrash(t *testing.T) {
 		err = e.admin.QueryRow(`SELECT expires_at, clock_timestamp() FROM "`+e.schema+`".nodes WHERE node_id = 'a'`).Scan(&end, &now)
 		return end, now, err
 	}
-	// Wait until the database's lease end runs ahead of the client's by
-	// more than the margin and four heartbeats: renewals not on disk, more
-	// than the margin of them.
-	var clientEnd, before time.Time
-	if !waitFor(10*time.Second, func() bool {
-		st := n.client.Stats()
-		left, seen := st.LeaseLeft, time.Now()
-		end, _, err := dbEnd()
-		if err != nil || left <= 0 || st.AsyncRenewals < 3 {
-			return false
+	// Up to three crashes: one may lose nothing (the WAL writer's round
+	// came just before it).
+	for attempt := 1; ; attempt++ {
+		// Wait until the database's lease end runs ahead of the client's
+		// by more than the margin and four heartbeats: renewals not on
+		// disk, more than the margin of them.
+		var clientEnd time.Time
+		if !waitFor(10*time.Second, func() bool {
+			st := n.client.Stats()
+			left, seen := st.LeaseLeft, time.Now()
+			end, _, err := dbEnd()
+			if err != nil || left <= 0 || st.AsyncRenewals < 3 {
+				return false
+			}
+			clientEnd = seen.Add(left)
+			return end.Sub(clientEnd) > ttl/10+4*hb
+		}) {
+			st := n.client.Stats()
+			end, now, err := dbEnd()
+			t.Fatalf("the client's lease end never fell behind the database's: %d async renewals of %d; lease left %v, the database's %v (%v)",
+				st.AsyncRenewals, st.Renewals, st.LeaseLeft, end.Sub(now), err)
 		}
-		clientEnd, before = seen.Add(left), end
-		return end.Sub(clientEnd) > ttl/10+4*hb
-	}) {
-		st := n.client.Stats()
-		end, now, err := dbEnd()
-		t.Fatalf("the client's lease end never fell behind the database's: %d async renewals of %d; lease left %v, the database's %v (%v)",
-			st.AsyncRenewals, st.Renewals, st.LeaseLeft, end.Sub(now), err)
+		// Cut the node off first: a renewal of its own after the server
+		// recovered would hide what the crash lost.
+		n.proxy.SetMode(faultproxy.Blackhole)
+		before, _, err := dbEnd()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var after time.Time
+		crashServer(t, e.admin, func() bool {
+			var err error
+			after, _, err = dbEnd()
+			return err == nil
+		})
+		n.proxy.SetMode(faultproxy.Pass)
+		t.Logf("crash %d: lease end: the client's %s, the database's before the crash %s, after %s",
+			attempt, clientEnd.Format("15:04:05.000"), before.Format("15:04:05.000"), after.Format("15:04:05.000"))
+		if clientEnd.After(after) {
+			t.Errorf("the client counted its lease to %s, past the %s the database kept after the crash (by %v)",
+				clientEnd.Format("15:04:05.000"), after.Format("15:04:05.000"), clientEnd.Sub(after))
+		}
+		if after.Before(before) {
+			break // renewals were lost: tested
+		}
+		if attempt == 3 {
+			t.Fatalf("%d crashes lost no renewal: nothing was tested", attempt)
+		}
 	}
-	var after time.Time
-	crashServer(t, e.admin, func() bool {
-		var err error
-		after, _, err = dbEnd()
-		return err == nil
-	})
-	t.Logf("lease end: the client's %s, the database's before the crash %s, after %s",
-		clientEnd.Format("15:04:05.000"), before.Format("15:04:05.000"), after.Format("15:04:05.000"))
-	if !after.Before(before) {
-		t.Fatalf("the crash lost no renewal (the lease end was %s before and %s after): nothing was tested",
-			before.Format("15:04:05.000"), after.Format("15:04:05.000"))
-	}
-	if clientEnd.After(after) {
-		t.Errorf("the client counted its lease to %s, past the %s the database kept after the crash (by %v)",
-			clientEnd.Format("15:04:05.000"), after.Format("15:04:05.000"), clientEnd.Sub(after))
-	}
-	// And it renews on, without losing its lease.
+	// And it renews on.
 	if !waitFor(10*time.Second, func() bool {
 		end, now, err := dbEnd()
-		return err == nil && end.After(after.Add(time.Second)) && end.After(now)
+		return err == nil && end.After(now.Add(ttl/2))
 	}) {
 		t.Fatal("no renewal within 10s of the crash")
 	}
-	if lost := n.client.Stats().LeaseLosses; lost != 0 {
-		t.Errorf("the client lost its lease %d times through the crash", lost)
-	}
+	t.Logf("lease losses through the crashes (cut off meanwhile): %d", n.client.Stats().LeaseLosses)
 }
