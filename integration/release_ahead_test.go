@@ -127,8 +127,8 @@ func (s *sqlNodes) watchOwner(p int, want string, stop <-chan struct{}) func() t
 }
 
 // TestReleaseAheadCommitsAtTheDrainEnd: a release sent ahead of its drain's
-// end, saying the drain has 300ms left, hands the partitions on no earlier
-// than 300ms after the call was sent, whatever the database's clock says,
+// end, saying the drain has 900ms left, hands the partitions on no earlier
+// than 900ms after the call was sent, whatever the database's clock says,
 // and soon after (the rows are written before the wait, so the change
 // commits when it ends), and the ring's lock stays free while it waits
 // for its writes' start; the answer says how long it waited. A late
@@ -137,6 +137,11 @@ func (s *sqlNodes) watchOwner(p int, want string, stop <-chan struct{}) func() t
 // after the call.
 func TestReleaseAheadCommitsAtTheDrainEnd(t *testing.T) {
 	t.Parallel()
+	// The drain's end is what the release waits for, and the window in
+	// which the test must see it wait: at 300 ms, one .ci/run (-race,
+	// beside a busy core, where round trips reached 277 ms) saw no wait
+	// at all.
+	const drainLeft = 900 * time.Millisecond
 	for _, late := range []bool{false, true} {
 		name := map[bool]string{false: "a heartbeat", true: "a late heartbeat"}[late]
 		s := newSQLNodes(t)
@@ -156,7 +161,7 @@ func TestReleaseAheadCommitsAtTheDrainEnd(t *testing.T) {
 			lockFree <- err
 		}()
 		sent := time.Now()
-		answer, err := s.releaseAhead("a", 300, sentAgo, moving...)
+		answer, err := s.releaseAhead("a", int(drainLeft.Milliseconds()), sentAgo, moving...)
 		returned := time.Now()
 		if err != nil {
 			t.Fatalf("%s releasing ahead: %v", name, err)
@@ -169,12 +174,12 @@ func TestReleaseAheadCommitsAtTheDrainEnd(t *testing.T) {
 		if !giveUp.Stop() {
 			t.Fatalf("%s: partition %d did not go to b within 10s: %v", name, moving[0], s.rows())
 		}
-		if at.Sub(sent) < 300*time.Millisecond {
-			t.Errorf("%s: partition %d went to b %v after the release was sent, want no earlier than its drain's end, 300ms",
-				name, moving[0], at.Sub(sent))
+		if at.Sub(sent) < drainLeft {
+			t.Errorf("%s: partition %d went to b %v after the release was sent, want no earlier than its drain's end, %v",
+				name, moving[0], at.Sub(sent), drainLeft)
 		}
-		if returned.Sub(sent) < 300*time.Millisecond {
-			t.Errorf("%s: the release returned after %v, want after its drain's end, 300ms", name, returned.Sub(sent))
+		if returned.Sub(sent) < drainLeft {
+			t.Errorf("%s: the release returned after %v, want after its drain's end, %v", name, returned.Sub(sent), drainLeft)
 		}
 		for _, p := range moving {
 			if got := s.rows()[p]; got.owner != "b" || got.next != "" {
