@@ -38,7 +38,8 @@
 // 65,536, 0.1-0.2 s), and
 // answers only for rings whose version moved since the node last looked. In steady state it is one round
 // trip that writes one row (a HOT update), whatever the number of rings,
-// and its commit does not wait for the disk: the node counts its lease
+// and, while the lease on disk has half a TTL left (always, at the
+// default heartbeat), its commit does not wait for the disk: the node counts its lease
 // only from renewals known to be on disk, so one lost in a crash of the
 // server takes nothing the node counted on. Every other change commits
 // durably, whatever the session's synchronous_commit.
