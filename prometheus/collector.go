@@ -16,7 +16,7 @@ import (
 type Collector struct {
 	c *leasering.Client
 
-	renewals, failures, latency, age, leaseLeft, ringChanges, looks, losses, fenced, owned *prometheus.Desc
+	renewals, async, failures, latency, age, leaseLeft, ringChanges, looks, losses, fenced, owned *prometheus.Desc
 }
 
 // NewCollector returns a collector for c. Every metric carries the label
@@ -29,6 +29,7 @@ func NewCollector(c *leasering.Client) *Collector {
 	return &Collector{
 		c:           c,
 		renewals:    d("renewals_total", "Successful heartbeats."),
+		async:       d("async_renewals_total", "Of the successful heartbeats, steady renewals committed without waiting for the disk."),
 		failures:    d("renew_failures_total", "Failed or timed-out heartbeats."),
 		latency:     d("renew_latency_seconds", "Round trip of the last successful heartbeat."),
 		age:         d("last_renew_age_seconds", "Time since the last successful heartbeat was sent."),
@@ -43,7 +44,7 @@ func NewCollector(c *leasering.Client) *Collector {
 
 // Describe implements prometheus.Collector.
 func (col *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{col.renewals, col.failures, col.latency, col.age, col.leaseLeft, col.ringChanges, col.looks, col.losses, col.fenced, col.owned} {
+	for _, d := range []*prometheus.Desc{col.renewals, col.async, col.failures, col.latency, col.age, col.leaseLeft, col.ringChanges, col.looks, col.losses, col.fenced, col.owned} {
 		ch <- d
 	}
 }
@@ -53,6 +54,7 @@ func (col *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := col.c.Stats()
 	n := s.NodeID
 	ch <- prometheus.MustNewConstMetric(col.renewals, prometheus.CounterValue, float64(s.Renewals), n)
+	ch <- prometheus.MustNewConstMetric(col.async, prometheus.CounterValue, float64(s.AsyncRenewals), n)
 	ch <- prometheus.MustNewConstMetric(col.failures, prometheus.CounterValue, float64(s.RenewFailures), n)
 	ch <- prometheus.MustNewConstMetric(col.latency, prometheus.GaugeValue, s.LastRenewLatency.Seconds(), n)
 	if s.LastRenewAge >= 0 {

@@ -57,7 +57,7 @@ func TestScrapeRealValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for c.Stats().Renewals < 3 && time.Now().Before(deadline) {
+	for (c.Stats().Renewals < 3 || c.Stats().AsyncRenewals < 1) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
@@ -82,7 +82,7 @@ func TestScrapeRealValues(t *testing.T) {
 			t.Errorf("scrape lacks %q:\n%s", want, text)
 		}
 	}
-	for _, metric := range []string{"leasering_renewals_total", "leasering_lease_left_seconds", "leasering_renew_latency_seconds"} {
+	for _, metric := range []string{"leasering_renewals_total", "leasering_async_renewals_total", "leasering_lease_left_seconds", "leasering_renew_latency_seconds"} {
 		v := valueOf(text, metric)
 		if v == "" || v == "0" {
 			t.Errorf("%s = %q, want a positive value", metric, v)
