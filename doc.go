@@ -80,7 +80,9 @@
 // # Self-fencing
 //
 // The client remembers the monotonic time at which it sent its last
-// successful heartbeat plus the lease time the database granted. Shortly
+// successful heartbeat plus the lease time the database granted, counted
+// only once that renewal is known to be on the database's disk (a steady
+// renewal may commit before its WAL is flushed: ondisk.go). Shortly
 // before that deadline passes without a renewal, every Lease reports
 // nothing, so a node cut off from the database stops working on its
 // partitions before anyone else may take them. Each read checks the

@@ -15,7 +15,7 @@ type heartbeat struct {
 	beat      *attempt // the heartbeat in flight
 	join      sideCall // join_rings
 	views     sideCall // read_views
-	lost      bool     // the deadline passed without a renewal (reported once)
+	lost      bool     // the deadline passed without a renewal on disk (reported once)
 	lastRTT   time.Duration
 	lastLease time.Duration // granted by the last renewal
 	unlive    int           // while starting: answered renewals in a row that left no live lease
@@ -269,7 +269,7 @@ func (c *Client) publish(now time.Time) {
 		c.hb.lost = true
 		c.lost.Store(true)
 		c.st.lost()
-		c.log.Warn("leasering: lease deadline passed without a renewal; reporting nothing until the database answers")
+		c.log.Warn("leasering: lease deadline passed without a renewal known to be on the database's disk; reporting nothing until the database answers")
 	}
 	// The deadline first: a reader that loads a snapshot published below
 	// checks it against this deadline or a later one.
