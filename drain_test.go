@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 // TestDrainRule: when a revoked partition may be confirmed released, with
@@ -270,10 +270,7 @@ func offsets(ts []time.Time, from time.Time) []time.Duration {
 // about 100 ms after its heartbeat was built, and committed that much
 // after the drain's end (TestRollout).
 func TestReleaseAfterCountsFromTheSend(t *testing.T) {
-	db, mock, err := sqlmock.New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, mock := fakesql.New()
 	defer db.Close()
 	c, err := NewClient(db, WithNodeID("a"), WithLogger(discard()))
 	if err != nil {
@@ -291,7 +288,7 @@ func TestReleaseAfterCountsFromTheSend(t *testing.T) {
 		{-time.Millisecond, 0},
 	} {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: tc.want}}, false, false, sqlmock.AnyArg(), sqlmock.AnyArg()).
+			WithArgs("a", fakesql.AnyArg(), fakesql.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: tc.want}}, false, false, fakesql.AnyArg(), fakesql.AnyArg()).
 			WillReturnRows(renewRow(2000, 0, nil, "ok", nil, nil))
 		// Built 80 ms before the end, and sent now.
 		rings := []ringRequest{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: 80, releaseBy: clk.Now().Add(tc.left)}}

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 // TestHandoffReleaseAfterDrain: a revoked partition leaves Values at once
@@ -25,7 +25,7 @@ func TestHandoffReleaseAfterDrain(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: 6}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+		WithArgs("a", fakesql.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}, ReleaseAfterMS: 6}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -37,7 +37,7 @@ func TestHandoffReleaseAfterDrain(t *testing.T) {
 	if took, want := c.elapsed(revoked), 150*time.Millisecond-5040*time.Microsecond; took != want {
 		t.Errorf("release sent %v after the revoke; want %v, a lead of 5.04ms before the 150ms drain ends", took, want)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestNeverReportedReleasedAtOnce: a partition revoked in the same view
@@ -51,7 +51,7 @@ func TestNeverReportedReleasedAtOnce(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 1}, Revoking: []int{3}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+		WithArgs("a", fakesql.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5, Released: []int{3}}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	start := c.clk.Now()
@@ -65,7 +65,7 @@ func TestNeverReportedReleasedAtOnce(t *testing.T) {
 	if took := c.elapsed(start); took != 0 {
 		t.Errorf("release sent %v after the view; want at once, not after the 1s drain or the 1s heartbeat", took)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 func TestHoldDelaysReporting(t *testing.T) {
@@ -86,7 +86,7 @@ func TestHoldDelaysReporting(t *testing.T) {
 	if took := c.elapsed(start); took != 200*time.Millisecond {
 		t.Errorf("reported %v after start; want when the 200ms hold ends", took)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestRevokedDuringHoldReleasedAtOnce: partitions a node holds (a new
@@ -103,7 +103,7 @@ func TestRevokedDuringHoldReleasedAtOnce(t *testing.T) {
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 4500, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{1, 2}, Epochs: []int64{9, 9}, Revoking: []int{2}}), nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2, Released: []int{2}}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+		WithArgs("a", fakesql.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2, Released: []int{2}}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(10000, 4000, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -117,7 +117,7 @@ func TestRevokedDuringHoldReleasedAtOnce(t *testing.T) {
 	if len(l.Values()) != 0 {
 		t.Error("reported during the hold")
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestReleaseResentWhenHoldEnds: a release sent during a hold only marks
@@ -132,14 +132,14 @@ func TestReleaseResentWhenHoldEnds(t *testing.T) {
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{1, 2}, Epochs: []int64{9, 9}, Revoking: []int{2}}), nil))
 	release := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 1, Released: []int{2}}}
 	mock.ExpectQuery(`renew_and_read`). // at once, during the hold: marks it
-						WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+						WithArgs("a", fakesql.AnyArg(), int64(10000), "", release, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 						WillReturnRows(renewRow(10000, 400, nil, "ok", nil, nil))
 	// The wake the new lease left brings one more forward (a twentieth of
 	// a heartbeat after the last), still during the hold.
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(10000), "", release, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(10000, 300, nil, "ok", nil, nil))
 	mock.ExpectQuery(`renew_and_read`). // when the hold is over: hands it on
-						WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+						WithArgs("a", fakesql.AnyArg(), int64(10000), "", release, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 						WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{1}, Epochs: []int64{9}}), nil))
 	start := c.clk.Now()
@@ -151,7 +151,7 @@ func TestReleaseResentWhenHoldEnds(t *testing.T) {
 		t.Errorf("release resent %v after Start; want just after the 400ms hold ends (401ms), well before the 2s heartbeat", took)
 	}
 	c.runUntil(time.Second, "partition 1 to be reported", func() bool { return reflect.DeepEqual(l.Values(), []int{1}) })
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestDrainZeroReleasedAtOnce: with a drain of 0, a partition the node
@@ -173,7 +173,7 @@ func TestDrainZeroReleasedAtOnce(t *testing.T) {
 		}
 	}}
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(10000), "", release, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+		WithArgs("a", fakesql.AnyArg(), int64(10000), "", release, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 6, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -185,7 +185,7 @@ func TestDrainZeroReleasedAtOnce(t *testing.T) {
 	if took := c.elapsed(revoked); took != 0 {
 		t.Errorf("release sent %v after the revoke; want at once (drain 0), not with the next heartbeat", took)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestNewOwnerLooksWhenDue: a view that says partitions are due to this
@@ -203,20 +203,20 @@ func TestNewOwnerLooksWhenDue(t *testing.T) {
 		changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}, Incoming: []int64{300}}), nil))
 	waiting := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 4, Incoming: true}}
 	// The wake Start leaves (a twentieth of a heartbeat): still due in 250ms.
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(10000), "", waiting, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{250}}), nil))
 	// The look, at 302ms, may wait in the database for the release until
 	// two round trips (0 here) and 20ms after the due: 18ms, and while the
 	// release is on its way a quarter of a heartbeat. It comes back at
 	// once: 10ms overdue.
 	look := ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 4, Incoming: true, AwaitMS: 18, AwaitReleaseMS: 250}}
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", look, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(10000), "", look, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", changesJSON(t, ringChange{Ring: "orders", Status: ringIncoming, Incoming: []int64{-10}}), nil))
 	// The next look, a poll later, is past the due plus 20ms: no wait.
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", waiting, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(10000), "", waiting, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 3}, Epochs: []int64{1, 2}}), nil))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(10000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 5}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(10000, 0, nil, "ok", nil, nil))
 	start := c.clk.Now()
 	if err := c.Start(context.Background()); err != nil {
@@ -232,7 +232,7 @@ func TestNewOwnerLooksWhenDue(t *testing.T) {
 	if took := c.elapsed(start); took != 312*time.Millisecond+time.Second {
 		t.Errorf("the heartbeat after the handoff went %v after Start; want a heartbeat after the last (1.312s)", took)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestReleasesOverOneHeartbeatAreSpaced: more releases than one heartbeat

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 // recordLog keeps the text of every record, for tests of what is logged.
@@ -39,10 +39,7 @@ func (l *recordLog) Handle(_ context.Context, r slog.Record) error {
 // Handoff gaps and roll-outs), how many releases it carried, and whether
 // the node waits for partitions handed to it.
 func TestHeartbeatRecordSaysPoolWait(t *testing.T) {
-	db, mock, err := sqlmock.New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, mock := fakesql.New()
 	defer db.Close()
 	db.SetMaxOpenConns(1)
 	log := &recordLog{}
@@ -106,10 +103,7 @@ func (l *recordLog) expectHeartbeatSays(t *testing.T, wants ...string) {
 // renewed without a partition it was given shows why (CI: a chaos run's
 // report 65 ms past the rule, whose heartbeats' answers no record showed).
 func TestHeartbeatRecordSaysViewsAndLater(t *testing.T) {
-	db, mock, err := sqlmock.New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, mock := fakesql.New()
 	defer db.Close()
 	log := &recordLog{}
 	c, err := NewClient(db, WithNodeID("a"), WithLogger(slog.New(log)))

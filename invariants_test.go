@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 func TestInvariantsSQLSchema(t *testing.T) {
@@ -91,7 +91,7 @@ func TestCheckInvariantsRefusesBadArguments(t *testing.T) {
 func TestCheckInvariantsReadsViolations(t *testing.T) {
 	db, mock := newMock(t)
 	mock.ExpectQuery(regexp.QuoteMeta(`FROM "ops".partitions`)).WithArgs("2500000 microseconds").WillReturnRows(
-		sqlmock.NewRows([]string{"kind", "ring", "partition", "node", "detail"}).
+		fakesql.NewRows([]string{"kind", "ring", "partition", "node", "detail"}).
 			AddRow("owner_not_member", "orders", 7, "ghost", "owner ghost, epoch 3; no member row").
 			AddRow("lease_not_evicted", nil, nil, "n1", "lease ended at ..."))
 	vs, err := CheckInvariants(context.Background(), db.db, "ops", 2500*time.Millisecond)

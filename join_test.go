@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 // TestStartJoinsRingsInTheirOwnStatement: the first heartbeat says to join
@@ -18,14 +18,14 @@ func TestStartJoinsRingsInTheirOwnStatement(t *testing.T) {
 	c := newTestClient(t, db, WithTTL(2*time.Second))
 	l, _ := c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), fakesql.AnyArg(), "", fakesql.AnyArg(), true, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
 	// The join says the node's heartbeat and drain (by default a tenth of
 	// the TTL and one heartbeat), for the handoff timeline.
 	drain := int64(200)
-	mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{{Ring: "orders", Size: 4, VNodes: 8, HeartbeatMS: 200, DrainMS: &drain}}, sqlmock.AnyArg()).
-		WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "ok", "size": 4}]`))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`join_rings`).WithArgs("a", fakesql.AnyArg(), ringsArg{{Ring: "orders", Size: 4, VNodes: 8, HeartbeatMS: 200, DrainMS: &drain}}, fakesql.AnyArg()).
+		WillReturnRows(fakesql.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "ok", "size": 4}]`))
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), fakesql.AnyArg(), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 2, Status: "ok", Partitions: []int{0, 1, 2, 3}, Epochs: []int64{1, 1, 1, 1}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -37,7 +37,7 @@ func TestStartJoinsRingsInTheirOwnStatement(t *testing.T) {
 	if err := mock.ExpectationsWereMet(); err != nil {
 		t.Error(err)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestStartRefusesJoinOfOtherSize: join_rings finds the ring with another
@@ -52,8 +52,8 @@ func TestStartRefusesJoinOfOtherSize(t *testing.T) {
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(3600000, 0, nil, "ok", `[{"ring": "orders", "status": "join"}]`, nil))
 	mock.ExpectQuery(`join_rings`).
-		WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "size_mismatch", "size": 16}]`))
-	mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1))
+		WillReturnRows(fakesql.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "size_mismatch", "size": 16}]`))
+	mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1))
 	err := c.Start(context.Background())
 	if !errors.Is(err, ErrRingSizeMismatch) {
 		t.Fatalf("Start: %v, want ErrRingSizeMismatch", err)
@@ -77,7 +77,7 @@ func TestStartRefusesHeartbeatsLongerThanTheLease(t *testing.T) {
 	for i := 0; i < maxUnliveStarts; i++ {
 		mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(50, 0, nil, "ok", view, nil)) // 50 ms left: under TTL/10
 	}
-	mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1))
+	mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1))
 	err := c.Start(context.Background())
 	if !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("Start: %v, want ErrUnsupported", err)
@@ -101,7 +101,7 @@ func TestLaterViewsComeWithTheNextHeartbeat(t *testing.T) {
 	if len(l.Values()) != 2 {
 		t.Errorf("Values() = %v", l.Values())
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestJoinAnswerForgetsTheView: a heartbeat that says to join a ring the
@@ -128,7 +128,7 @@ func TestJoinAnswerForgetsTheView(t *testing.T) {
 	c.Wake()
 	// Well before the lease's deadline (1.8 s after the last renewal).
 	c.runUntil(500*time.Millisecond, "Values to empty after the join answer", func() bool { return len(l.Values()) == 0 })
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestHeartbeatOmitsRingsToJoin: a ring the last heartbeat said to join is
@@ -144,11 +144,11 @@ func TestHeartbeatOmitsRingsToJoin(t *testing.T) {
 	}
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8}, {Ring: "orders", Size: 4, VNodes: 8}}, true, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+		WithArgs("a", fakesql.AnyArg(), fakesql.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8}, {Ring: "orders", Size: 4, VNodes: 8}}, true, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok", changesJSON(t,
 			ringChange{Ring: "a-ring", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}},
 			ringChange{Ring: "orders", Status: "join"}), nil))
-	mock.ExpectQuery(`join_rings`).WillReturnRows(sqlmock.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "busy", "size": 4}]`))
+	mock.ExpectQuery(`join_rings`).WillReturnRows(fakesql.NewRows([]string{"join_rings"}).AddRow(`[{"ring": "orders", "status": "busy", "size": 4}]`))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
@@ -157,12 +157,12 @@ func TestHeartbeatOmitsRingsToJoin(t *testing.T) {
 	}
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), sqlmock.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8, Version: 3}}, false, sqlmock.AnyArg(), sqlmock.AnyArg(), sqlmock.AnyArg()).
+			WithArgs("a", fakesql.AnyArg(), fakesql.AnyArg(), "", ringsArg{{Ring: "a-ring", Size: 2, VNodes: 8, Version: 3}}, false, fakesql.AnyArg(), fakesql.AnyArg(), fakesql.AnyArg()).
 			WillReturnRows(renewRow(2000, 0, nil, "ok", "", nil))
 	})
 	c.Wake()
 	c.runUntil(time.Second, "a heartbeat without the ring to join", func() bool { return met(db, mock) })
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestViewReadForARingToJoinIsDropped: a read_views answer that comes
@@ -207,14 +207,14 @@ func TestJoinsRecordedStayRecorded(t *testing.T) {
 	req := func(ring string) ringRequest {
 		return ringRequest{Ring: ring, Size: 4, VNodes: 8, HeartbeatMS: 200, DrainMS: &drain}
 	}
-	answer := func(js string) *sqlmock.Rows { return sqlmock.NewRows([]string{"join_rings"}).AddRow(js) }
+	answer := func(js string) *fakesql.Rows { return fakesql.NewRows([]string{"join_rings"}).AddRow(js) }
 	db.expect(func() {
-		mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{req("a"), req("b")}, int64(0)).
+		mock.ExpectQuery(`join_rings`).WithArgs("a", fakesql.AnyArg(), ringsArg{req("a"), req("b")}, int64(0)).
 			WillReturnRows(answer(`[{"ring": "a", "status": "waiting", "size": 4}, {"ring": "b", "status": "waiting", "size": 4}]`))
 		// The budget (a fortieth of the TTL) ran out after ring a.
-		mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{req("a"), req("b")}, int64(50)).
+		mock.ExpectQuery(`join_rings`).WithArgs("a", fakesql.AnyArg(), ringsArg{req("a"), req("b")}, int64(50)).
 			WillReturnRows(answer(`[{"ring": "a", "status": "ok", "size": 4}]`))
-		mock.ExpectQuery(`join_rings`).WithArgs("a", sqlmock.AnyArg(), ringsArg{req("b")}, int64(50)).
+		mock.ExpectQuery(`join_rings`).WithArgs("a", fakesql.AnyArg(), ringsArg{req("b")}, int64(50)).
 			WillReturnRows(answer(`[{"ring": "b", "status": "ok", "size": 4}]`))
 	})
 	for round := 1; round <= 2; round++ {
@@ -232,7 +232,7 @@ func TestJoinsRecordedStayRecorded(t *testing.T) {
 			t.Errorf("ring %s: join state %v, want joined", r, got)
 		}
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestNoRingsAnnouncedAsAnEmptyArray: a join_rings answer that joined

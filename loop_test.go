@@ -12,14 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 // startOn400msLease starts a client with a 400ms lease and a 50ms
 // heartbeat, given partitions 0 and 1 of ring "orders" by its first
 // heartbeat; the heartbeats after it fail with the errors given. start is
 // when Start was called, on the fake clock.
-func startOn400msLease(t *testing.T, failures ...string) (c *testNode, db *serialDB, mock sqlmock.Sqlmock, l *Lease, start time.Time) {
+func startOn400msLease(t *testing.T, failures ...string) (c *testNode, db *serialDB, mock *fakesql.Mock, l *Lease, start time.Time) {
 	t.Helper()
 	db, mock = newMock(t)
 	c = newTestClient(t, db, WithTTL(400*time.Millisecond), WithHeartbeat(50*time.Millisecond))
@@ -52,11 +52,11 @@ func TestSelfFencing(t *testing.T) {
 	c.runUntil(time.Second, "all failing renewals", func() bool { return met(db, mock) })
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+			WithArgs("a", fakesql.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 2}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 			WillReturnRows(renewRow(400, 0, nil, "ok", nil, nil))
 	})
 	c.runUntil(time.Second, "Values to come back", func() bool { return len(l.Values()) == 2 })
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestRevokedAfterLeaseLossWaitsForLock: a partition revoked after the
@@ -98,7 +98,7 @@ func TestRevokedAfterLeaseLossWaitsForLock(t *testing.T) {
 			changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}, Revoking: []int{1}}), nil))
 		for i := 0; i < 3; i++ { // the lock is held: no release
 			mock.ExpectQuery(`renew_and_read`).
-				WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+				WithArgs("a", fakesql.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 				WillReturnRows(renewRow(400, 0, nil, "ok", nil, nil))
 		}
 	})
@@ -108,7 +108,7 @@ func TestRevokedAfterLeaseLossWaitsForLock(t *testing.T) {
 	}
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3, Released: []int{1}}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+			WithArgs("a", fakesql.AnyArg(), int64(400), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 3, Released: []int{1}}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 			WillReturnRows(renewRow(400, 0, nil, "ok",
 				changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
 	})
@@ -118,7 +118,7 @@ func TestRevokedAfterLeaseLossWaitsForLock(t *testing.T) {
 	if took := c.elapsed(unlocked); took > 50*time.Millisecond/20 {
 		t.Errorf("release sent %v after Unlock; want at once, or a twentieth of a heartbeat after the last", took)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 func TestFencedClientStops(t *testing.T) {
@@ -171,13 +171,13 @@ func TestScanOnlyAfterKnownExpiry(t *testing.T) {
 	c := newTestClient(t, db, WithTTL(2*time.Second), WithHeartbeat(100*time.Millisecond))
 	_, _ = c.Lease("orders", 4)
 	expectSchemaCurrent(mock)
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), true, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(2000), "", fakesql.AnyArg(), true, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, 300, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	rec := &scanArg{clk: c.clk}
 	const beats = 8
 	for i := 0; i < beats; i++ {
-		mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(2000), "", sqlmock.AnyArg(), false, rec, sqlmock.AnyArg(), sqlmock.AnyArg()).
+		mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(2000), "", fakesql.AnyArg(), false, rec, fakesql.AnyArg(), fakesql.AnyArg()).
 			WillReturnRows(renewRow(2000, 0, nil, "ok", nil, nil))
 	}
 	start := c.clk.Now()
@@ -201,7 +201,7 @@ func TestScanOnlyAfterKnownExpiry(t *testing.T) {
 	if i := slices.Index(rec.scans, true); i >= 0 && rec.at[i].Sub(start) != 301*time.Millisecond {
 		t.Errorf("the first scan went %v after start; want just after the reported expiry (301ms)", rec.at[i].Sub(start))
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestProbeAfterTimeout: a heartbeat that timed out may have extended the
@@ -215,9 +215,9 @@ func TestProbeAfterTimeout(t *testing.T) {
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(4000, 0, nil, "ok",
 		changesJSON(t, ringChange{Ring: "orders", Version: 1, Status: "ok", Partitions: []int{0}, Epochs: []int64{1}}), nil))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(0), "", `[]`, false, false, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(0), "", `[]`, false, false, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(1500, 0, nil, "ok", nil, nil))
-	mock.ExpectQuery(`renew_and_read`).WithArgs("a", sqlmock.AnyArg(), int64(4000), "", sqlmock.AnyArg(), false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+	mock.ExpectQuery(`renew_and_read`).WithArgs("a", fakesql.AnyArg(), int64(4000), "", fakesql.AnyArg(), false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(4000, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -230,7 +230,7 @@ func TestProbeAfterTimeout(t *testing.T) {
 		t.Errorf("gave up on the heartbeat %v after it went, want the 2s timeout (TTL/2)", took)
 	}
 	c.runUntil(time.Second, "the probe, then the renewal", func() bool { return met(db, mock) })
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestRejoinWithoutViewForgets: after its lease lapsed, a node may have lost
@@ -246,7 +246,7 @@ func TestRejoinWithoutViewForgets(t *testing.T) {
 		changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok", Partitions: []int{0, 1}, Epochs: []int64{1, 1}}), nil))
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(2000, 0, nil, "rejoined", nil, nil))
 	mock.ExpectQuery(`renew_and_read`).
-		WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 0}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+		WithArgs("a", fakesql.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8, Version: 0}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 		WillReturnRows(renewRow(2000, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{1}, Epochs: []int64{2}}), nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -257,7 +257,7 @@ func TestRejoinWithoutViewForgets(t *testing.T) {
 		t.Errorf("the lease keeps version %d after a rejoin without its view; want 0, to ask for the whole view", l.view.version)
 	}
 	c.runUntil(time.Second, "the fresh view", func() bool { return reflect.DeepEqual(l.Values(), []int{1}) })
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestReadsEmptyAtDeadlineWhileLoopHeldUp: the read methods stop reporting
@@ -294,6 +294,6 @@ func TestReadsEmptyAtDeadlineWhileLoopHeldUp(t *testing.T) {
 	c.runUntil(time.Second, "all failing renewals", func() bool { return met(db, mock) })
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).WillReturnError(errors.New("connection reset"))
-		mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1))
+		mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1))
 	})
 }

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 // TestMigrationSQLIsTheFiles: MigrationSQL(from) is the files of sql/, as
@@ -146,8 +146,8 @@ func TestREADMEAppliesMigrationSQL(t *testing.T) {
 func TestStartRefusesSchemaTooOldToUpgrade(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db)
-	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
-	mock.ExpectQuery(`SELECT version`).WillReturnRows(sqlmock.NewRows([]string{"version"}).AddRow(oldestUpgradable - 1))
+	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(fakesql.NewRows([]string{"ok"}).AddRow(true))
+	mock.ExpectQuery(`SELECT version`).WillReturnRows(fakesql.NewRows([]string{"version"}).AddRow(oldestUpgradable - 1))
 	err := c.Start(context.Background())
 	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "version 3") {
 		t.Fatalf("Start on a schema at version 3: %v, want ErrUnsupported naming the version", err)
@@ -164,12 +164,12 @@ func TestStartRefusesSchemaTooOldToUpgrade(t *testing.T) {
 func TestStartReadsTheVersionAgainAfterLR007(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db)
-	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
+	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(fakesql.NewRows([]string{"ok"}).AddRow(false))
 	mock.ExpectExec(`CREATE TABLE IF NOT EXISTS "leasering".nodes`).
 		WillReturnError(&pgError{stateSchemaOtherVersion, "the schema is at version 6: upgrade it with the files of sql/migrations above that version, not schema.sql"})
-	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
-	mock.ExpectQuery(`SELECT version`).WillReturnRows(sqlmock.NewRows([]string{"version"}).AddRow(6))
-	mock.ExpectExec(`ALTER TABLE "leasering".nodes RENAME COLUMN report_from TO hold_until`).WillReturnResult(sqlmock.NewResult(0, 0))
+	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(fakesql.NewRows([]string{"ok"}).AddRow(true))
+	mock.ExpectQuery(`SELECT version`).WillReturnRows(fakesql.NewRows([]string{"version"}).AddRow(6))
+	mock.ExpectExec(`ALTER TABLE "leasering".nodes RENAME COLUMN report_from TO hold_until`).WillReturnResult(fakesql.NewResult(0, 0))
 	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(9990, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)

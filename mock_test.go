@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 // pgError is a database error as the drivers give it: a message and a
@@ -36,26 +36,23 @@ var renewColumns = []string{"lease_ms", "hold_ms", "next_expiry_ms", "node_statu
 // renewRow is one answer of renew_and_read; db_time is NULL (no clock
 // estimate) unless the test gives it, and the lease on disk (durable)
 // unless the test gives the WAL's place.
-func renewRow(vals ...driver.Value) *sqlmock.Rows {
+func renewRow(vals ...driver.Value) *fakesql.Rows {
 	if len(vals) < 7 {
 		vals = append(vals, nil)
 	}
 	if len(vals) < len(renewColumns) {
 		vals = append(vals, int64(0), int64(0), true)
 	}
-	return sqlmock.NewRows(renewColumns).AddRow(vals...)
+	return fakesql.NewRows(renewColumns).AddRow(vals...)
 }
 
-// newMock returns a mocked DB. sqlmock is not safe for concurrent calls, and
+// newMock returns a mocked DB. The mock answers calls in order, and
 // the client may have a hung heartbeat and a fresh one in flight at once,
 // so calls are serialised; a call waiting its turn still honours its ctx.
 // Once the heartbeat runs, add expectations through expect.
-func newMock(t *testing.T) (*serialDB, sqlmock.Sqlmock) {
+func newMock(t *testing.T) (*serialDB, *fakesql.Mock) {
 	t.Helper()
-	db, mock, err := sqlmock.New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, mock := fakesql.New()
 	t.Cleanup(func() { db.Close() })
 	return &serialDB{db: db, turn: make(chan struct{}, 1), hangStart: make(chan struct{})}, mock
 }
@@ -246,15 +243,15 @@ func changesJSON(t *testing.T, cs ...ringChange) string {
 }
 
 // expectSchemaCurrent expects the start-up schema check to find this version.
-func expectSchemaCurrent(mock sqlmock.Sqlmock) {
+func expectSchemaCurrent(mock *fakesql.Mock) {
 	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WithArgs(`"leasering".schema_version`).
-		WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
+		WillReturnRows(fakesql.NewRows([]string{"ok"}).AddRow(true))
 	mock.ExpectQuery(`SELECT version FROM "leasering".schema_version`).
-		WillReturnRows(sqlmock.NewRows([]string{"version"}).AddRow(SchemaVersion))
+		WillReturnRows(fakesql.NewRows([]string{"version"}).AddRow(SchemaVersion))
 }
 
 // met reports whether every expectation was used, between calls.
-func met(db *serialDB, mock sqlmock.Sqlmock) bool {
+func met(db *serialDB, mock *fakesql.Mock) bool {
 	var err error
 	db.expect(func() { err = mock.ExpectationsWereMet() })
 	return err == nil

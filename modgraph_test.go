@@ -12,10 +12,15 @@ import (
 
 // forbiddenModules are substrings of module paths that a module depending
 // on leasering must never pull in: the integration tests' Docker harness
-// (dockertest and what it drags along) and pgx. They live in nested
-// modules (integration/, pgxnotify/). lib/pq is allowed: cmd/ringnode, part
-// of the root module, opens its connections with it.
-var forbiddenModules = []string{"docker", "dockertest", "runc", "logrus", "moby", "containerd", "pgx"}
+// (dockertest and what it drags along), pgx and a SQL mock. They live in
+// nested modules (integration/, pgxnotify/); the unit tests' fake driver
+// is internal/fakesql. lib/pq is allowed: cmd/ringnode, part of the root
+// module, opens its connections with it (rootRequirements).
+var forbiddenModules = []string{"docker", "dockertest", "runc", "logrus", "moby", "containerd", "pgx", "sqlmock"}
+
+// rootRequirements is all the root go.mod may require: the driver of the
+// demo (cmd/ringnode) and of the examples.
+var rootRequirements = map[string]bool{"github.com/lib/pq": true}
 
 // nestedModulePrefix starts the path of every nested module (pqnotify,
 // pgxnotify, prometheus, bench, integration). Each requires the root; the
@@ -88,7 +93,7 @@ func TestForbiddenModule(t *testing.T) {
 	for path, want := range map[string]bool{
 		"github.com/leasering/leasering":           false,
 		"github.com/lib/pq":                        false,
-		"github.com/DATA-DOG/go-sqlmock":           false,
+		"github.com/DATA-DOG/go-sqlmock":           true,
 		"github.com/leasering/leasering/pqnotify":  true,
 		"github.com/leasering/leasering/pgxnotify": true,
 		"github.com/jackc/pgx/v5":                  true,
@@ -101,8 +106,8 @@ func TestForbiddenModule(t *testing.T) {
 }
 
 // TestRootGoModHasNoTestHarnessModules fails if the root go.mod requires
-// any module of the integration tests' harness: everything a depender's
-// module graph gets from leasering is listed there.
+// any module but rootRequirements: everything a depender's module graph
+// gets from leasering is listed there.
 func TestRootGoModHasNoTestHarnessModules(t *testing.T) {
 	data, err := os.ReadFile("go.mod")
 	if err != nil {
@@ -115,6 +120,8 @@ func TestRootGoModHasNoTestHarnessModules(t *testing.T) {
 	for _, r := range reqs {
 		if f, bad := forbiddenModule(r); bad {
 			t.Errorf("go.mod requires %s (matches %q): it must stay out of a depender's module graph", r, f)
+		} else if !rootRequirements[r] {
+			t.Errorf("go.mod requires %s: the root module requires only %v (test dependencies go in a nested module)", r, rootRequirements)
 		}
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 // The errors as the drivers give them through a transaction-mode
@@ -109,7 +109,7 @@ func TestStartFailsUnsupportedBehindSplittingPooler(t *testing.T) {
 			} else {
 				expectSchemaCurrent(mock)
 				mock.ExpectQuery(`renew_and_read`).WillReturnError(tc.err)
-				mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) // the heartbeat may have committed
+				mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) // the heartbeat may have committed
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -161,7 +161,7 @@ func TestHeartbeatPoolerErrorLoggedOnce(t *testing.T) {
 	if got := logs.at(slog.LevelError); len(got) != 1 || !strings.Contains(got[0], "default_query_exec_mode=exec") {
 		t.Errorf("Error-level log lines: %q; want the advice once", got)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 // TestStatementModeAdvice: PgBouncer's statement mode refusing the

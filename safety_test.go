@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 	"github.com/lib/pq"
 )
 
@@ -130,7 +130,7 @@ func TestRingSizeMismatchReadsOnce(t *testing.T) {
 	}
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`renew_and_read`).WillReturnError(&pq.Error{Code: stateRingSize, Message: "ring r has size 64, not 32"})
-	mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 0))
+	mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 0))
 	err := c.Start(context.Background())
 	if !errors.Is(err, ErrRingSizeMismatch) {
 		t.Fatalf("Start: %v, want ErrRingSizeMismatch", err)
@@ -163,7 +163,7 @@ func TestExplicitReadCommittedAfterLR005(t *testing.T) {
 	}
 	db.expect(func() {
 		mock.ExpectBegin()
-		mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1))
+		mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1))
 		mock.ExpectCommit()
 	})
 	if err := c.Close(); err != nil {
@@ -196,10 +196,7 @@ func TestReservedSchemaNames(t *testing.T) {
 // TestNewClientRefusesTx: a *sql.Tx commits once, and the heartbeats must
 // commit every few seconds: NewClient refuses it.
 func TestNewClientRefusesTx(t *testing.T) {
-	db, mock, err := sqlmock.New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, mock := fakesql.New()
 	defer db.Close()
 	mock.ExpectBegin()
 	tx, err := db.Begin()

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 func TestStartMakesExactlyTheseCalls(t *testing.T) {
@@ -20,8 +20,8 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 	}
 	expectSchemaCurrent(mock)
 	mock.ExpectQuery(`SELECT lease_ms, hold_ms, next_expiry_ms, node_status, changes::pg_catalog.text, changed_rings::pg_catalog.text, db_time, wal_insert, wal_flush, durable FROM "leasering".renew_and_read\(\$1::pg_catalog.text, \$2::pg_catalog.text, \$3::pg_catalog.int4, \$4::pg_catalog.text, \$5::pg_catalog.jsonb, \$6::pg_catalog.bool, \$7::pg_catalog.bool, \$8::pg_catalog.timestamptz, \$9::pg_catalog.bool\)`).
-		WithArgs("a", sqlmock.AnyArg(), int64(10000), "10.0.0.1:80",
-			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true, sqlmock.AnyArg(), false).
+		WithArgs("a", fakesql.AnyArg(), int64(10000), "10.0.0.1:80",
+			ringsArg{{Ring: "orders", Size: 8, VNodes: 4, Version: 0}}, true, true, fakesql.AnyArg(), false).
 		WillReturnRows(renewRow(9990, 0, nil, "ok",
 			changesJSON(t, ringChange{Ring: "orders", Version: 3, Status: "ok",
 				Partitions: []int{1, 5, 6}, Epochs: []int64{1, 2, 3}, Revoking: []int{6}}), nil))
@@ -44,8 +44,8 @@ func TestStartMakesExactlyTheseCalls(t *testing.T) {
 		t.Errorf("second Start: %v", err)
 	}
 	db.expect(func() {
-		mock.ExpectExec(`SELECT "leasering".leave\(\$1::pg_catalog.text, \$2::pg_catalog.text\)`).WithArgs("a", sqlmock.AnyArg()).
-			WillReturnResult(sqlmock.NewResult(0, 1))
+		mock.ExpectExec(`SELECT "leasering".leave\(\$1::pg_catalog.text, \$2::pg_catalog.text\)`).WithArgs("a", fakesql.AnyArg()).
+			WillReturnResult(fakesql.NewResult(0, 1))
 	})
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -68,9 +68,9 @@ func TestStartMigratesWithLockInOneStatement(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db, WithSchema("my_app"))
 	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WithArgs(`"my_app".schema_version`).
-		WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
+		WillReturnRows(fakesql.NewRows([]string{"ok"}).AddRow(false))
 	mock.ExpectExec(`^SET TRANSACTION ISOLATION LEVEL READ COMMITTED;\s*SELECT pg_catalog.set_config\('search_path', 'pg_catalog, pg_temp', true\);\s*SELECT pg_catalog.pg_advisory_xact_lock\(-?\d+\);\s*DO \$guard\$.*CREATE SCHEMA IF NOT EXISTS "my_app";.*CREATE TABLE IF NOT EXISTS "my_app".nodes.*SET search_path = "my_app", pg_temp.*CREATE OR REPLACE FUNCTION "my_app".renew_and_read`).
-		WillReturnResult(sqlmock.NewResult(0, 0))
+		WillReturnResult(fakesql.NewResult(0, 0))
 	mock.ExpectQuery(`FROM "my_app".renew_and_read`).
 		WillReturnRows(renewRow(9990, 0, nil, "ok", nil, nil))
 	if err := c.Start(context.Background()); err != nil {
@@ -84,8 +84,8 @@ func TestStartMigratesWithLockInOneStatement(t *testing.T) {
 func TestStartRefusesNewerSchema(t *testing.T) {
 	db, mock := newMock(t)
 	c := newTestClient(t, db)
-	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
-	mock.ExpectQuery(`SELECT version`).WillReturnRows(sqlmock.NewRows([]string{"version"}).AddRow(SchemaVersion + 1))
+	mock.ExpectQuery(`SELECT pg_catalog.to_regclass`).WillReturnRows(fakesql.NewRows([]string{"ok"}).AddRow(true))
+	mock.ExpectQuery(`SELECT version`).WillReturnRows(fakesql.NewRows([]string{"version"}).AddRow(SchemaVersion + 1))
 	err := c.Start(context.Background())
 	if !errors.Is(err, ErrSchemaVersion) {
 		t.Fatalf("Start on a newer schema: %v", err)
@@ -119,7 +119,7 @@ func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 	}
 	db.expect(func() {
 		mock.ExpectQuery(`renew_and_read`).
-			WithArgs("a", sqlmock.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, sqlmock.AnyArg(), sqlmock.AnyArg()).
+			WithArgs("a", fakesql.AnyArg(), int64(2000), "", ringsArg{{Ring: "orders", Size: 4, VNodes: 8}}, false, true, fakesql.AnyArg(), fakesql.AnyArg()).
 			WillReturnRows(renewRow(2000, 0, nil, "ok",
 				`[{"ring":"orders","status":"size_mismatch","size":64}]`, nil))
 	})
@@ -133,7 +133,7 @@ func TestLeaseAfterStartFailsOnSizeMismatch(t *testing.T) {
 	if err := l.Wait(ctx); !errors.Is(err, ErrRingSizeMismatch) || !strings.Contains(err.Error(), "size 64") {
 		t.Fatalf("Wait = %v, want ErrRingSizeMismatch naming size 64", err)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
 func TestCloseDoesNotHang(t *testing.T) {
@@ -186,7 +186,7 @@ func TestStartRetriesTransientErrors(t *testing.T) {
 	if len(l.Values()) != 2 {
 		t.Errorf("Values() = %v", l.Values())
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 
 	// The context's end ends the retries, with the last error.
 	db2, mock2 := newMock(t)

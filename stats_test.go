@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/leasering/leasering/internal/fakesql"
 )
 
 func TestStatsAndHealth(t *testing.T) {
@@ -52,5 +52,5 @@ func TestStatsAndHealth(t *testing.T) {
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Errorf("healthz %d after the lease was lost", rec.Code)
 	}
-	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(sqlmock.NewResult(0, 1)) })
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
