@@ -19,6 +19,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -51,7 +52,26 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	testDriver = driver
+	flag.Parse()
+	parallelByDefault(defaultParallel)
 	os.Exit(runTests(m))
+}
+
+// defaultParallel is how many parallel tests run at once unless
+// -test.parallel says: go test's default is GOMAXPROCS, 2 on the CI
+// machine, and these tests spend their time waiting for heartbeats and for
+// their nodes to leave, not on the CPU. The ones that measure gaps and
+// takeover times (handoff, roll-out, scale, chaos, takeover, failover) do
+// not call t.Parallel, so they run before any parallel one starts.
+const defaultParallel = 4
+
+// parallelByDefault sets -test.parallel to n unless the command line set it.
+func parallelByDefault(n int) {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", fmt.Sprint(n))
+	}
 }
 
 // runTests finds the server, runs the tests and says how many skipped.

@@ -95,7 +95,7 @@ func live(t *testing.T, driver, dsn string, n int64) int64 {
 	defer db.Close()
 	db.SetMaxOpenConns(1)
 	c, err := leasering.NewClient(db, leasering.WithNodeID("a"), leasering.WithTTL(2*time.Second),
-		leasering.WithHeartbeat(100*time.Millisecond), leasering.WithLogger(quietLogger()))
+		leasering.WithHeartbeat(50*time.Millisecond), leasering.WithLogger(quietLogger())) // a long life in 8 s
 	if err != nil {
 		t.Fatal(err)
 	}
