@@ -286,3 +286,125 @@ func TestReleasingLeavesNoLock(t *testing.T) {
 	}
 	check(true)
 }
+
+// TestLookWaitsForTheReleaseItExpects: past its await_ms a look goes on
+// waiting, within its await_release_ms, while the next call of the owner
+// of a partition pending to it is to release it: the owner's heartbeat
+// that tells it is late, or the owner was told and has not renewed since
+// (with no drain its release goes as soon as the answer that told it
+// arrives). It answers within a few milliseconds of the release's commit.
+// An owner that renewed since it was told, and still holds the partition,
+// waits for a Lock or a hold: the look does not wait for it. Before, a
+// look gave up at its await_ms while the owner's told call was answering
+// and its release not sent yet, and the next look came a poll later (CI:
+// a drain-0 join's gap of 100 ms against a bound of 92).
+func TestLookWaitsForTheReleaseItExpects(t *testing.T) {
+	// handoff joins a and b, records a's heartbeat (100 ms) and drain (0)
+	// as a client does at its join, and returns what b's join moves from a.
+	handoff := func(t *testing.T) (*sqlNodes, []int) {
+		s := newSQLNodes(t)
+		s.join("a", "b")
+		moving := s.handingOff("a", "b")
+		if len(moving) == 0 {
+			t.Fatal("b's join moved nothing from a")
+		}
+		if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".members SET heartbeat_ms = 100, drain_ms = 0 WHERE node_id = 'a'`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.renew(nil, "b", false, false, 0); err != nil { // b at the ring's version
+			t.Fatal(err)
+		}
+		return s, moving
+	}
+	// releaseIn releases moving from a after d, and says when its answer came.
+	releaseIn := func(s *sqlNodes, d time.Duration, moving []int) (released *time.Time, done chan error) {
+		released, done = new(time.Time), make(chan error, 1)
+		go func() {
+			time.Sleep(d)
+			_, err := s.renew(nil, "a", false, false, 0, moving...)
+			*released = time.Now()
+			done <- err
+		}()
+		return released, done
+	}
+
+	t.Run("heartbeat late, then the release", func(t *testing.T) {
+		s, moving := handoff(t)
+		// a's lease began 200 ms ago: its next heartbeat, which tells it,
+		// was due 100 ms ago.
+		if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes
+			SET expires_at = now() + ($1 - 200) * interval '1 millisecond' WHERE node_id = 'a'`, sqlTTLms); err != nil {
+			t.Fatal(err)
+		}
+		// Nothing comes: the look waits to its await_release_ms.
+		answer, took := s.look("b", 50, 400)
+		if answer["status"] != "incoming" || took < 400*time.Millisecond || took > 2*time.Second {
+			t.Errorf("with a's heartbeat late a look answered %v after %v; want the dues after its await_release_ms of 400ms", answer, took)
+		}
+		// a's heartbeat comes 150 ms into the look and tells it; its
+		// release comes 100 ms after that.
+		told := make(chan error, 1)
+		go func() {
+			time.Sleep(150 * time.Millisecond)
+			_, err := s.renew(nil, "a", false, false, 0)
+			told <- err
+		}()
+		var released time.Time
+		done := make(chan error, 1)
+		go func() {
+			if err := <-told; err != nil {
+				done <- err
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+			_, err := s.renew(nil, "a", false, false, 0, moving...)
+			released = time.Now()
+			done <- err
+		}()
+		answer, took = s.look("b", 50, 3000)
+		heard := time.Now()
+		if err := <-done; err != nil {
+			t.Fatalf("a's heartbeat or release: %v", err)
+		}
+		wantGiven(t, answer, took, moving)
+		if took < 200*time.Millisecond || heard.Sub(released) > 100*time.Millisecond {
+			t.Errorf("the look took %v and answered %v after the release's answer; want past its await_ms, within a few ms of the release",
+				took, heard.Sub(released))
+		}
+	})
+
+	t.Run("told, then the release", func(t *testing.T) {
+		s, moving := handoff(t)
+		if _, err := s.renew(nil, "a", false, false, 0); err != nil { // a is told, due at once (no drain)
+			t.Fatal(err)
+		}
+		released, done := releaseIn(s, 300*time.Millisecond, moving)
+		answer, took := s.look("b", 50, 3000)
+		heard := time.Now()
+		if err := <-done; err != nil {
+			t.Fatalf("a's release: %v", err)
+		}
+		wantGiven(t, answer, took, moving)
+		if took < 250*time.Millisecond || heard.Sub(*released) > 100*time.Millisecond {
+			t.Errorf("the look took %v and answered %v after the release's answer; want past its await_ms, within a few ms of the release",
+				took, heard.Sub(*released))
+		}
+	})
+
+	t.Run("renewed since told", func(t *testing.T) {
+		s, moving := handoff(t)
+		for range 2 { // told, then a heartbeat that releases nothing (a Lock holds a key)
+			if _, err := s.renew(nil, "a", false, false, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		answer, took := s.look("b", 50, 3000)
+		if answer["status"] != "incoming" || took > time.Second {
+			t.Errorf("with a renewed since it was told a look answered %v after %v; want the dues after its await_ms of 50ms", answer, took)
+		}
+		if w, _ := answer["waited_ms"].(float64); w < 50 || w > 1000 {
+			t.Errorf("waited_ms %v, want 50 or a little more", answer["waited_ms"])
+		}
+		_ = moving
+	})
+}
