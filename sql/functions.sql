@@ -118,8 +118,7 @@
 -- heartbeat and drain its member row recorded at its join). The pending
 -- owner renews just after that time (a look, which may wait here for the
 -- release to commit: await_ms, and past it while the owner's releasing call
--- holds release_key's lock or the owner's next call is to release it;
--- await_release, release_expected) and, while it waits, asks
+-- holds release_key's lock; await_release) and, while it waits, asks
 -- again with each heartbeat (a ring request with incoming: ring_work
 -- answers the dues alone when nothing else changed).
 --
