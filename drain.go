@@ -233,18 +233,15 @@ func lookAwait(dues []time.Time, now time.Time, rtt, heartbeat time.Duration) ti
 	return min(wait, heartbeat/4, maxAwait)
 }
 
-// awaitOnItsWay is how long a look may wait in all while the release of
-// what it waits for is on its way: the owner's call that releases it is
-// in flight (the database sees that call's advisory lock), or the owner's
-// next call is to release it (told and not renewed since, or its telling
-// heartbeat late: release_expected in sql/functions.sql; see
-// await_release). A quarter of a heartbeat, at most maxOnItsWay, and never
-// past what else the schedule has to do (the caller's bound). The owner
-// drains from when its answer reached it, and its due was set when it was
-// told in the database: for the view of a rebalance of a whole ring the
-// answer came 90-190 ms later (TestRollout), so a look bounded by
-// lookAwait alone gave up a few milliseconds before the commit, and the
-// next came a poll later.
+// awaitOnItsWay is how long a look may wait in all while the call of the
+// owner that releases what it waits for is on its way (the database sees
+// that call's advisory lock, await_release): a quarter of a heartbeat, at
+// most maxOnItsWay, and never past what else the schedule has to do (the
+// caller's bound). The owner drains from when its answer reached it, and
+// its due was set when it was told in the database: for the view of a
+// rebalance of a whole ring the answer came 90-190 ms later (TestRollout),
+// so a look bounded by lookAwait alone gave up a few milliseconds before
+// the commit, and the next came a poll later.
 func awaitOnItsWay(heartbeat time.Duration) time.Duration {
 	return min(heartbeat/4, maxOnItsWay)
 }

@@ -32,10 +32,8 @@ type ringRequest struct {
 	// move before it answers (drain.go's lookAwait).
 	AwaitMS int64 `json:"await_ms,omitempty"`
 	// AwaitReleaseMS, on a look: how long, past AwaitMS, the database may
-	// go on waiting while the release of what the node waits for is on
-	// its way: the owner's call that releases it is in flight, or (schema
-	// version 20) the owner's next call is to release it (drain.go's
-	// awaitOnItsWay).
+	// go on waiting while the owner's call that releases what the node
+	// waits for is on its way (drain.go's awaitOnItsWay).
 	AwaitReleaseMS int64 `json:"await_release_ms,omitempty"`
 	// LaterIfBusy: answer "later" with Busy when a lock the view needs is
 	// busy (the schedule backs off from those); a client before schema
