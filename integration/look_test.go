@@ -332,7 +332,7 @@ func TestLookWaitsForTheReleaseItExpects(t *testing.T) {
 		s, moving := handoff(t)
 		// a's lease began 200 ms ago: its next heartbeat, which tells it,
 		// was due 100 ms ago.
-		if _, err := s.e.admin.Exec(`UPDATE "`+s.e.schema+`".nodes
+		if _, err := s.e.admin.Exec(`UPDATE "` + s.e.schema + `".nodes
 			SET expires_at = now() + ($1 - 200) * interval '1 millisecond' WHERE node_id = 'a'`, sqlTTLms); err != nil {
 			t.Fatal(err)
 		}
