@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 20.
+-- leasering: the protocol, schema version 19.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -226,12 +226,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 20 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (20)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 19 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (19)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 20 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 20: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 19 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 19: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -931,19 +931,15 @@ $$;
 -- else changed), its await_ms ends, or p_until; not at all for node
 -- p_node (incarnation p_incarnation, TTL p_ttl_ms) with less than half a
 -- lease left. Past await_ms it goes on waiting, until await_release_ms
--- or p_until, while a release of a partition pending to the node is on its
--- way: its owner is in the call that releases it (that call holds
--- release_key's lock from its start, and commits at its drain's end), or
--- its owner's next call will carry it (release_expected). The due the node
--- was told counts from when the owner was told in the database, or is an
--- estimate from the owner's last heartbeat before that; the owner stops,
--- and so drains, from when its answer reaches it, which for the view of a
--- rebalance of a whole ring came 90-190 ms later (TestRollout), and its
--- heartbeat may itself come late. A look that gave up at await_ms came a
--- few milliseconds before the commit, and the next came a poll later (CI:
--- a drain-0 join's gap of 100 ms against a bound of 92, the release
--- committed just after a look that had waited 4 ms). Returns the
--- milliseconds waited. Without the wait a look that came a few
+-- or p_until, while an owner of a partition pending to the node is in the
+-- call that releases it (that call holds release_key's lock from its
+-- start, and commits at its drain's end): the due the node was told
+-- counts from when the owner was told in the database, and the owner
+-- stops, and so drains, from when its answer reaches it, which for the
+-- view of a rebalance of a whole ring came 90-190 ms later (TestRollout),
+-- so the look gave up a few milliseconds before the commit and the next
+-- came a poll later. Returns
+-- the milliseconds waited. Without the wait a look that came a few
 -- milliseconds before the owner's release looked again a poll later (CI:
 -- a heal's gap of 594 ms against a bound of 581); with it the node hears
 -- of the release within a sleep of its commit.
@@ -979,8 +975,7 @@ BEGIN
          WHERE x.await_ms > 0;
     END IF;
     -- Each statement of this VOLATILE function reads what committed before it.
-    WHILE (clock_timestamp() < ends
-           OR clock_timestamp() < on_way AND (releasing(keys) OR release_expected(p_node, p_rings)))
+    WHILE (clock_timestamp() < ends OR clock_timestamp() < on_way AND releasing(keys))
           AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(p_rings) AS x (ring text, version bigint, await_ms integer)
                             JOIN rings g ON g.name = x.ring
                            WHERE x.await_ms > 0 AND g.version <> coalesce(x.version, 0))
@@ -1788,41 +1783,6 @@ BEGIN
         END IF;
     END LOOP;
     RETURN false;
-END
-$$;
-
--- release_expected: whether the next call of an owner of a partition
--- pending to node p_node, in a ring of p_rings with await_ms, is to
--- release it (await_release waits for it, within its bound): the owner is
--- live, the partition is due (release_due, or before the owner was told
--- the estimate of incoming_dues), and either the owner was not told yet
--- (its heartbeat is late, and the one that tells it comes first) or it has
--- not renewed since it was told (its lease starts no later than that): its
--- drain is over, so its next call carries the release, which with no drain
--- goes as soon as the answer that told it arrives. An owner that renewed
--- since, and still holds it, waits for a Lock or a hold: not expected.
--- (An owner whose clock runs behind the server's may look as if it had not
--- renewed: a look then waits to its bound, no longer.)
-CREATE OR REPLACE FUNCTION leasering.release_expected(p_node text, p_rings jsonb)
-RETURNS boolean
-LANGUAGE plpgsql STABLE
-SET search_path = leasering, pg_temp
-AS $$
-BEGIN
-    RETURN EXISTS (
-        SELECT 1
-          FROM jsonb_to_recordset(p_rings) AS x (ring text, await_ms integer)
-          JOIN partitions p ON p.ring = x.ring AND p.next_owner = p_node AND NOT p.released
-          JOIN nodes o ON o.node_id = p.owner
-          JOIN members om ON om.ring = p.ring AND om.node_id = p.owner
-         WHERE x.await_ms > 0
-           AND o.expires_at > clock_timestamp()
-           AND coalesce(p.release_due,
-                        o.expires_at - o.ttl_ms * interval '1 millisecond'
-                        + (om.heartbeat_ms + om.drain_ms) * interval '1 millisecond') <= clock_timestamp()
-           AND (p.release_due IS NULL
-                OR o.expires_at - o.ttl_ms * interval '1 millisecond'
-                   <= p.release_due - om.drain_ms * interval '1 millisecond'));
 END
 $$;
 
