@@ -42,6 +42,7 @@ var oldSchemas = []struct {
 	{"v16", 16, "testdata/schema_and_functions_v16_b369403.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v17", 17, "testdata/schema_and_functions_v17_2e68044.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v18", 18, "testdata/schema_and_functions_v18_8b27473.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v19", 19, "testdata/schema_and_functions_v19_930ab43.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's

@@ -1,4 +1,4 @@
--- leasering: the protocol, schema version 19.
+-- leasering: the protocol, schema version 20.
 --
 -- The functions. The tables they work on are in schema.sql: a new schema
 -- gets schema.sql, a schema at an older version the files of migrations/
@@ -86,7 +86,9 @@
 --                         after its last view), epoch + 1; claim_vnodes, on
 --                         a reclaim: the same owner, epoch + 1
 --   owned    -> revoking  rebalance, when a live owner that was told must
---                         give it up
+--                         give it up, and no burst of joins is settling
+--                         (settle_joins); else the first heartbeat after
+--                         the burst settles (settled)
 --   revoking -> released  the owner confirms (confirm_releases)
 --   released -> owned     hand_on_released, under the ring's lock:
 --                         next_owner's, epoch + 1; by the confirming call
@@ -226,12 +228,12 @@ BEGIN
     IF pg_catalog.to_regclass('leasering.schema_version') IS NULL THEN
         RAISE EXCEPTION 'the schema has no tables: apply sql/schema.sql first'
               USING ERRCODE = 'LR007';
-    ELSIF (SELECT version FROM leasering.schema_version) > 19 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (19)',
+    ELSIF (SELECT version FROM leasering.schema_version) > 20 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (20)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 19 THEN
-        RAISE EXCEPTION 'the tables are at version %, not 19: apply the files of sql/migrations above that version first',
+    ELSIF (SELECT version FROM leasering.schema_version) IS DISTINCT FROM 20 THEN
+        RAISE EXCEPTION 'the tables are at version %, not 20: apply the files of sql/migrations above that version first',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
     END IF;
@@ -433,6 +435,7 @@ BEGIN
           LEFT JOIN rings g ON g.name = x.ring
          WHERE g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
             OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
+            OR g.settle_until <= now()  -- a burst of joins settled: rebalance (ring_work)
          ORDER BY x.ring
     LOOP
         PERFORM release_at(r.release_after_ms);  -- refuses a wait out of bounds before anything is done
@@ -814,6 +817,9 @@ DECLARE
     answer jsonb;
     waited integer := 0;
 BEGIN
+    IF EXISTS (SELECT 1 FROM rings WHERE name = p_ring AND settle_until <= now()) THEN
+        PERFORM settled(p_ring);
+    END IF;
     -- Released to this node, and not handed on yet (the ring's lock was
     -- busy when their owner confirmed: confirm_releases): it waits for
     -- them, so it takes the lock and hands on every released partition.
@@ -1556,10 +1562,67 @@ BEGIN
         -- Under the ring's lock anyway: hand on what was released while it
         -- was busy (confirm_releases). Batches of joins held it back to back
         -- during a roll-out, and the pending owners' own tries for it gave up.
+        IF placed THEN
+            PERFORM settle_joins(p_ring);
+        END IF;
         PERFORM hand_on_released(p_ring);
         PERFORM rebalance(p_ring);
         PERFORM bump_version(p_ring, placed);
     END IF;
+END
+$$;
+
+-- settle_joins: a batch of joins placed members in ring p_ring
+-- (join_waiting, which holds the ring's lock and rebalances next). If the
+-- batch before came within a heartbeat (the longest its members joined
+-- with), the joins come in a burst, as in a roll-out: until half a
+-- heartbeat after the last batch (settle_until) rebalance tells no live
+-- owner to give a partition up, and the first heartbeat of a member after
+-- that rebalances (settled). Otherwise each batch would move a share of
+-- the ring to its newcomers, and the next batches would move much of it
+-- again, from the newcomers to later ones: A to B, then B to C
+-- (TestRollout: 36-982 partitions moved twice in roll-outs of 100 nodes,
+-- on version 19). Free partitions, a dead owner's, those given to a node
+-- that has not heard of them yet, and those on their way still go at
+-- once, as the quotas say. A join after a quiet heartbeat rebalances at
+-- once, as before; members joined by a release before version 9, whose
+-- heartbeat the ring does not know, never hold anything back.
+CREATE OR REPLACE FUNCTION leasering.settle_joins(p_ring text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    hb interval := (SELECT max(heartbeat_ms) * interval '1 millisecond' FROM members WHERE ring = p_ring);
+BEGIN
+    UPDATE rings
+       SET settle_until = CASE WHEN joined_at > now() - hb THEN now() + hb / 2 END,
+           joined_at = now()
+     WHERE name = p_ring;
+END
+$$;
+
+-- settled: the burst of joins of ring p_ring has settled (settle_joins):
+-- rebalance, telling owners what to give up. Called by ring_work for the
+-- first heartbeat of a member after settle_until; the ring's lock is only
+-- tried (NOWAIT): whoever holds it rebalances anyway, or the next
+-- heartbeat tries again.
+CREATE OR REPLACE FUNCTION leasering.settled(p_ring text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM rings WHERE name = p_ring AND settle_until <= now() FOR UPDATE NOWAIT;
+    IF FOUND THEN
+        UPDATE rings SET settle_until = NULL WHERE name = p_ring;
+        PERFORM hand_on_released(p_ring);
+        IF rebalance(p_ring) > 0 THEN
+            PERFORM bump_version(p_ring);
+        END IF;
+    END IF;
+EXCEPTION WHEN lock_not_available THEN
+    NULL;  -- the next heartbeat
 END
 $$;
 
@@ -1955,7 +2018,9 @@ $$;
 --    epoch + 1, and so does one whose owner has not been told it has it
 --    (granted after the last view the owner was given: it cannot be using
 --    it); one whose live owner must give it up gets next_owner and is
---    handed over when the owner confirms (confirm_releases). A heartbeat
+--    handed over when the owner confirms (confirm_releases), unless a
+--    burst of joins is settling (settle_joins): then it stays as it is,
+--    and the rebalance after the burst (settled) moves it once. A heartbeat
 --    locks its node's member row before it reads a view and records the
 --    view's version there (give_view), and rebalance share-locks the
 --    members before it reads seen, so a partition is never moved this way
@@ -1994,8 +2059,9 @@ DECLARE
     dead       text[];     -- nodes whose lease has lapsed, their rows locked by us
     in_grace   boolean;    -- G9: see failover_grace
     told       bigint;     -- G9: every owner counts as told of what it was granted up to this version
+    settling   boolean;    -- a burst of joins settles: no live, told owner is told to give anything up (settle_joins)
 BEGIN
-    SELECT size INTO q FROM rings WHERE name = p_ring;
+    SELECT size, coalesce(settle_until > now(), false) INTO q, settling FROM rings WHERE name = p_ring;
     -- A node whose lease has lapsed is dead only if we can lock its row. One
     -- locked by another transaction may be renewing it this instant (and
     -- reading a view that still gives it its partitions), or be evicted by
@@ -2110,8 +2176,9 @@ BEGIN
                         THEN p.epoch + 1 ELSE p.epoch END
       FROM (SELECT x.part,
                    CASE WHEN x.keep THEN x.owner ELSE ids[x.h] END AS new_owner,
-                   CASE WHEN x.keep AND ids[x.h] <> x.owner THEN ids[x.h] END AS new_next
-              FROM (SELECT pp.partition AS part, pp.owner, holder[pp.partition + 1] AS h,
+                   CASE WHEN x.keep AND ids[x.h] <> x.owner AND NOT (settling AND x.next_owner IS NULL)
+                        THEN ids[x.h] END AS new_next
+              FROM (SELECT pp.partition AS part, pp.owner, pp.next_owner, holder[pp.partition + 1] AS h,
                            ol.id IS NOT NULL  -- the owner is live
                            AND (in_grace OR st.id IS NULL OR pp.granted <= greatest(st.seen, told)) AS keep  -- busy counts as told
                       FROM (SELECT DISTINCT l FROM unnest(look) AS l) AS lk

@@ -1,4 +1,4 @@
--- leasering: the tables, schema version 19.
+-- leasering: the tables, schema version 20.
 --
 -- A new schema gets this file and then functions.sql; a schema at an older
 -- version gets the files of migrations/ above its version and then
@@ -30,11 +30,11 @@ GRANT SELECT ON leasering.schema_version TO PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 19 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (19)',
+    IF (SELECT version FROM leasering.schema_version) > 20 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (20)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) < 19 THEN
+    ELSIF (SELECT version FROM leasering.schema_version) < 20 THEN
         RAISE EXCEPTION 'the schema is at version %: upgrade it with the files of sql/migrations above that version, not schema.sql',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
@@ -81,6 +81,11 @@ CREATE TABLE IF NOT EXISTS leasering.rings (
     members_changed bigint NOT NULL DEFAULT 0,  -- version of the last change of members
     told_through    bigint NOT NULL DEFAULT 0,  -- G9: owners count as told of grants up to this version (rebalance)
     told_at         timestamptz,                -- the server identity's noticed_at that told_through is for
+    -- Joins in a burst (settle_joins, in functions.sql): when the last batch
+    -- of joins placed a member, and until when rebalance tells no live owner
+    -- to give a partition up (NULL: nothing held back).
+    joined_at       timestamptz,
+    settle_until    timestamptz,
     CONSTRAINT rings_version_check CHECK (version >= 1 AND members_changed BETWEEN 0 AND version),
     CONSTRAINT rings_told_check CHECK (told_through BETWEEN 0 AND version)
 );
@@ -151,4 +156,4 @@ CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner
 CREATE INDEX IF NOT EXISTS partitions_granted ON leasering.partitions (ring, granted);  -- a view's routing (ring_view)
 CREATE INDEX IF NOT EXISTS partitions_next_owner ON leasering.partitions (ring, next_owner) WHERE next_owner IS NOT NULL;
 
-INSERT INTO leasering.schema_version (version) VALUES (19) ON CONFLICT (id) DO NOTHING;
+INSERT INTO leasering.schema_version (version) VALUES (20) ON CONFLICT (id) DO NOTHING;
