@@ -120,6 +120,7 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 // applyChanges applies a renewal's ring changes to the leases. It returns
 // the number of views it applied and what they ask of the schedule.
 func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h handoffTimes) {
+	var settles []time.Time // bursts of joins settling where this node owns partitions
 	c.mu.Lock()
 	for _, ch := range res.changes {
 		l, ok := c.leases[ch.Ring]
@@ -147,6 +148,8 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h hand
 			l.view.read = true // the loop reads it with read_views
 		case ringIncoming:
 			l.view.setIncoming(ch, incomingMeasured(res.sent.Add(res.waited), res.recv))
+		case ringSettling:
+			settles = append(settles, incomingMeasured(res.sent.Add(res.waited), res.recv).Add(time.Duration(ch.SettlesMS)*time.Millisecond))
 		default:
 			views++
 			before := len(l.view.current.values)
@@ -166,7 +169,13 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h hand
 		}
 	}
 	c.mu.Unlock()
-	return views, c.handoff(now)
+	h = c.handoff(now)
+	for _, at := range settles {
+		if h.settle.IsZero() || at.Before(h.settle) {
+			h.settle = at
+		}
+	}
+	return views, h
 }
 
 // handoff is what the leases' views ask of the schedule at now: when a

@@ -235,6 +235,36 @@ func TestNewOwnerLooksWhenDue(t *testing.T) {
 	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
 }
 
+// TestOwnerRenewsWhenJoinsSettle: an answer that says a burst of joins
+// settles in 300ms in a ring where this node owns partitions (schema
+// version 20) brings a heartbeat just after that, not a heartbeat later:
+// that heartbeat tells the node what to give up to the newcomers.
+func TestOwnerRenewsWhenJoinsSettle(t *testing.T) {
+	db, mock := newMock(t)
+	c := newTestClient(t, db, WithTTL(10*time.Second), WithHeartbeat(time.Second))
+	l, _ := c.Lease("orders", 4)
+	expectSchemaCurrent(mock)
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 4, Status: "ok", Partitions: []int{0, 1, 2, 3}, Epochs: []int64{1, 1, 1, 1}},
+			ringChange{Ring: "orders", Status: ringSettling, SettlesMS: 300}), nil))
+	// The wake Start leaves (a twentieth of a heartbeat): settling still, in 250ms.
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Status: ringSettling, SettlesMS: 250}), nil))
+	// Just after: the view that revokes 2 and 3.
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok",
+		changesJSON(t, ringChange{Ring: "orders", Version: 5, Status: "ok", Partitions: []int{0, 1, 2, 3}, Epochs: []int64{1, 1, 1, 1}, Revoking: []int{2, 3}}), nil))
+	start := c.clk.Now()
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.runUntil(2*time.Second, "the revoke", func() bool { return reflect.DeepEqual(l.Values(), []int{0, 1}) })
+	if took := c.elapsed(start); took != 302*time.Millisecond {
+		t.Errorf("told to give 2 and 3 up %v after Start; want 302ms (the burst settles at 300ms, and the slack)", took)
+	}
+	mock.ExpectQuery(`renew_and_read`).WillReturnRows(renewRow(10000, 0, nil, "ok", nil, nil))
+	db.expect(func() { mock.ExpectExec(`leave`).WillReturnResult(fakesql.NewResult(0, 1)) })
+}
+
 // TestReleasesOverOneHeartbeatAreSpaced: more releases than one heartbeat
 // carries go with heartbeats a wake apart (a twentieth of a heartbeat),
 // not back to back: those left out of a heartbeat count as carried. (They
@@ -262,7 +292,7 @@ func TestReleasesOverOneHeartbeatAreSpaced(t *testing.T) {
 }
 
 // TestRingRequestsOfALook: every ring request says the client backs off
-// from a busy 'later'; a look lets the database wait for a due release
+// from a busy 'later' and renews when a burst of joins settles; a look lets the database wait for a due release
 // (lookAwait), but never past what else the schedule has to do, and not at
 // all when the heartbeat carries releases of its own, which the wait would
 // hold back from the nodes that wait for them.
@@ -281,6 +311,9 @@ func TestRingRequestsOfALook(t *testing.T) {
 		for _, r := range rings {
 			if !r.LaterIfBusy {
 				t.Errorf("ring %s's request does not say later_if_busy", r.Ring)
+			}
+			if !r.SettleWake {
+				t.Errorf("ring %s's request does not say settle_wake", r.Ring)
 			}
 		}
 		if len(rings) != 2 || rings[0].Ring != "a" {

@@ -186,7 +186,7 @@ func (c *Client) ringRequests(now time.Time, look bool) []ringRequest {
 		}
 		room -= len(released)
 		r := ringRequest{Ring: l.name, Size: l.size, VNodes: l.vnodes,
-			Version: version, Released: released, Incoming: l.view.waiting, LaterIfBusy: true,
+			Version: version, Released: released, Incoming: l.view.waiting, LaterIfBusy: true, SettleWake: true,
 			OwnOnly: fresh && current && !l.view.waiting, OwnView: fresh, OwnerIDs: !fresh}
 		if len(released) > 0 && by.After(now) {
 			r.releaseBy, r.ReleaseAfterMS = by, releaseAfterMS(by, now) // and again as it goes (renew)

@@ -226,6 +226,7 @@ func normalize(rs []ringRequest) []ringRequest {
 			r.Released = nil
 		}
 		r.LaterIfBusy = false // every request says it: TestRingRequestsSayLaterIfBusy
+		r.SettleWake = false  // the same
 		r.OwnOnly = false     // TestRingRequestsSayOwnOnlyAfterAView
 		r.OwnView = false     // the same
 		r.OwnerIDs = false    // the same

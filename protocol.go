@@ -51,6 +51,11 @@ type ringRequest struct {
 	// by node id (ringChange.OwnerIDs; schema version 18), which the
 	// database sends for less than their indexes into the members.
 	OwnerIDs bool `json:"owner_ids,omitempty"`
+	// SettleWake: while a burst of joins settles in the ring (schema
+	// version 20) and this node owns partitions there, answer
+	// ringSettling with SettlesMS: the node renews just after, to hear at
+	// once what it gives up to the newcomers.
+	SettleWake bool `json:"settle_wake,omitempty"`
 	// For join_rings: the node's heartbeat and drain, from which the
 	// database tells pending owners when what this node gives up is due.
 	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"`
@@ -94,6 +99,9 @@ type ringChange struct {
 	// Busy, with "later": a lock the view needs was busy (rather than the
 	// heartbeat out of time).
 	Busy bool `json:"busy"`
+	// SettlesMS, with "settling": the burst of joins settles this long
+	// after the answer (ringRequest.SettleWake).
+	SettlesMS int64 `json:"settles_ms"`
 }
 
 type memberView struct {
@@ -110,6 +118,7 @@ const (
 	ringLater        = "later"         // the heartbeat ran out of time: the view comes with the next
 	ringView         = "view"          // the view is big: read it with read_views
 	ringIncoming     = "incoming"      // nothing changed; Incoming says when what the node waits for is due
+	ringSettling     = "settling"      // a burst of joins settles in SettlesMS: renew just after (the view may come in another entry)
 )
 
 // Node statuses returned by renew_and_read.
@@ -254,7 +263,7 @@ func decodeChanges(status string, changes sql.NullString, res *renewResult) erro
 			return fmt.Errorf("leasering: decoding heartbeat answer: %w", err)
 		}
 		for _, ch := range res.changes {
-			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != ringSizeMismatch && ch.Status != ringToJoin && ch.Status != ringLater && ch.Status != ringView && ch.Status != ringIncoming) ||
+			if ch.Ring == "" || (ch.Status != "ok" && ch.Status != ringSizeMismatch && ch.Status != ringToJoin && ch.Status != ringLater && ch.Status != ringView && ch.Status != ringIncoming && ch.Status != ringSettling) ||
 				len(ch.Epochs) != len(ch.Partitions) || !ch.routingFits() {
 				return fmt.Errorf("leasering: malformed heartbeat answer for ring %q", ch.Ring)
 			}

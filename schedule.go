@@ -20,7 +20,9 @@ import "time"
 //     release may go that the last heartbeat did not carry (never
 //     reported, a drain of 0, a drain that ended while it flew); just after a hold ends while partitions wait to be handed on;
 //     when a partition handed to this node is due (a look, drain.go's
-//     nextLook), never closer than minLookPoll to the last launch.
+//     nextLook), and just after a burst of joins settles in a ring where
+//     the node owns partitions (that heartbeat tells it what to give up),
+//     each never closer than minLookPoll to the last launch.
 //   - After a failure: a jittered exponential backoff, an eighth of a
 //     heartbeat doubling up to one heartbeat.
 //   - After a probe answered in time: at once, to renew.
@@ -102,6 +104,10 @@ type handoffTimes struct {
 	release  time.Time // when a revoked partition may next be confirmed released (zero: none)
 	revoking bool      // partitions wait to be handed on
 	look     time.Time // when to renew to hear of partitions handed to this node (zero: no look)
+	// settle: when a burst of joins settles in a ring where this node owns
+	// partitions (zero: none does); the heartbeat just after it tells the
+	// node what to give up.
+	settle time.Time
 }
 
 // renewOpts says what one renew_and_read call asks for.
@@ -236,6 +242,9 @@ func (s *schedule) next() time.Time {
 			// different times make dues milliseconds apart.
 			t = earliest(t, latest(s.look, s.launched.Add(minLookPoll)))
 		}
+		if !s.settle.IsZero() {
+			t = earliest(t, latest(s.settle.Add(lookSlack), s.launched.Add(minLookPoll)))
+		}
 		if s.revoking && s.holdUntil.After(s.at) {
 			// Releases sent during a hold only mark the partitions; one
 			// sent once it is over hands them on.
@@ -285,6 +294,9 @@ func (s *schedule) quietFor(now time.Time) time.Duration {
 	}
 	if s.revoking && s.holdUntil.After(now) {
 		t = earliest(t, s.holdUntil)
+	}
+	if !s.settle.IsZero() {
+		t = earliest(t, s.settle)
 	}
 	return max(t.Sub(now), 0)
 }

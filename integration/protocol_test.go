@@ -40,6 +40,9 @@ type sqlNodes struct {
 	// async: renew says p_async, as a client of schema version 19 on does
 	// while its lease on disk has room
 	async bool
+	// settleWake: renew says settle_wake, as a client of schema version
+	// 20 on does
+	settleWake bool
 }
 
 func newSQLNodes(t *testing.T) *sqlNodes {
@@ -74,6 +77,8 @@ type heartbeat struct {
 		// and TestOwnersByIDMatchTheIndexes
 		Owners   []int    `json:"owners"`
 		OwnerIDs []string `json:"owner_ids"`
+		// and TestBurstOfJoinsMovesOnceSettled
+		SettlesMS int64 `json:"settles_ms"`
 	}
 }
 
@@ -110,6 +115,9 @@ func (s *sqlNodes) renew(db queryRower, id string, claim, scan bool, sentAgo tim
 	}
 	if s.ownerIDs {
 		ring["owner_ids"] = true
+	}
+	if s.settleWake {
+		ring["settle_wake"] = true
 	}
 	rings, _ := json.Marshal([]map[string]any{ring})
 	var h heartbeat

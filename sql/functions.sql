@@ -247,7 +247,7 @@ END $$;
 --
 -- p_rings is a JSON array of {ring, size, vnodes, version, released,
 -- release_after_ms, incoming, await_ms, await_release_ms, later_if_busy,
--- own_only, own_view, owner_ids}:
+-- own_only, own_view, owner_ids, settle_wake}:
 -- version is the ring version the node last saw (0: none yet), released lists partitions it
 -- was told to give up and has stopped using or will have by
 -- release_after_ms (0 to 1,000) after the call, incoming says it waits for partitions handed to
@@ -264,7 +264,10 @@ END $$;
 -- it sends as version when it next wants the routing. owner_ids (version
 -- 18): a view's routing names each changed partition's owner by node id
 -- (owner_ids) rather than by index into the members (owners; see
--- ring_view).
+-- ring_view). settle_wake (version 20): while a burst of joins settles
+-- (settle_joins) in a ring where the node owns partitions, answer status
+-- 'settling' with settles_ms, how long it has left: the client renews just
+-- after, and that heartbeat tells it what to give up (settled).
 --
 -- For each ring whose version moved it answers the node's view; for a ring
 -- the node is not a member of (or with other vnodes, or to reclaim), status
@@ -427,19 +430,25 @@ BEGIN
                coalesce(x.incoming, false) AS incoming, x.await_ms, coalesce(x.later_if_busy, false) AS later_if_busy,
                coalesce(x.own_only, false) AS own_only, coalesce(x.own_view, false) AS own_view,
                coalesce(x.owner_ids, false) AS owner_ids,
-               g.size AS cur_size
+               g.size AS cur_size, CASE WHEN x.settle_wake THEN g.settle_until END AS settle_until,
+               coalesce(g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
+                        OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
+                        OR g.settle_until <= now(), true) AS work  -- a burst of joins settled: rebalance (ring_work)
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
                                                  release_after_ms integer, incoming boolean, await_ms integer,
                                                  later_if_busy boolean, own_only boolean, own_view boolean,
-                                                 owner_ids boolean)
+                                                 owner_ids boolean, settle_wake boolean)
           LEFT JOIN rings g ON g.name = x.ring
          WHERE g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
             OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
-            OR g.settle_until <= now()  -- a burst of joins settled: rebalance (ring_work)
+            OR g.settle_until <= now()
+            OR x.settle_wake AND g.settle_until IS NOT NULL  -- settling: the owners hear when (settles_ms)
          ORDER BY x.ring
     LOOP
         PERFORM release_at(r.release_after_ms);  -- refuses a wait out of bounds before anything is done
-        IF r.cur_size IS NULL THEN
+        IF NOT r.work THEN
+            answer := NULL;
+        ELSIF r.cur_size IS NULL THEN
             answer := jsonb_build_object('ring', r.ring, 'status', 'join');
         ELSIF r.cur_size <> r.size AND p_claim THEN  -- a starting process: refuse the whole call, write nothing
             RAISE EXCEPTION 'ring % has size %, not %', r.ring, r.cur_size, r.size USING ERRCODE = 'LR001';
@@ -461,6 +470,18 @@ BEGIN
         END IF;
         IF answer IS NOT NULL THEN
             outs := array_append(outs, answer);
+        END IF;
+        -- A burst of joins settles (settle_joins) and this node owns
+        -- partitions there: it renews just after, to be told at once what
+        -- to give up (settled). The others hear with their next heartbeat.
+        -- Read again after the ring's work: if the rebalance has not been
+        -- made yet (its lock was busy), the node renews again a poll later.
+        IF r.settle_until IS NOT NULL THEN
+            r.settle_until := (SELECT settle_until FROM rings WHERE name = r.ring);
+            IF r.settle_until IS NOT NULL AND EXISTS (SELECT 1 FROM partitions WHERE ring = r.ring AND owner = p_node) THEN
+                outs := array_append(outs, jsonb_build_object('ring', r.ring, 'status', 'settling', 'settles_ms',
+                                                              greatest(ceil(extract(epoch FROM r.settle_until - clock_timestamp()) * 1000), 0)));
+            END IF;
         END IF;
     END LOOP;
     async := p_async AND st = 'ok' AND NOT p_claim AND me.hold_until = '-infinity' AND worked = 0 AND cardinality(outs) = 0
@@ -1575,10 +1596,13 @@ $$;
 -- settle_joins: a batch of joins placed members in ring p_ring
 -- (join_waiting, which holds the ring's lock and rebalances next). If the
 -- batch before came within a heartbeat (the longest its members joined
--- with), the joins come in a burst, as in a roll-out: until half a
--- heartbeat after the last batch (settle_until) rebalance tells no live
--- owner to give a partition up, and the first heartbeat of a member after
--- that rebalances (settled). Otherwise each batch would move a share of
+-- with), the joins come in a burst, as in a roll-out: until a heartbeat
+-- after the last batch (settle_until) rebalance tells no live owner to
+-- give a partition up, and the first heartbeat of a member after that
+-- rebalances (settled); the owners renew just after it, so each is told
+-- then. (Half a heartbeat was too short: in a roll-out of 500 nodes on one
+-- pool of 20 some batches came more than that apart, and 778 partitions
+-- moved twice.) Otherwise each batch would move a share of
 -- the ring to its newcomers, and the next batches would move much of it
 -- again, from the newcomers to later ones: A to B, then B to C
 -- (TestRollout: 36-982 partitions moved twice in roll-outs of 100 nodes,
@@ -1596,7 +1620,7 @@ DECLARE
     hb interval := (SELECT max(heartbeat_ms) * interval '1 millisecond' FROM members WHERE ring = p_ring);
 BEGIN
     UPDATE rings
-       SET settle_until = CASE WHEN joined_at > now() - hb THEN now() + hb / 2 END,
+       SET settle_until = CASE WHEN joined_at > now() - hb THEN now() + hb END,
            joined_at = now()
      WHERE name = p_ring;
 END
@@ -1604,16 +1628,19 @@ $$;
 
 -- settled: the burst of joins of ring p_ring has settled (settle_joins):
 -- rebalance, telling owners what to give up. Called by ring_work for the
--- first heartbeat of a member after settle_until; the ring's lock is only
--- tried (NOWAIT): whoever holds it rebalances anyway, or the next
--- heartbeat tries again.
+-- first heartbeat of a member after settle_until. The owners renew just
+-- after it (renew_and_read's settles_ms), so that each is told in that
+-- heartbeat rather than up to a heartbeat later: the first rebalances, and
+-- the others wait for its commit, within the heartbeat's lock wait, and
+-- read the view it made. A wait that gives up leaves it to the next
+-- heartbeat.
 CREATE OR REPLACE FUNCTION leasering.settled(p_ring text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 BEGIN
-    PERFORM 1 FROM rings WHERE name = p_ring AND settle_until <= now() FOR UPDATE NOWAIT;
+    PERFORM 1 FROM rings WHERE name = p_ring AND settle_until <= now() FOR UPDATE;
     IF FOUND THEN
         UPDATE rings SET settle_until = NULL WHERE name = p_ring;
         PERFORM hand_on_released(p_ring);
@@ -1621,7 +1648,7 @@ BEGIN
             PERFORM bump_version(p_ring);
         END IF;
     END IF;
-EXCEPTION WHEN lock_not_available THEN
+EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
     NULL;  -- the next heartbeat
 END
 $$;
