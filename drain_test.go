@@ -123,7 +123,8 @@ func TestNextLook(t *testing.T) {
 		{"due ahead: the slack after it", []time.Time{at(300)}, at(0), at(302)},
 		{"the earliest of several", []time.Time{at(300), at(120)}, at(0), at(122)},
 		{"due, its look passed: a poll later", []time.Time{at(300)}, at(306), at(316)},
-		{"overdue by more than two polls: half as long again", []time.Time{at(300)}, at(550), at(675)},
+		{"late by less than a look waits and its slack: a poll later", []time.Time{at(300)}, at(376), at(386)},
+		{"late by more: half as long again as past that", []time.Time{at(300)}, at(550), at(640)},
 		{"a heartbeat overdue: the regular heartbeats look", []time.Time{at(300)}, at(1300), time.Time{}},
 		{"one a heartbeat overdue, one ahead", []time.Time{at(0), at(1200)}, at(1100), at(1202)},
 	} {
