@@ -58,6 +58,7 @@ func TestRollout(t *testing.T) {
 	}
 	noLeaseLost(t, nodes)
 	logPoolWaits(t, nodes)
+	logRenewals(t, nodes, time.Since(begin), hb)
 
 	rec.mu.Lock()
 	moves := append([]handoff(nil), rec.moves...)
@@ -105,4 +106,20 @@ func logPoolWaits(t *testing.T, nodes []*node) {
 		waited += st.WaitDuration
 	}
 	t.Logf("%d pools: %d waits for a connection, %v in all", len(seen), waits, waited.Round(time.Millisecond))
+}
+
+// logRenewals logs the heartbeats the nodes sent over the roll-out, against
+// one a heartbeat each: what the handoffs' looks and the owners' renewals
+// as a burst of joins settles (schema version 20) cost.
+func logRenewals(t *testing.T, nodes []*node, took, hb time.Duration) {
+	t.Helper()
+	var renewals, looks int64
+	for _, n := range nodes {
+		st := n.client.Stats()
+		renewals += st.Renewals
+		looks += st.HandoffLooks
+	}
+	steady := float64(len(nodes)) * took.Seconds() / hb.Seconds()
+	t.Logf("renewals: %d in %v, %.2f times one a heartbeat per node (%d of them looks for incoming partitions)",
+		renewals, took.Round(time.Millisecond), float64(renewals)/steady, looks)
 }
