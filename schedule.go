@@ -20,9 +20,10 @@ import "time"
 //     release may go that the last heartbeat did not carry (never
 //     reported, a drain of 0, a drain that ended while it flew); just after a hold ends while partitions wait to be handed on;
 //     when a partition handed to this node is due (a look, drain.go's
-//     nextLook), and just after a burst of joins settles in a ring where
-//     the node owns partitions (that heartbeat tells it what to give up),
-//     each never closer than minLookPoll to the last launch.
+//     nextLook), never closer than minLookPoll to the last launch; just
+//     after a burst of joins settles in a ring where the node owns
+//     partitions (that heartbeat tells it what to give up), never closer
+//     than a twentieth of a heartbeat to the last launch.
 //   - After a failure: a jittered exponential backoff, an eighth of a
 //     heartbeat doubling up to one heartbeat.
 //   - After a probe answered in time: at once, to renew.
@@ -243,7 +244,11 @@ func (s *schedule) next() time.Time {
 			t = earliest(t, latest(s.look, s.launched.Add(minLookPoll)))
 		}
 		if !s.settle.IsZero() {
-			t = earliest(t, latest(s.settle.Add(lookSlack), s.launched.Add(minLookPoll)))
+			// Never closer than a wake's spacing to the last launch: a
+			// burst that settled while its rebalance waits for the ring's
+			// lock (a user's holds(), a batch of joins) says so again
+			// with each answer.
+			t = earliest(t, latest(s.settle.Add(lookSlack), s.launched.Add(s.heartbeat/20)))
 		}
 		if s.revoking && s.holdUntil.After(s.at) {
 			// Releases sent during a hold only mark the partitions; one

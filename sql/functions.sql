@@ -475,7 +475,8 @@ BEGIN
         -- partitions there: it renews just after, to be told at once what
         -- to give up (settled). The others hear with their next heartbeat.
         -- Read again after the ring's work: if the rebalance has not been
-        -- made yet (its lock was busy), the node renews again a poll later.
+        -- made yet (its lock was busy), the node renews again a twentieth
+        -- of a heartbeat later.
         IF r.settle_until IS NOT NULL THEN
             r.settle_until := (SELECT settle_until FROM rings WHERE name = r.ring);
             IF r.settle_until IS NOT NULL AND EXISTS (SELECT 1 FROM partitions WHERE ring = r.ring AND owner = p_node) THEN
