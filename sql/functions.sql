@@ -1630,18 +1630,21 @@ $$;
 -- settled: the burst of joins of ring p_ring has settled (settle_joins):
 -- rebalance, telling owners what to give up. Called by ring_work for the
 -- first heartbeat of a member after settle_until. The owners renew just
--- after it (renew_and_read's settles_ms), so that each is told in that
--- heartbeat rather than up to a heartbeat later: the first rebalances, and
--- the others wait for its commit, within the heartbeat's lock wait, and
--- read the view it made. A wait that gives up leaves it to the next
--- heartbeat.
+-- after it (renew_and_read's settles_ms), so that each is told then
+-- rather than up to a heartbeat later. The ring's lock is only tried
+-- (NOWAIT): every member's heartbeat comes here until the rebalance
+-- commits, and waiting, they queued on the ring's row behind each other
+-- and behind batches of joins (TestChaos: a node's heartbeats held there
+-- heard of a partition 109 ms past G3's bound). An owner that finds the
+-- lock busy hears again that the burst settles (now), and renews again a
+-- twentieth of a heartbeat later.
 CREATE OR REPLACE FUNCTION leasering.settled(p_ring text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 BEGIN
-    PERFORM 1 FROM rings WHERE name = p_ring AND settle_until <= now() FOR UPDATE;
+    PERFORM 1 FROM rings WHERE name = p_ring AND settle_until <= now() FOR UPDATE NOWAIT;
     IF FOUND THEN
         UPDATE rings SET settle_until = NULL WHERE name = p_ring;
         PERFORM hand_on_released(p_ring);
