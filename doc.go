@@ -54,9 +54,11 @@
 // member, so that it moves once), and a moving partition goes to the first
 // member under quota clockwise from it on the vnode ring. Joins that come
 // in a burst (a batch within a heartbeat of the one before, as in a
-// roll-out) settle first: until a heartbeat after the last, no live owner
-// is told to give a partition up, and then the owners, which renew just
-// after, are told at once; so each partition moves once.
+// roll-out, on a ring of at most 4,096 partitions) settle first: until a
+// heartbeat after the last (at most 60 from the first), no live owner is
+// told to give a partition up, and then the owners, which renew just
+// after, are told at once; so a partition moves once, unless the batches
+// come more than a heartbeat apart.
 //
 // A partition moving from a live node A to B is handed over release before
 // acquire: the database marks it, A stops reporting it as soon as its

@@ -168,6 +168,7 @@ func wakeSpread(heartbeat time.Duration, members int) time.Duration {
 // handedOff records what views read off the heartbeat ask (read_views).
 func (s *schedule) handedOff(h handoffTimes) {
 	if s.last == outcomeRenewed {
+		h.settle = s.settle // the heartbeat's answer said it; views read apart do not
 		s.handoffTimes = h
 	}
 }

@@ -37,6 +37,7 @@ func TestSchedule(t *testing.T) {
 	skipped := func(d time.Duration) ev { return func(s *schedule) { s.skipped(at(d)) } }
 	woken := func(d time.Duration) ev { return func(s *schedule) { s.wake(at(d)) } }
 	launched := func(d time.Duration) ev { return func(s *schedule) { s.launch(at(d)) } }
+	handedOff := func(h handoffTimes) ev { return func(s *schedule) { s.handedOff(h) } }
 
 	for _, tc := range []struct {
 		name   string
@@ -85,6 +86,8 @@ func TestSchedule(t *testing.T) {
 			[]ev{launched(0), renewed(0, ms(20), func(r *renewal) { r.handoff.settle = at(ms(600)) })}, ms(600 + 2)},
 		{"a burst settled already, its rebalance not made: a twentieth of a heartbeat after the launch",
 			[]ev{launched(0), renewed(0, ms(3), func(r *renewal) { r.handoff.settle = at(ms(1)) })}, ms(50)},
+		{"views read apart after it keep the settle the heartbeat's answer said",
+			[]ev{launched(0), renewed(0, ms(20), func(r *renewal) { r.handoff.settle = at(ms(600)) }), handedOff(handoffTimes{})}, ms(600 + 2)},
 		{"a burst that settles after the heartbeat: the heartbeat",
 			[]ev{launched(0), renewed(0, ms(20), func(r *renewal) { r.handoff.settle = at(ms(1500)) })}, hb},
 		{"a hold with nothing to hand on: the heartbeat",

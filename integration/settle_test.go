@@ -94,9 +94,10 @@ func TestRebalanceWhileJoinsSettle(t *testing.T) {
 
 // TestSettleJoinsTellsABurst: a batch of joins within a heartbeat of the
 // one before (the longest heartbeat the ring's members joined with) holds
-// the ring's moves until a heartbeat after it; one after a quiet
-// heartbeat, or on a ring whose members' heartbeats are unknown, holds
-// nothing.
+// the ring's moves until a heartbeat after it, for at most 60 heartbeats
+// from the burst's first batch; one after a quiet heartbeat, on a ring of
+// more than 4,096 partitions, or on a ring whose members' heartbeats are
+// unknown, holds nothing.
 func TestSettleJoinsTellsABurst(t *testing.T) {
 	t.Parallel()
 	s := newSQLNodes(t)
@@ -135,6 +136,28 @@ func TestSettleJoinsTellsABurst(t *testing.T) {
 	if ms := settleFor(); ms.Valid {
 		t.Errorf("a batch a heartbeat after the one before holds the moves for %v ms, want not at all", ms.Float64)
 	}
+	exec(`UPDATE leasering.rings SET joined_at = now() - interval '100 milliseconds', burst_began = now() - interval '59 seconds' WHERE name = 'm'`)
+	if ms := settleFor(); !ms.Valid || ms.Float64 != 1000 {
+		t.Errorf("a batch in a burst that began 59 heartbeats ago holds the moves for %v, want 1000 ms", ms)
+	}
+	exec(`UPDATE leasering.rings SET joined_at = now() - interval '100 milliseconds', burst_began = now() - interval '60 seconds' WHERE name = 'm'`)
+	if ms := settleFor(); ms.Valid {
+		t.Errorf("a batch in a burst that began 60 heartbeats ago holds the moves for %v ms, want not at all (the ring must balance)", ms.Float64)
+	}
+	exec(`UPDATE leasering.rings SET joined_at = now() - interval '2 seconds' WHERE name = 'm'`)
+	settleFor() // a quiet heartbeat: the burst is over
+	var began sql.NullTime
+	if err := tx.QueryRowContext(ctx, `SELECT burst_began FROM `+q+`.rings WHERE name = 'm'`).Scan(&began); err != nil {
+		t.Fatal(err)
+	}
+	if began.Valid {
+		t.Errorf("after a quiet heartbeat the ring records a burst begun at %v, want none", began.Time)
+	}
+	exec(`UPDATE leasering.rings SET size = 4097 WHERE name = 'm'`)
+	if ms := settleFor(); ms.Valid {
+		t.Errorf("a batch right after another on a ring of 4,097 holds the moves for %v ms, want not at all (its rebalance would run in a heartbeat)", ms.Float64)
+	}
+	exec(`UPDATE leasering.rings SET size = 8 WHERE name = 'm'`)
 	exec(`UPDATE leasering.members SET heartbeat_ms = NULL`)
 	if ms := settleFor(); ms.Valid {
 		t.Errorf("a batch on a ring whose heartbeats are unknown holds the moves for %v ms, want not at all", ms.Float64)
@@ -185,6 +208,14 @@ func TestBurstOfJoinsMovesOnceSettled(t *testing.T) {
 	if ms, ok := settles("b"); ok {
 		t.Errorf("b, which owns nothing, heard the burst settles in %d ms, want no word of it", ms)
 	}
+	// b's view is current: the ring is looked at for the burst alone, and
+	// no ring work is done, so a steady renewal still may skip the wait
+	// for the disk (a heartbeat that worked on a ring commits durably).
+	s.async = true
+	if h, err := s.renew(nil, "b", false, false, 0); err != nil || h.durable || len(h.changes) != 0 {
+		t.Errorf("b's steady heartbeat during the burst: durable %v, changes %+v (%v); want an async renewal and no answer", h.durable, h.changes, err)
+	}
+	s.async = false
 	if moving := s.handingOff("a", "b"); len(moving) != 0 {
 		t.Fatalf("heartbeats before the burst settled moved %v, want nothing", moving)
 	}

@@ -431,9 +431,10 @@ BEGIN
                coalesce(x.own_only, false) AS own_only, coalesce(x.own_view, false) AS own_view,
                coalesce(x.owner_ids, false) AS owner_ids,
                g.size AS cur_size, CASE WHEN x.settle_wake THEN g.settle_until END AS settle_until,
-               coalesce(g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
-                        OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
-                        OR g.settle_until <= now(), true) AS work  -- a burst of joins settled: rebalance (ring_work)
+               (g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
+                OR coalesce(cardinality(x.released), 0) > 0 OR coalesce(x.incoming, false)
+                OR coalesce(x.await_ms, 0) > 0
+                OR coalesce(g.settle_until <= now(), false)) AS work  -- the WHERE's terms but the last; settled: rebalance (ring_work)
           FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
                                                  release_after_ms integer, incoming boolean, await_ms integer,
                                                  later_if_busy boolean, own_only boolean, own_view boolean,
@@ -1611,17 +1612,29 @@ $$;
 -- that has not heard of them yet, and those on their way still go at
 -- once, as the quotas say. A join after a quiet heartbeat rebalances at
 -- once, as before; members joined by a release before version 9, whose
--- heartbeat the ring does not know, never hold anything back.
+-- heartbeat the ring does not know, never hold anything back. Nor does a
+-- ring of more than 4,096 partitions: the rebalance after the burst runs
+-- in a heartbeat (settled), and on a ring of 65,536 a rebalance takes
+-- 0.27-0.61 s (BENCHMARKS.md, Big rings), which a heartbeat must never
+-- spend. And a burst holds its moves back for at most 60 (max_settle_beats)
+-- heartbeats from its first batch (burst_began): joins that never stop
+-- (nodes that crash and come back under new ids faster than a heartbeat)
+-- must not keep the ring from ever balancing; past that, each batch
+-- rebalances at once until a quiet heartbeat.
 CREATE OR REPLACE FUNCTION leasering.settle_joins(p_ring text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
 AS $$
 DECLARE
+    max_settle_beats constant integer := 60;
     hb interval := (SELECT max(heartbeat_ms) * interval '1 millisecond' FROM members WHERE ring = p_ring);
 BEGIN
     UPDATE rings
-       SET settle_until = CASE WHEN joined_at > now() - hb THEN now() + hb END,
+       SET burst_began = CASE WHEN joined_at > now() - hb THEN coalesce(burst_began, joined_at) END,
+           settle_until = CASE WHEN joined_at > now() - hb AND size <= 4096
+                                    AND coalesce(burst_began, joined_at) > now() - max_settle_beats * hb
+                               THEN now() + hb END,
            joined_at = now()
      WHERE name = p_ring;
 END

@@ -82,9 +82,11 @@ CREATE TABLE IF NOT EXISTS leasering.rings (
     told_through    bigint NOT NULL DEFAULT 0,  -- G9: owners count as told of grants up to this version (rebalance)
     told_at         timestamptz,                -- the server identity's noticed_at that told_through is for
     -- Joins in a burst (settle_joins, in functions.sql): when the last batch
-    -- of joins placed a member, and until when rebalance tells no live owner
-    -- to give a partition up (NULL: nothing held back).
+    -- of joins placed a member, when the burst's first did (NULL: no burst),
+    -- and until when rebalance tells no live owner to give a partition up
+    -- (NULL: nothing held back).
     joined_at       timestamptz,
+    burst_began     timestamptz,
     settle_until    timestamptz,
     CONSTRAINT rings_version_check CHECK (version >= 1 AND members_changed BETWEEN 0 AND version),
     CONSTRAINT rings_told_check CHECK (told_through BETWEEN 0 AND version)
