@@ -120,7 +120,7 @@ func (c *Client) renewed(res renewResult, now time.Time) {
 // applyChanges applies a renewal's ring changes to the leases. It returns
 // the number of views it applied and what they ask of the schedule.
 func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h handoffTimes) {
-	var settles []time.Time // bursts of joins settling where this node owns partitions
+	var settle time.Time // the first burst of joins to settle where this node owns partitions (zero: none)
 	c.mu.Lock()
 	for _, ch := range res.changes {
 		l, ok := c.leases[ch.Ring]
@@ -149,7 +149,9 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h hand
 		case ringIncoming:
 			l.view.setIncoming(ch, incomingMeasured(res.sent.Add(res.waited), res.recv))
 		case ringSettling:
-			settles = append(settles, incomingMeasured(res.sent.Add(res.waited), res.recv).Add(time.Duration(ch.SettlesMS)*time.Millisecond))
+			if at := incomingMeasured(res.sent.Add(res.waited), res.recv).Add(time.Duration(ch.SettlesMS) * time.Millisecond); settle.IsZero() || at.Before(settle) {
+				settle = at
+			}
 		default:
 			views++
 			before := len(l.view.current.values)
@@ -170,11 +172,7 @@ func (c *Client) applyChanges(res renewResult, now time.Time) (views int, h hand
 	}
 	c.mu.Unlock()
 	h = c.handoff(now)
-	for _, at := range settles {
-		if h.settle.IsZero() || at.Before(h.settle) {
-			h.settle = at
-		}
-	}
+	h.settle = settle
 	return views, h
 }
 

@@ -423,28 +423,29 @@ BEGIN
     IF p_scan THEN
         next_event := scan_and_evict(p_node, p_ttl_ms);
     END IF;
-    -- The rings that need work, in name order, found by one statement.
+    -- The rings that need work, in name order, found by one statement; and,
+    -- during a burst of joins, those where the node may hear when it
+    -- settles (settle_until, with settle_wake), which need none otherwise.
     FOR r IN
-        SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
-               coalesce(x.release_after_ms, 0) AS release_after_ms,
-               coalesce(x.incoming, false) AS incoming, x.await_ms, coalesce(x.later_if_busy, false) AS later_if_busy,
-               coalesce(x.own_only, false) AS own_only, coalesce(x.own_view, false) AS own_view,
-               coalesce(x.owner_ids, false) AS owner_ids,
-               g.size AS cur_size, CASE WHEN x.settle_wake THEN g.settle_until END AS settle_until,
-               (g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
-                OR coalesce(cardinality(x.released), 0) > 0 OR coalesce(x.incoming, false)
-                OR coalesce(x.await_ms, 0) > 0
-                OR coalesce(g.settle_until <= now(), false)) AS work  -- the WHERE's terms but the last; settled: rebalance (ring_work)
-          FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
-                                                 release_after_ms integer, incoming boolean, await_ms integer,
-                                                 later_if_busy boolean, own_only boolean, own_view boolean,
-                                                 owner_ids boolean, settle_wake boolean)
-          LEFT JOIN rings g ON g.name = x.ring
-         WHERE g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
-            OR cardinality(x.released) > 0 OR x.incoming OR x.await_ms > 0
-            OR g.settle_until <= now()
-            OR x.settle_wake AND g.settle_until IS NOT NULL  -- settling: the owners hear when (settles_ms)
-         ORDER BY x.ring
+        SELECT *
+          FROM (SELECT x.ring, x.size, x.vnodes, coalesce(x.version, 0) AS known, coalesce(x.released, '{}') AS released,
+                       coalesce(x.release_after_ms, 0) AS release_after_ms,
+                       coalesce(x.incoming, false) AS incoming, x.await_ms, coalesce(x.later_if_busy, false) AS later_if_busy,
+                       coalesce(x.own_only, false) AS own_only, coalesce(x.own_view, false) AS own_view,
+                       coalesce(x.owner_ids, false) AS owner_ids,
+                       g.size AS cur_size, CASE WHEN x.settle_wake THEN g.settle_until END AS settle_until,
+                       -- every term non-NULL: the client leaves out what is empty
+                       (g.name IS NULL OR g.size <> x.size OR g.version <> coalesce(x.version, 0)
+                        OR coalesce(cardinality(x.released), 0) > 0 OR coalesce(x.incoming, false)
+                        OR coalesce(x.await_ms, 0) > 0
+                        OR coalesce(g.settle_until <= now(), false)) AS work  -- settled: rebalance (ring_work)
+                  FROM jsonb_to_recordset(p_rings) AS x (ring text, size integer, vnodes integer, version bigint, released integer[],
+                                                         release_after_ms integer, incoming boolean, await_ms integer,
+                                                         later_if_busy boolean, own_only boolean, own_view boolean,
+                                                         owner_ids boolean, settle_wake boolean)
+                  LEFT JOIN rings g ON g.name = x.ring) AS w
+         WHERE w.work OR w.settle_until IS NOT NULL
+         ORDER BY w.ring
     LOOP
         PERFORM release_at(r.release_after_ms);  -- refuses a wait out of bounds before anything is done
         IF NOT r.work THEN
