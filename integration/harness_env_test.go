@@ -109,7 +109,9 @@ func newEnvOn(t testing.TB, dsn string, ttl, heartbeat time.Duration) *env {
 			_ = n.proxy.Close()
 		}
 		e.checkInvariants("at the end, the nodes closed")
-		if _, err := admin.Exec(`DROP SCHEMA IF EXISTS "` + e.schema + `" CASCADE`); err != nil {
+		if os.Getenv("LEASERING_TEST_KEEP_SCHEMA") != "" { // to read its statistics after the run
+			t.Logf("schema %s kept (LEASERING_TEST_KEEP_SCHEMA)", e.schema)
+		} else if _, err := admin.Exec(`DROP SCHEMA IF EXISTS "` + e.schema + `" CASCADE`); err != nil {
 			t.Errorf("dropping schema %s: %v", e.schema, err)
 		}
 		_ = admin.Close()

@@ -226,7 +226,7 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(`SELECT pg_advisory_xact_lock_shared("` + s.e.schema + `".release_key('r', 'a'))`); err != nil {
+	if _, err := tx.Exec(`SELECT pg_advisory_xact_lock("` + s.e.schema + `".release_key('r', 'a'))`); err != nil {
 		t.Fatal(err)
 	}
 	answer, took = s.look("b", 50)
@@ -249,40 +249,110 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 	t.Logf("the look took %v; answered %v after the release's answer came back", took, heard.Sub(released))
 }
 
-// TestReleasingLeavesNoLock: a look's check of an owner's release lock
-// (releasing) says whether a call holds it, and leaves no lock of its own
-// behind, in either case: a try it kept would hold up, until the look's
-// commit, the owner's next releasing call.
-func TestReleasingLeavesNoLock(t *testing.T) {
+// TestReleaseAwaitedSleepsUntilTheCommit: a look's wait for a release on
+// its way (release_awaited) says false at once, and takes no lock, while
+// no call holds the owner's release lock. While one does (exclusively, as
+// ring_work holds it), the look sleeps in the lock's queue until that call
+// commits, or until its bound. It asks for the lock shared, so every look
+// waiting wakes at the one commit (asked for exclusively, the 89 looks of
+// a roll-out were granted it one after another, the last 125 ms after the
+// commit); and it leaves no lock behind, nor a lock_timeout of its own:
+// a lock it kept would hold up the owner's next releasing call until the
+// look's commit.
+func TestReleaseAwaitedSleepsUntilTheCommit(t *testing.T) {
 	s := newSQLNodes(t)
 	q := `"` + s.e.schema + `"`
-	check := func(want bool) {
-		t.Helper()
+	key := q + `.release_key('r', 'a')`
+	awaited := func(boundMS int) (held bool, took time.Duration) {
 		tx, err := s.e.admin.Begin()
 		if err != nil {
-			t.Fatal(err)
+			t.Error(err)
+			return false, 0
 		}
 		defer func() { _ = tx.Rollback() }()
-		var got bool
-		var held int
-		if err := tx.QueryRow(`SELECT ` + q + `.releasing(ARRAY[` + q + `.release_key('r', 'a')])`).Scan(&got); err != nil {
-			t.Fatal(err)
+		if _, err := tx.Exec(`SET LOCAL lock_timeout = '20ms'`); err != nil { // as renew_and_read sets it
+			t.Error(err)
+			return false, 0
 		}
-		if err := tx.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&held); err != nil {
-			t.Fatal(err)
+		began := time.Now()
+		if err := tx.QueryRow(`SELECT `+q+`.release_awaited(ARRAY[`+key+`], clock_timestamp() + $1 * interval '1 millisecond')`,
+			boundMS).Scan(&held); err != nil {
+			t.Error(err)
+			return false, 0
 		}
-		if got != want || held != 0 {
-			t.Errorf("releasing = %v with %d advisory locks left in the transaction; want %v and none", got, held, want)
+		took = time.Since(began)
+		var locks int
+		var timeout string
+		if err := tx.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&locks); err != nil {
+			t.Error(err)
 		}
+		if err := tx.QueryRow(`SHOW lock_timeout`).Scan(&timeout); err != nil {
+			t.Error(err)
+		}
+		if locks != 0 || timeout != "20ms" {
+			t.Errorf("release_awaited left %d advisory locks and lock_timeout %s in the transaction; want none and 20ms", locks, timeout)
+		}
+		return held, took
 	}
-	check(false)
+
+	if held, took := awaited(2000); held || took > time.Second {
+		t.Errorf("with no release on its way: %v after %v; want false at once", held, took)
+	}
+
 	owner, err := s.e.admin.Begin() // a's releasing call, as ring_work holds it
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = owner.Rollback() }()
-	if _, err := owner.Exec(`SELECT pg_advisory_xact_lock_shared(` + q + `.release_key('r', 'a'))`); err != nil {
+	if _, err := owner.Exec(`SELECT pg_advisory_xact_lock(` + key + `)`); err != nil {
 		t.Fatal(err)
 	}
-	check(true)
+	if held, took := awaited(300); !held || took < 300*time.Millisecond || took > 5*time.Second {
+		t.Errorf("with a release on its way that does not end: %v after %v; want true at its bound of 300ms", held, took)
+	}
+
+	// Three looks wait; the owner's call commits.
+	const looks = 3
+	type result struct {
+		held bool
+		at   time.Time
+	}
+	results := make(chan result, looks)
+	for range looks {
+		go func() {
+			held, _ := awaited(20000)
+			results <- result{held, time.Now()}
+		}()
+	}
+	var modes []string
+	deadline := time.Now().Add(10 * time.Second)
+	for len(modes) < looks && time.Now().Before(deadline) {
+		modes = modes[:0]
+		rows, err := s.e.admin.Query(`SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var m string
+			if err := rows.Scan(&m); err != nil {
+				t.Fatal(err)
+			}
+			modes = append(modes, m)
+		}
+		rows.Close()
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(modes) != looks || slices.ContainsFunc(modes, func(m string) bool { return m != "ShareLock" }) {
+		t.Errorf("the looks waiting asked for the lock as %v; want %d ShareLock", modes, looks)
+	}
+	if err := owner.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	committed := time.Now()
+	for range looks {
+		r := <-results
+		if !r.held || r.at.Sub(committed) > 2*time.Second {
+			t.Errorf("a look waiting said %v %v after the commit; want true at once (its bound: 20s)", r.held, r.at.Sub(committed))
+		}
+	}
 }

@@ -43,6 +43,7 @@ var oldSchemas = []struct {
 	{"v17", 17, "testdata/schema_and_functions_v17_2e68044.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v18", 18, "testdata/schema_and_functions_v18_8b27473.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 	{"v19", 19, "testdata/schema_and_functions_v19_930ab43.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
+	{"v20", 20, "testdata/schema_and_functions_v20_72c992e.sql", oldClient{forgetOnRejoin: true, joinRings: true}},
 }
 
 // oldClient is how the Go client of an older release read the heartbeat's

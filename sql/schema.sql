@@ -1,4 +1,4 @@
--- leasering: the tables, schema version 20.
+-- leasering: the tables, schema version 21.
 --
 -- A new schema gets this file and then functions.sql; a schema at an older
 -- version gets the files of migrations/ above its version and then
@@ -30,11 +30,11 @@ GRANT SELECT ON leasering.schema_version TO PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT version FROM leasering.schema_version) > 20 THEN
-        RAISE EXCEPTION 'schema version % in the database is newer than this file (20)',
+    IF (SELECT version FROM leasering.schema_version) > 21 THEN
+        RAISE EXCEPTION 'schema version % in the database is newer than this file (21)',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR002';
-    ELSIF (SELECT version FROM leasering.schema_version) < 20 THEN
+    ELSIF (SELECT version FROM leasering.schema_version) < 21 THEN
         RAISE EXCEPTION 'the schema is at version %: upgrade it with the files of sql/migrations above that version, not schema.sql',
                         (SELECT version FROM leasering.schema_version)
               USING ERRCODE = 'LR007';
@@ -158,4 +158,4 @@ CREATE INDEX IF NOT EXISTS partitions_owner ON leasering.partitions (ring, owner
 CREATE INDEX IF NOT EXISTS partitions_granted ON leasering.partitions (ring, granted);  -- a view's routing (ring_view)
 CREATE INDEX IF NOT EXISTS partitions_next_owner ON leasering.partitions (ring, next_owner) WHERE next_owner IS NOT NULL;
 
-INSERT INTO leasering.schema_version (version) VALUES (20) ON CONFLICT (id) DO NOTHING;
+INSERT INTO leasering.schema_version (version) VALUES (21) ON CONFLICT (id) DO NOTHING;
