@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -226,7 +227,7 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(`SELECT pg_advisory_xact_lock("` + s.e.schema + `".release_key('r', 'a'))`); err != nil {
+	if _, err := tx.Exec(`SELECT pg_advisory_xact_lock($1)`, s.releaseKey("a")); err != nil {
 		t.Fatal(err)
 	}
 	answer, took = s.look("b", 50)
@@ -262,7 +263,7 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 func TestReleaseAwaitedSleepsUntilTheCommit(t *testing.T) {
 	s := newSQLNodes(t)
 	q := `"` + s.e.schema + `"`
-	key := q + `.release_key('r', 'a')`
+	key := strconv.FormatInt(s.releaseKey("a"), 10)
 	awaited := func(boundMS int) (held bool, took time.Duration) {
 		tx, err := s.e.admin.Begin()
 		if err != nil {
@@ -275,7 +276,7 @@ func TestReleaseAwaitedSleepsUntilTheCommit(t *testing.T) {
 			return false, 0
 		}
 		began := time.Now()
-		if err := tx.QueryRow(`SELECT `+q+`.release_awaited(ARRAY[`+key+`], clock_timestamp() + $1 * interval '1 millisecond')`,
+		if err := tx.QueryRow(`SELECT `+q+`.release_awaited(ARRAY[`+key+`]::bigint[], clock_timestamp() + $1 * interval '1 millisecond')`,
 			boundMS).Scan(&held); err != nil {
 			t.Error(err)
 			return false, 0
@@ -355,4 +356,82 @@ func TestReleaseAwaitedSleepsUntilTheCommit(t *testing.T) {
 			t.Errorf("a look waiting said %v %v after the commit; want true at once (its bound: 20s)", r.held, r.at.Sub(committed))
 		}
 	}
+}
+
+// TestReleaseOutwaitsALooksTry: a look that polls for a release not yet
+// begun holds the owner's release lock, shared, for the moment of each
+// try, and on a starved CPU that moment can outlast a heartbeat's
+// lock_timeout of 20 ms. The owner's releasing call waits it out
+// (hold_release_key) rather than failing: waited for under that timeout,
+// the whole release was undone and sent again a heartbeat later.
+func TestReleaseOutwaitsALooksTry(t *testing.T) {
+	s := newSQLNodes(t)
+	moving := s.toldHandoff()
+	q := `"` + s.e.schema + `"`
+
+	look, err := s.e.admin.Begin() // b's try, held as long as a descheduled backend might
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = look.Rollback() }()
+	if _, err := look.Exec(`SELECT pg_advisory_xact_lock_shared($1)`, s.releaseKey("a")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		began := time.Now()
+		answer, err := s.releaseAhead("a", 0, 0, moving...)
+		t.Logf("a's release answered after %v: %v", time.Since(began), answer)
+		done <- err
+	}()
+	waiting := func() bool {
+		var n int
+		if err := s.e.admin.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' AND NOT granted`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !waiting() {
+		if time.Now().After(deadline) {
+			t.Fatal("a's releasing call never waited for its release lock")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the scenario: the try outlasts lock_timeout five times over
+	if err := look.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("a's release: %v", err)
+	}
+	var confirmed int
+	ids, _ := json.Marshal(moving)
+	if err := s.e.admin.QueryRow(`SELECT count(*) FROM `+q+`.partitions WHERE ring = 'r'
+		AND partition IN (SELECT jsonb_array_elements_text($1::jsonb)::integer) AND (owner = 'b' OR released)`, string(ids)).Scan(&confirmed); err != nil {
+		t.Fatal(err)
+	}
+	if confirmed != len(moving) {
+		t.Errorf("after a look's try held the release lock 100 ms, %d of the %d partitions a released are released or b's; want all", confirmed, len(moving))
+	}
+}
+
+// releaseKey is the key of owner's release lock on ring "r" as the
+// functions compute it: release_key reads current_schema(), which is the
+// schema inside them and the caller's own outside.
+func (s *sqlNodes) releaseKey(owner string) int64 {
+	s.t.Helper()
+	tx, err := s.e.admin.Begin()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.Exec(`SELECT pg_catalog.set_config('search_path', $1, true)`, `"`+s.e.schema+`"`); err != nil {
+		s.t.Fatal(err)
+	}
+	var key int64
+	if err := tx.QueryRow(`SELECT "`+s.e.schema+`".release_key('r', $1)`, owner).Scan(&key); err != nil {
+		s.t.Fatal(err)
+	}
+	return key
 }

@@ -152,9 +152,10 @@
 --     marks its node's partitions rows released without it, skipping
 --     those another transaction holds;
 --   - a call that releases partitions takes release_key's advisory lock,
---     exclusively, at any step: a look asks for it shared, holding no
---     other lock, and lets it go at once (release_awaited), so a wait for
---     a look lasts microseconds, and a look's wait closes no cycle;
+--     exclusively, at any step, waiting up to 250 ms and going on without
+--     it if it does not come (hold_release_key): a look asks for it
+--     shared, holding no other lock, and lets it go at once
+--     (release_awaited), so a look's wait closes no cycle;
 --   - rebalance, under a ring's lock, share-locks nodes and other nodes'
 --     member rows with SKIP LOCKED: it never waits for them; join_waiting
 --     likewise locks the nodes, joins rows and member rows of the joins it
@@ -555,7 +556,7 @@ BEGIN
         EXIT WHEN worked > 0 AND clock_timestamp() > p_budget;  -- the rest with the next
         worked := worked + 1;
         BEGIN
-            PERFORM pg_advisory_xact_lock(release_key(r.ring, p_node));  -- as in ring_work
+            PERFORM hold_release_key(r.ring, p_node);  -- as in ring_work
             PERFORM wait_until(r.at - release_work(cardinality(r.released)));
             PERFORM confirm_releases(p_node, r.ring, r.released, p_ttl_ms);
             release_at := greatest(release_at, r.at);
@@ -860,7 +861,7 @@ BEGIN
         END;
     END IF;
     IF cardinality(p_released) > 0 THEN
-        PERFORM pg_advisory_xact_lock(release_key(p_ring, p_node));  -- seen by await_release
+        PERFORM hold_release_key(p_ring, p_node);  -- seen by await_release
         waited := wait_until(p_release_at - release_work(cardinality(p_released)));
         PERFORM confirm_releases(p_node, p_ring, p_released, p_ttl_ms);
     END IF;
@@ -1874,6 +1875,36 @@ CREATE OR REPLACE FUNCTION leasering.release_key(p_ring text, p_node text)
 RETURNS bigint
 LANGUAGE sql STABLE
 AS $$ SELECT pg_catalog.hashtextextended(pg_catalog.current_schema() || ' release ' || p_ring || ' ' || p_node, 0) $$;
+
+-- hold_release_key: a call that releases partitions of ring p_ring owned
+-- by node p_node takes release_key's lock, exclusively, until its commit,
+-- for the looks waiting for those partitions (release_awaited). Each look
+-- waiting for a release not yet begun tries that lock, shared, every poll,
+-- and holds it for the moment of the try: on a starved CPU, for longer
+-- than the heartbeat's lock_timeout of 20 ms. Waited for under that
+-- timeout, the lock failed the whole release, undone and sent again a
+-- heartbeat later (TestRollout, 100 nodes: every handoff of one owner
+-- came a second late). So the call waits up to 250 ms for it (a look lets
+-- go within a try) and, if it does not come, goes on without it: the
+-- looks then hear of the release when it commits, a poll later at most.
+CREATE OR REPLACE FUNCTION leasering.hold_release_key(p_ring text, p_node text)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = leasering, pg_temp
+AS $$
+DECLARE
+    was text := current_setting('lock_timeout');
+BEGIN
+    BEGIN
+        PERFORM set_config('lock_timeout', '250ms', true);
+        PERFORM pg_advisory_xact_lock(release_key(p_ring, p_node));
+        PERFORM set_config('lock_timeout', was, true);
+        RETURN true;  -- the subtransaction ends well: its lock is the call's
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        RETURN false;  -- its lock_timeout went with it
+    END;
+END
+$$;
 
 -- release_awaited: whether a call held the release lock (release_key) of
 -- one of p_keys; if so, it waits, up to p_until, for that call to end (its
