@@ -72,7 +72,7 @@
 // release commits, so in a join or a heal the partition goes unreported for the drain
 // and a few milliseconds, not up to a heartbeat more (Stats.HandoffLooks
 // counts those early heartbeats; README.md says where that bound does not
-// hold yet: roll-outs that move most of a ring at once). A
+// hold: roll-outs of 100 nodes or more on a database of two cores). A
 // partition A has not been told of yet moves to B at once: the database
 // records the version of the last view each node was given. A dead node's
 // partitions go to their new owners once its lease has lapsed in database

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -180,8 +181,8 @@ func logGaps(t *testing.T, what string, moves []handoff, drain time.Duration) {
 }
 
 // checkGaps fails the test if fewer than want handoffs were seen or one
-// took longer than limit, and logs their spread; the first such gap comes
-// with its two nodes' last records (env.trace).
+// took longer than limit, and logs their spread; the longest gap over the
+// limit comes with its two nodes' last records (env.trace).
 func checkGaps(t *testing.T, e *env, what string, moves []handoff, want int, limit time.Duration) {
 	t.Helper()
 	if len(moves) < want {
@@ -201,19 +202,22 @@ func checkGaps(t *testing.T, e *env, what string, moves []handoff, want int, lim
 	t.Logf("%s: %d handoffs, gap min %v, median %v, p99 %v, max %v (limit %v); unowned %.1f partition-seconds in all",
 		what, len(moves), gaps[0].Round(time.Millisecond), pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
 		gaps[len(gaps)-1].Round(time.Millisecond), limit, total.Seconds())
+	longest := slices.MaxFunc(moves, func(a, b handoff) int { return cmp.Compare(a.gap, b.gap) })
+	if longest.gap > limit {
+		e.mu.Lock()
+		nodes := append([]*node(nil), e.nodes...)
+		e.mu.Unlock()
+		t.Logf("%s: the longest gap, %v, of partition %d from %s to %s, ended %s", what, longest.gap.Round(time.Millisecond),
+			longest.p, longest.from, longest.to, longest.at.Format("15:04:05.000"))
+		for _, n := range nodes {
+			if n.id == longest.from || n.id == longest.to {
+				t.Logf("%s's last records:%s", n.id, n.recent())
+			}
+		}
+	}
 	over := 0
 	for _, m := range moves {
 		if m.gap > limit {
-			if over == 0 {
-				e.mu.Lock()
-				nodes := append([]*node(nil), e.nodes...)
-				e.mu.Unlock()
-				for _, n := range nodes {
-					if n.id == m.from || n.id == m.to {
-						t.Logf("%s's last records before %s:%s", n.id, m.at.Format("15:04:05.000"), n.recent())
-					}
-				}
-			}
 			if over < 5 {
 				t.Errorf("%s: partition %d went unreported for %v from %s to %s, limit %v", what, m.p, m.gap.Round(time.Millisecond), m.from, m.to, limit)
 			}

@@ -22,13 +22,13 @@ var (
 // more than once, and no lease be lost. It runs alone, as
 // TestHandoffGapOnJoin does: it measures time.
 //
-// The handoff gaps are logged, not judged: the drain plus 50 ms that a
-// join keeps is not met by a roll-out yet. At 10 nodes, under -race
-// beside a busy core (as in CI), 2 runs of 36 went past even the drain
-// plus 50 ms plus the longest round trip seen (TestHandoffGapOnJoin's
-// bound), by 29 and 136 ms; at 100 and 500 nodes the gaps are longer, and
-// partitions move twice at 500 (BENCHMARKS.md, *Handoff gaps and
-// roll-outs*).
+// Every handoff's gap must be within the join's bound
+// (TestHandoffGapOnJoin): the drain plus 50 ms plus the longest heartbeat
+// round trip seen. At 10 nodes under -race beside a busy core 12 runs of
+// 12 kept it (the longest gaps 1.032-1.117 s, the thinnest margin 8 ms),
+// 11 of them the drain plus 50 ms alone. At 100 and 500 nodes on one
+// machine of two cores it does not hold (BENCHMARKS.md, *Looks sleep on
+// the release's lock*): the run fails there, as it should.
 func TestRollout(t *testing.T) {
 	if *rolloutNodes <= 0 {
 		t.Skip("-rollout.nodes=0")
@@ -78,13 +78,7 @@ func TestRollout(t *testing.T) {
 		t.Errorf("%d partitions moved more than once, want each moved once at most", twice)
 	}
 	logGaps(t, "roll-out", moves, drain)
-	joinBound, over := drain+handoffSlack+rec.maxRTT, 0
-	for _, m := range moves {
-		if m.gap > joinBound {
-			over++
-		}
-	}
-	t.Logf("roll-out: %d handoffs over the drain plus 50 ms plus the longest round trip (%v)", over, joinBound.Round(time.Millisecond))
+	checkGaps(t, e, "roll-out", moves, 0, drain+handoffSlack+rec.maxRTT)
 }
 
 // logPoolWaits logs how often, and how long in all, the nodes' heartbeats
