@@ -3,8 +3,10 @@ package integration
 import (
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -227,11 +229,12 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() { _ = tx.Rollback() }()
 	if _, err := tx.Exec(`SELECT pg_advisory_xact_lock($1)`, s.releaseKey("a")); err != nil {
 		t.Fatal(err)
 	}
 	answer, took = s.look("b", 50)
-	tx.Rollback()
+	_ = tx.Rollback()
 	if answer["status"] != "incoming" || took > 500*time.Millisecond {
 		t.Errorf("without await_release_ms a look answered %v after %v; want the dues after its await_ms of 50ms", answer, took)
 	}
@@ -263,7 +266,8 @@ func TestLookWaitsForAReleaseOnItsWay(t *testing.T) {
 func TestReleaseAwaitedSleepsUntilTheCommit(t *testing.T) {
 	s := newSQLNodes(t)
 	q := `"` + s.e.schema + `"`
-	key := strconv.FormatInt(s.releaseKey("a"), 10)
+	k := s.releaseKey("a")
+	key := strconv.FormatInt(k, 10)
 	awaited := func(boundMS int) (held bool, took time.Duration) {
 		tx, err := s.e.admin.Begin()
 		if err != nil {
@@ -319,8 +323,12 @@ func TestReleaseAwaitedSleepsUntilTheCommit(t *testing.T) {
 		at   time.Time
 	}
 	results := make(chan result, looks)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // a failure below rolls the owner back, which ends their waits
 	for range looks {
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			held, _ := awaited(20000)
 			results <- result{held, time.Now()}
 		}()
@@ -329,7 +337,7 @@ func TestReleaseAwaitedSleepsUntilTheCommit(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for len(modes) < looks && time.Now().Before(deadline) {
 		modes = modes[:0]
-		rows, err := s.e.admin.Query(`SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)
+		rows, err := s.e.admin.Query(advisoryWaiters, advisoryKey(k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -378,18 +386,31 @@ func TestReleaseOutwaitsALooksTry(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // a failure below lets b's lock go (deferred), which ends a's wait
+	wg.Add(1)
 	go func() {
-		began := time.Now()
-		answer, err := s.releaseAhead("a", 0, 0, moving...)
-		t.Logf("a's release answered after %v: %v", time.Since(began), answer)
+		defer wg.Done()
+		_, err := s.releaseAhead("a", 0, 0, moving...)
 		done <- err
 	}()
+	key := advisoryKey(s.releaseKey("a"))
 	waiting := func() bool {
-		var n int
-		if err := s.e.admin.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' AND NOT granted`).Scan(&n); err != nil {
+		rows, err := s.e.admin.Query(advisoryWaiters, key)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return n > 0
+		defer rows.Close()
+		for rows.Next() {
+			var m string
+			if err := rows.Scan(&m); err != nil {
+				t.Fatal(err)
+			}
+			if m == "ExclusiveLock" {
+				return true
+			}
+		}
+		return false
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !waiting() {
@@ -434,4 +455,44 @@ func (s *sqlNodes) releaseKey(owner string) int64 {
 		s.t.Fatal(err)
 	}
 	return key
+}
+
+// advisoryWaiters lists the modes of the requests waiting for the advisory
+// lock of a bigint key (advisoryKey's two halves), and for no other.
+const advisoryWaiters = `SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+	AND objsubid = 1 AND classid = ($1::jsonb ->> 0)::bigint::oid AND objid = ($1::jsonb ->> 1)::bigint::oid`
+
+// advisoryKey is a bigint advisory key as pg_locks shows it: its high and
+// low 32 bits (classid, objid), as a JSON array for advisoryWaiters.
+func advisoryKey(k int64) string {
+	return fmt.Sprintf("[%d, %d]", uint32(uint64(k)>>32), uint32(k))
+}
+
+// TestReleaseAwaitedWakesForEachOwner: a look that waits for partitions
+// of two owners whose releasing calls are both on their way must not sleep
+// until the one it found first commits: the other's commit, which moves
+// the ring, would go unseen. With several keys it sleeps 10 ms at a time,
+// and its caller looks again in between.
+func TestReleaseAwaitedWakesForEachOwner(t *testing.T) {
+	s := newSQLNodes(t)
+	q := `"` + s.e.schema + `"`
+	for _, owner := range []string{"a", "c"} {
+		tx, err := s.e.admin.Begin() // owner's releasing call, as ring_work holds it
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback() }()
+		if _, err := tx.Exec(`SELECT pg_advisory_xact_lock($1)`, s.releaseKey(owner)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var held bool
+	began := time.Now()
+	if err := s.e.admin.QueryRow(`SELECT `+q+`.release_awaited(ARRAY[$1, $2]::bigint[], clock_timestamp() + interval '5 seconds')`,
+		s.releaseKey("a"), s.releaseKey("c")).Scan(&held); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); !held || took > 2*time.Second {
+		t.Errorf("with two releases on their way, neither ending: %v after %v; want true within its slice of 10 ms, not at its bound of 5s", held, took)
+	}
 }

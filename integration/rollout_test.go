@@ -37,7 +37,7 @@ func TestRollout(t *testing.T) {
 	const ttl, hb = 10 * time.Second, time.Second
 	drain := hb
 	e := newEnv(t, ttl, hb)
-	e.trace = true // the first handoff over the bound shows its nodes' last records
+	e.trace = true // the longest handoff over the bound shows its nodes' last records
 	nodes := pooledNodes(t, e, *rolloutNodes, *rolloutPool, []string{ring}, q)
 	for _, n := range nodes {
 		e.register(n)

@@ -152,8 +152,9 @@
 --     marks its node's partitions rows released without it, skipping
 --     those another transaction holds;
 --   - a call that releases partitions takes release_key's advisory lock,
---     exclusively, at any step, waiting up to 250 ms and going on without
---     it if it does not come (hold_release_key): a look asks for it
+--     exclusively, at any step, waiting up to 250 ms (a quarter of its
+--     TTL at most) and going on without it if it does not come
+--     (hold_release_key): a look asks for it
 --     shared, holding no other lock, and lets it go at once
 --     (release_awaited), so a look's wait closes no cycle;
 --   - rebalance, under a ring's lock, share-locks nodes and other nodes'
@@ -556,7 +557,7 @@ BEGIN
         EXIT WHEN worked > 0 AND clock_timestamp() > p_budget;  -- the rest with the next
         worked := worked + 1;
         BEGIN
-            PERFORM hold_release_key(r.ring, p_node);  -- as in ring_work
+            PERFORM hold_release_key(r.ring, p_node, p_ttl_ms);  -- as in ring_work
             PERFORM wait_until(r.at - release_work(cardinality(r.released)));
             PERFORM confirm_releases(p_node, r.ring, r.released, p_ttl_ms);
             release_at := greatest(release_at, r.at);
@@ -861,7 +862,7 @@ BEGIN
         END;
     END IF;
     IF cardinality(p_released) > 0 THEN
-        PERFORM hold_release_key(p_ring, p_node);  -- seen by await_release
+        PERFORM hold_release_key(p_ring, p_node, p_ttl_ms);  -- seen by await_release
         waited := wait_until(p_release_at - release_work(cardinality(p_released)));
         PERFORM confirm_releases(p_node, p_ring, p_released, p_ttl_ms);
     END IF;
@@ -1278,6 +1279,8 @@ $$;
 -- and with many nodes on one pool, heartbeats queued behind a ring's lock
 -- would hold every connection. The caps:
 --     20 ms  a heartbeat's own work
+--    250 ms  a releasing call's release lock (hold_release_key), which a
+--            look's try holds for an instant; without it, the call goes on
 --     0 ms  confirming releases (schema version 16: the rows another
 --            holds are skipped, and the ring's lock only tried; see
 --            confirm_releases)
@@ -1865,8 +1868,8 @@ LANGUAGE sql IMMUTABLE
 AS $$ SELECT (2 + p_count / 25.0) * interval '1 millisecond' $$;
 
 -- release_key: the advisory lock a call that releases partitions of ring
--- p_ring owned by node p_node holds, exclusively, from its start to its
--- commit (ring_work, late_heartbeat), so that a look waiting for them sees
+-- p_ring owned by node p_node holds, exclusively, from before its writes
+-- to its commit (ring_work, late_heartbeat), so that a look waiting for them sees
 -- the release on its way and wakes at its commit (await_release,
 -- release_awaited). Keys of two pairs that collide only make a look wait
 -- longer, never past its bound, and the second releasing call wait for the
@@ -1877,17 +1880,20 @@ LANGUAGE sql STABLE
 AS $$ SELECT pg_catalog.hashtextextended(pg_catalog.current_schema() || ' release ' || p_ring || ' ' || p_node, 0) $$;
 
 -- hold_release_key: a call that releases partitions of ring p_ring owned
--- by node p_node takes release_key's lock, exclusively, until its commit,
--- for the looks waiting for those partitions (release_awaited). Each look
--- waiting for a release not yet begun tries that lock, shared, every poll,
--- and holds it for the moment of the try: on a starved CPU, for longer
--- than the heartbeat's lock_timeout of 20 ms. Waited for under that
--- timeout, the lock failed the whole release, undone and sent again a
--- heartbeat later (TestRollout, 100 nodes: every handoff of one owner
--- came a second late). So the call waits up to 250 ms for it (a look lets
--- go within a try) and, if it does not come, goes on without it: the
--- looks then hear of the release when it commits, a poll later at most.
-CREATE OR REPLACE FUNCTION leasering.hold_release_key(p_ring text, p_node text)
+-- by node p_node (TTL p_ttl_ms) takes release_key's lock, exclusively,
+-- until its commit, for the looks waiting for those partitions
+-- (release_awaited). Each look waiting for a release not yet begun tries
+-- that lock, shared, every poll, and holds it for the moment of the try:
+-- on a starved CPU, for longer than the heartbeat's lock_timeout of
+-- 20 ms. Waited for under that timeout, the lock failed the whole
+-- release, undone and sent again a heartbeat later (TestRollout, 100
+-- nodes: an owner's release of 4,055 partitions came back without its
+-- view and went again a second later). So the call waits for it up to
+-- 250 ms (a quarter of its TTL at most: set_lock_wait's bound) and, if
+-- it does not come, goes on without it: the looks then do not see the
+-- release on its way, and one past its await_ms hears of it with the
+-- node's next look.
+CREATE OR REPLACE FUNCTION leasering.hold_release_key(p_ring text, p_node text, p_ttl_ms integer)
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = leasering, pg_temp
@@ -1896,7 +1902,7 @@ DECLARE
     was text := current_setting('lock_timeout');
 BEGIN
     BEGIN
-        PERFORM set_config('lock_timeout', '250ms', true);
+        PERFORM set_lock_wait(p_ttl_ms, 250);
         PERFORM pg_advisory_xact_lock(release_key(p_ring, p_node));
         PERFORM set_config('lock_timeout', was, true);
         RETURN true;  -- the subtransaction ends well: its lock is the call's
@@ -1907,9 +1913,9 @@ END
 $$;
 
 -- release_awaited: whether a call held the release lock (release_key) of
--- one of p_keys; if so, it waits, up to p_until, for that call to end (its
--- commit lets the lock go), asleep in the lock's queue rather than
--- polling. The releasing call holds the lock exclusively and the looks ask
+-- one of p_keys; if so, it waits, up to p_until (10 ms at a time when
+-- there are several keys), for that call to end (its commit lets the lock
+-- go), asleep in the lock's queue rather than polling. The releasing call holds the lock exclusively and the looks ask
 -- for it shared, so that its commit wakes every look waiting at once:
 -- asked for exclusively, the 89 looks of a 100-node roll-out that waited
 -- for one release were granted it one after another, the last 125 ms
@@ -1932,12 +1938,17 @@ BEGIN
         BEGIN
             IF NOT pg_try_advisory_xact_lock_shared(k) THEN
                 held := true;
+                -- Asleep on one owner's call, a look would not see another's
+                -- commit: with several owners awaited, it wakes every 10 ms
+                -- to look (the caller's loop) and sleeps again.
                 PERFORM set_config('lock_timeout',
-                                   greatest(ceil(extract(epoch FROM p_until - clock_timestamp()) * 1000), 1)::text || 'ms', true);
+                                   greatest(ceil(extract(epoch FROM
+                                       CASE WHEN cardinality(p_keys) > 1 THEN least(p_until, clock_timestamp() + interval '10 milliseconds')
+                                            ELSE p_until END - clock_timestamp()) * 1000), 1)::text || 'ms', true);
                 PERFORM pg_advisory_xact_lock_shared(k);  -- granted when the releasing call ends
             END IF;
             RAISE EXCEPTION USING ERRCODE = 'LR009';
-        EXCEPTION WHEN SQLSTATE 'LR009' OR lock_not_available THEN
+        EXCEPTION WHEN SQLSTATE 'LR009' OR lock_not_available OR deadlock_detected THEN
             NULL;  -- the lock, if taken, and the lock_timeout went with the subtransaction
         END;
         IF held THEN
