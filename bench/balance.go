@@ -180,6 +180,11 @@ func ours(ctx context.Context, s *scratch, nodes []string, q int) ([][]string, e
 		if err := s.renew(ctx, s.db, id, ringArg("r", q, 0, nil), true, false); err != nil { // a new node has seen no version
 			return nil, err
 		}
+		// Joined in a statement of its own, as a client does (schema
+		// version 11); the heartbeat only answers "join".
+		if _, err := s.db.ExecContext(ctx, `SELECT `+s.quoted+`.join_rings($1, 'inc', $2::jsonb, 60000)`, id, ringArg("r", q, 0, nil)); err != nil {
+			return nil, err
+		}
 		if err := confirmHandoffs(ctx, s, q); err != nil {
 			return nil, err
 		}
