@@ -3,7 +3,6 @@ package integration
 import (
 	"database/sql"
 	"encoding/json"
-	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -336,19 +335,7 @@ func TestReleaseAwaitedSleepsUntilTheCommit(t *testing.T) {
 	var modes []string
 	deadline := time.Now().Add(10 * time.Second)
 	for len(modes) < looks && time.Now().Before(deadline) {
-		modes = modes[:0]
-		rows, err := s.e.admin.Query(advisoryWaiters, advisoryKey(k))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var m string
-			if err := rows.Scan(&m); err != nil {
-				t.Fatal(err)
-			}
-			modes = append(modes, m)
-		}
-		rows.Close()
+		modes = s.waitersOf(k)
 		time.Sleep(5 * time.Millisecond)
 	}
 	if len(modes) != looks || slices.ContainsFunc(modes, func(m string) bool { return m != "ShareLock" }) {
@@ -394,24 +381,8 @@ func TestReleaseOutwaitsALooksTry(t *testing.T) {
 		_, err := s.releaseAhead("a", 0, 0, moving...)
 		done <- err
 	}()
-	key := advisoryKey(s.releaseKey("a"))
-	waiting := func() bool {
-		rows, err := s.e.admin.Query(advisoryWaiters, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var m string
-			if err := rows.Scan(&m); err != nil {
-				t.Fatal(err)
-			}
-			if m == "ExclusiveLock" {
-				return true
-			}
-		}
-		return false
-	}
+	key := s.releaseKey("a")
+	waiting := func() bool { return slices.Contains(s.waitersOf(key), "ExclusiveLock") }
 	deadline := time.Now().Add(10 * time.Second)
 	for !waiting() {
 		if time.Now().After(deadline) {
@@ -457,15 +428,29 @@ func (s *sqlNodes) releaseKey(owner string) int64 {
 	return key
 }
 
-// advisoryWaiters lists the modes of the requests waiting for the advisory
-// lock of a bigint key (advisoryKey's two halves), and for no other.
-const advisoryWaiters = `SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-	AND objsubid = 1 AND classid = ($1::jsonb ->> 0)::bigint::oid AND objid = ($1::jsonb ->> 1)::bigint::oid`
-
-// advisoryKey is a bigint advisory key as pg_locks shows it: its high and
-// low 32 bits (classid, objid), as a JSON array for advisoryWaiters.
-func advisoryKey(k int64) string {
-	return fmt.Sprintf("[%d, %d]", uint32(uint64(k)>>32), uint32(k))
+// waitersOf is the modes of the requests waiting for the advisory lock of
+// key k, and of no other (pg_locks shows a bigint key as its high and low
+// 32 bits: classid, objid).
+func (s *sqlNodes) waitersOf(k int64) []string {
+	s.t.Helper()
+	rows, err := s.e.admin.Query(`SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+		AND objsubid = 1 AND classid = $1::bigint::oid AND objid = $2::bigint::oid`, int64(uint32(uint64(k)>>32)), int64(uint32(k)))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer rows.Close()
+	var modes []string
+	for rows.Next() {
+		var m string
+		if err := rows.Scan(&m); err != nil {
+			s.t.Fatal(err)
+		}
+		modes = append(modes, m)
+	}
+	if err := rows.Err(); err != nil {
+		s.t.Fatal(err)
+	}
+	return modes
 }
 
 // TestReleaseAwaitedWakesForEachOwner: a look that waits for partitions
